@@ -1,0 +1,112 @@
+"""CIFAR-10 recipes.
+
+    python -m cv_jax.main --config=configs/cifar10.py --workdir=runs/c10
+    python -m cv_jax.main --config=configs/cifar10.py:cpu,epochs=5 --workdir=runs/c10_cpu
+    python -m cv_jax.main --config=configs/cifar10.py:model=resnet20,epochs=30 --workdir=...
+    ... --config.optimizer.learning_rate=0.05   (any key below can be overridden)
+
+Recipes (the bare word in the config string):
+  headline  airbench-style fast net (whitening stem, conv-pool-BN-GELU groups), batch 1024,
+            Nesterov SGD, one-cycle LR, label smoothing 0.2, flip TTA; bf16. For accelerators.
+  cpu       the same net, narrower, sized to finish in about 15 minutes on a 2-core CPU.
+  smoke     a tiny net on a 512-image subset for a few steps: seconds, for tests.
+With no recipe named, 'headline' runs on GPU/TPU and 'cpu' on a CPU backend.
+Any other model (model=resnet20, ...) gets the classic He et al. SGD recipe instead:
+lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, 4-pixel pad-and-crop + flip.
+
+Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype.
+"""
+
+import jax
+
+from cv_jax.configlib import base_config, model_section, parse_arg
+
+RECIPES = ("headline", "cpu", "smoke")
+# airbench keeps the whitening filters and BatchNorm scales fixed; only biases of BN learn.
+AIRBENCH_FREEZE = r"whiten/kernel|scale$"
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, recipes=RECIPES, model="", epochs=0.0, steps=0, batch_size=0, lr=0.0,
+                    seed=0, data_dir="", dtype="")
+    config = base_config()
+    config.recipe, config.recipe_reason = _choose_recipe(arg.recipe)
+    {"headline": _headline, "cpu": _cpu, "smoke": _smoke}[config.recipe](config)
+    if arg.model and arg.model != config.model.name:
+        _classic_sgd(config, arg.model)
+    _apply_shortcuts(config, arg)
+    return config
+
+
+def _choose_recipe(named):
+    if named:
+        return named, "named in the config string"
+    backend = jax.default_backend()
+    recipe = "cpu" if backend == "cpu" else "headline"
+    return recipe, f"no recipe named; the JAX backend is {backend}"
+
+
+def _airbench_optimizer(config, peak_lr, epochs):
+    """Nesterov SGD on the mean loss with airbench's one-cycle triangle (0.2 -> 1 -> 0.07)."""
+    config.optimizer.update(name="sgd", learning_rate=peak_lr, momentum=0.85, nesterov=True,
+                            weight_decay=5e-4 * 1024 / config.training.batch_size,
+                            freeze=AIRBENCH_FREEZE, lr_multipliers=r"bias$=8")
+    config.schedule.update(name="linear", warmup_epochs=0.23 * epochs, warmup_init_factor=0.2,
+                           end_factor=0.07)
+    config.loss.label_smoothing = 0.2
+    config.augment.update(crop_padding=2, padding_mode="reflect", flip=True)
+    config.eval.tta_flip = True
+    config.training.num_epochs = epochs
+
+
+def _headline(config):
+    config.model = model_section("airbench")
+    config.training.update(batch_size=1024, compute_dtype="bfloat16", log_every_steps=10)
+    _airbench_optimizer(config, peak_lr=1.0, epochs=10.0)
+    config.eval.batch_size = 2000
+
+
+def _cpu(config):
+    config.model = model_section("airbench", widths=(32, 64, 64))
+    config.training.update(batch_size=256, log_every_steps=20)
+    _airbench_optimizer(config, peak_lr=1.0, epochs=8.0)
+
+
+def _smoke(config):
+    config.model = model_section("airbench", widths=(8, 16, 16))
+    config.dataset.update(max_train_examples=512, max_eval_examples=256)
+    config.training.update(batch_size=64, log_every_steps=2, eval_every_epochs=1.0)
+    config.model_init_examples = 512
+    _airbench_optimizer(config, peak_lr=0.5, epochs=2.0)
+    config.eval.batch_size = 128
+
+
+def _classic_sgd(config, model):
+    """He et al. (2016) CIFAR recipe, scaled linearly with the batch size."""
+    config.model = model_section(model)
+    batch = config.training.batch_size
+    config.optimizer.update(name="sgd", learning_rate=0.1 * batch / 128, momentum=0.9,
+                            nesterov=True, weight_decay=5e-4, freeze="", lr_multipliers="")
+    config.schedule.update(name="cosine", warmup_epochs=1.0, warmup_init_factor=0.1,
+                           end_factor=0.0)
+    config.loss.label_smoothing = 0.0
+    config.augment.update(crop_padding=4, padding_mode="constant", flip=True)
+    config.eval.tta_flip = False
+
+
+def _apply_shortcuts(config, arg):
+    if arg.epochs:
+        config.training.num_epochs = arg.epochs
+        if config.schedule.warmup_epochs:
+            config.schedule.warmup_epochs = min(config.schedule.warmup_epochs, 0.23 * arg.epochs)
+    if arg.steps:
+        config.training.num_steps = arg.steps
+    if arg.batch_size:
+        config.optimizer.learning_rate *= arg.batch_size / config.training.batch_size
+        config.training.batch_size = arg.batch_size
+    if arg.lr:
+        config.optimizer.learning_rate = arg.lr
+    if arg.dtype:
+        config.training.compute_dtype = arg.dtype
+    config.seed = arg.seed
+    config.dataset.data_dir = arg.data_dir or config.dataset.data_dir

@@ -1,0 +1,120 @@
+"""Orbax checkpoints of a run: keep the latest K and the best by an eval metric.
+
+Each checkpoint holds the TrainState and a small JSON signature of the model (name,
+classes, every parameter's shape), so a workdir is never restored into a different model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from cv_jax.optim import param_path
+
+
+def selection_metric(config) -> str:
+    """The eval metric that picks the best checkpoint: validation accuracy when a validation
+    split is carved from train, else test accuracy."""
+    return "validation_accuracy" if config.dataset.validation_size else "test_accuracy"
+
+
+class CheckpointMismatch(ValueError):
+    """The workdir holds a checkpoint of another model or shape."""
+
+
+def signature(model_config: dict, params: Any, class_names: tuple[str, ...],
+              image_shape: tuple[int, ...]) -> dict:
+    """JSON description of what a checkpoint holds and can be restored into."""
+    shapes = jax.tree_util.tree_map_with_path(lambda p, x: (param_path(p), list(x.shape)), params)
+    return {
+        "model": model_config,
+        "class_names": list(class_names),
+        "image_shape": list(image_shape),
+        "param_shapes": dict(jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))),
+    }
+
+
+def first_mismatch(saved: dict, current: dict) -> str | None:
+    """A sentence naming the first difference between two signatures, or None."""
+    old_name, new_name = saved["model"].get("name"), current["model"].get("name")
+    if old_name != new_name:
+        return f"model {old_name!r} (this config: {new_name!r})"
+    if saved.get("class_names") != current.get("class_names"):
+        return f"classes {saved.get('class_names')} (this config: {current.get('class_names')})"
+    old, new = saved["param_shapes"], current["param_shapes"]
+    for path in sorted(set(old) | set(new)):
+        if old.get(path) != new.get(path):
+            return (f"parameter {path} with shape {old.get(path)} "
+                    f"(this config: {new.get(path)})")
+    return None
+
+
+class Checkpoints:
+    """A CheckpointManager over ``workdir/checkpoints``."""
+
+    def __init__(self, workdir: str, *, keep: int, best_metric: str, best_mode: str):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.best_metric = best_metric
+
+        def metric(metrics: dict) -> float:
+            return metrics[best_metric]
+
+        options = ocp.CheckpointManagerOptions(
+            best_fn=metric,
+            best_mode=best_mode,
+            preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(n=keep),
+                policies.BestN(get_metric_fn=metric, reverse=best_mode == "min", n=1,
+                               keep_checkpoints_without_metrics=False),
+            ]),
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, step: int, state: Any, sig: dict, metrics: dict | None = None) -> None:
+        """Saves asynchronously; ``wait()`` before reading it back."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    signature=ocp.args.JsonSave(sig)),
+            metrics=metrics,
+        )
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def signature(self, step: int) -> dict:
+        return self.manager.restore(
+            step, args=ocp.args.Composite(signature=ocp.args.JsonRestore())
+        )["signature"]
+
+    def restore(self, step: int, target: Any, sig: dict) -> Any:
+        """Restores ``step`` into the structure and shardings of ``target``.
+
+        Raises CheckpointMismatch, naming the first differing parameter, when the saved
+        signature does not match ``sig``.
+        """
+        problem = first_mismatch(self.signature(step), sig)
+        if problem:
+            raise CheckpointMismatch(
+                f"{self.directory} holds a checkpoint (step {step}) of {problem}. "
+                "Use a new --workdir, or the config that wrote this one."
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+        return restored["state"]
+
+    def close(self) -> None:
+        self.manager.close()

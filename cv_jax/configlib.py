@@ -1,0 +1,239 @@
+"""Config helpers: config-string variants, the default config tree, and validation.
+
+A config file's ``get_config(arg)`` receives the text after ``:`` in
+``--config=configs/cifar10.py:cpu,model=resnet20,epochs=30``. ``parse_arg`` splits it
+into a recipe name (a bare word) and typed ``key=value`` shortcuts, big_vision style.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections as mlc
+
+
+class ConfigError(ValueError):
+    """A config key holds a value that cannot work; the message names the key and the fix."""
+
+
+def parse_arg(arg: str | None, *, recipes: tuple[str, ...], **shortcuts: Any) -> mlc.ConfigDict:
+    """Parses ``'cpu,model=resnet20,epochs=30'`` into ``{recipe, model, epochs, ...}``.
+
+    Each shortcut's default fixes its type; a bare word must name one of ``recipes``.
+    The result has ``recipe=None`` when no recipe word was given.
+    """
+    parsed: dict[str, Any] = {"recipe": None, **shortcuts}
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        if "=" not in token:
+            if token not in recipes:
+                raise ConfigError(
+                    f"unknown recipe {token!r} in config string {arg!r}; "
+                    f"choose one of {', '.join(recipes)}"
+                )
+            parsed["recipe"] = token
+            continue
+        key, value = (s.strip() for s in token.split("=", 1))
+        if key not in shortcuts:
+            raise ConfigError(
+                f"unknown config-string key {key!r} in {arg!r}; valid keys: "
+                f"{', '.join(sorted(shortcuts))} (or use --config.<section>.<key>=value)"
+            )
+        parsed[key] = _cast_like(shortcuts[key], value, key)
+    return mlc.ConfigDict(parsed)
+
+
+def _cast_like(default: Any, value: str, key: str) -> Any:
+    """Casts ``value`` to the type of ``default`` (str when the default is None)."""
+    if default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        return type(default)(value)
+    except ValueError:
+        raise ConfigError(
+            f"config-string key {key!r} expects a {type(default).__name__}, got {value!r}"
+        ) from None
+
+
+def model_section(name: str, **overrides: Any) -> mlc.ConfigDict:
+    """The ``config.model`` section for a registered model: its name and every tunable field.
+
+    Fields come from the model's dataclass, so each one can be overridden from the command
+    line (``--config.model.widths=(32,64,64)``) without listing it by hand.
+    """
+    from cv_jax import models  # Imported here: config files load before the library.
+
+    defaults = models.model_fields(name)
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no field(s) {unknown}; its fields are {sorted(defaults)}"
+        )
+    return mlc.ConfigDict({"name": name, **defaults, **overrides})
+
+
+def model_kwargs(model_config: mlc.ConfigDict) -> dict[str, Any]:
+    """Keyword arguments for ``models.create_model`` from a ``config.model`` section."""
+    kwargs = model_config.to_dict()
+    kwargs.pop("name")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One validation rule: the dotted key, a predicate on its value, and what is allowed."""
+
+    key: str
+    ok: Any
+    allowed: str
+
+
+_CHECKS = (
+    Check("training.batch_size", lambda v: v > 0, "a positive integer"),
+    Check("training.num_epochs", lambda v: v >= 0, "a number >= 0"),
+    Check("training.num_steps", lambda v: v >= 0, "an integer >= 0 (0: use num_epochs)"),
+    Check("training.eval_every_epochs", lambda v: v > 0, "a positive number of epochs"),
+    Check("training.log_every_steps", lambda v: v > 0, "a positive integer"),
+    Check("training.keep_checkpoints", lambda v: v >= 1, "an integer >= 1"),
+    Check("training.compute_dtype", lambda v: v in ("float32", "bfloat16", "float16"),
+          "'float32', 'bfloat16' or 'float16'"),
+    Check("training.num_devices", lambda v: v >= 0, "an integer >= 0 (0: every device)"),
+    Check("training.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
+    Check("optimizer.learning_rate", lambda v: v >= 0, "a number >= 0"),
+    Check("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    Check("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    Check("optimizer.grad_clip_norm", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("schedule.warmup_epochs", lambda v: v >= 0, "a number of epochs >= 0"),
+    Check("schedule.warmup_init_factor", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    Check("schedule.end_factor", lambda v: v >= 0, "a number >= 0"),
+    Check("schedule.decay_factor", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    Check("schedule.boundaries", lambda v: list(v) == sorted(v) and all(b > 0 for b in v),
+          "increasing positive epochs, e.g. (30, 60, 80)"),
+    Check("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    Check("augment.crop_padding", lambda v: v >= 0, "an integer >= 0 (0: off)"),
+    Check("augment.padding_mode", lambda v: v in ("reflect", "constant", "edge"),
+          "'reflect', 'constant' or 'edge'"),
+    Check("eval.batch_size", lambda v: v > 0, "a positive integer"),
+    Check("dataset.validation_size", lambda v: v >= 0, "an integer >= 0 (0: no validation)"),
+)
+
+
+def lookup(config: mlc.ConfigDict, dotted: str) -> Any:
+    """``lookup(config, 'training.batch_size')`` -> value."""
+    value: Any = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def validate(config: mlc.ConfigDict) -> None:
+    """Raises ConfigError naming the first key whose value cannot work."""
+    for check in _CHECKS:
+        value = lookup(config, check.key)
+        try:
+            good = check.ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"config.{check.key}={value!r} is invalid: use {check.allowed}")
+    for key in ("optimizer.freeze", "optimizer.decay_mask"):
+        pattern = lookup(config, key)
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"config.{key}={pattern!r} is not a valid regex: {e}") from None
+    parse_multipliers(config.optimizer.lr_multipliers)
+    if config.training.num_epochs == 0 and config.training.num_steps == 0:
+        raise ConfigError(
+            "config.training.num_epochs and config.training.num_steps are both 0: "
+            "set one of them to say how long to train"
+        )
+
+
+def parse_multipliers(spec: str) -> dict[str, float]:
+    """``'bn.*/bias=64,head=0.1'`` -> ``{'bn.*/bias': 64.0, 'head': 0.1}`` (regex -> LR factor)."""
+    result: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        pattern, sep, factor = item.rpartition("=")
+        try:
+            if not sep:
+                raise ValueError
+            re.compile(pattern)
+            result[pattern] = float(factor)
+        except (ValueError, re.error):
+            raise ConfigError(
+                f"config.optimizer.lr_multipliers: cannot read {item!r}; "
+                "write comma-separated REGEX=FACTOR pairs, e.g. 'bias$=2,head/=0.1'"
+            ) from None
+    return result
+
+
+def to_plain(config: Mapping) -> dict:
+    """A JSON-friendly copy of a config (tuples become lists)."""
+    return mlc.ConfigDict(config).to_dict() if not isinstance(config, dict) else dict(config)
+
+
+def base_config() -> mlc.ConfigDict:
+    """Every key a run reads, with neutral defaults; recipe files override what they need."""
+    c = mlc.ConfigDict()
+    c.recipe = ""
+    c.recipe_reason = ""
+    c.seed = 0
+    c.model_init_examples = 5000  # training images a data-dependent init may look at
+
+    c.dataset = mlc.ConfigDict(dict(
+        name="cifar10",
+        data_dir="",  # '' = search (see cv_jax/data/locate.py); or a path, or 'tfds:NAME'
+        cache_dir="",  # '' = $CV_JAX_CACHE or ~/.cache/cv_jax
+        train_split="train",
+        test_split="test",
+        image_size=(),  # () = keep the source size; (H, W) resizes every image
+        validation_size=0,  # examples carved from train (same ones every run) for model selection
+        max_train_examples=0,  # 0 = all; else a fixed random subset (quick runs)
+        max_eval_examples=0,
+        mean=(0.4914, 0.4822, 0.4465),  # per-channel, of images scaled to [0, 1]
+        std=(0.2470, 0.2435, 0.2616),
+    ))
+    c.model = mlc.ConfigDict({"name": ""})
+    c.optimizer = mlc.ConfigDict(dict(
+        name="sgd",  # sgd | adam | adamw | rmsprop | adagrad | adadelta
+        learning_rate=0.1,  # the peak of the schedule
+        momentum=0.9,  # sgd/rmsprop; 0 = plain SGD
+        nesterov=True,
+        b1=0.9, b2=0.999, eps=1e-8, rho=0.9,
+        weight_decay=5e-4,
+        decay_mask="kernel$",  # regex over parameter paths that receive weight decay
+        grad_clip_norm=0.0,  # 0 = off
+        freeze="",  # regex of parameters that never change ('' = none)
+        lr_multipliers="",  # 'REGEX=FACTOR,...' per-group learning-rate factors
+    ))
+    c.schedule = mlc.ConfigDict(dict(
+        name="cosine",  # constant | piecewise | exponential | cosine | linear
+        warmup_epochs=0.0,
+        warmup_init_factor=0.0,  # warmup starts at this fraction of the peak LR
+        end_factor=0.0,  # cosine/linear end at end_factor * peak
+        boundaries=(),  # piecewise: epochs at which the LR is multiplied by decay_factor
+        decay_factor=0.1,  # piecewise factor; exponential: factor per epoch
+        staircase=False,  # exponential: decay once per epoch instead of every step
+    ))
+    c.loss = mlc.ConfigDict(dict(label_smoothing=0.0))
+    c.augment = mlc.ConfigDict(dict(crop_padding=4, padding_mode="constant", flip=True))
+    c.training = mlc.ConfigDict(dict(
+        batch_size=128,  # global, split across devices
+        num_epochs=30.0,
+        num_steps=0,  # > 0 overrides num_epochs
+        eval_every_epochs=1.0,
+        log_every_steps=50,
+        keep_checkpoints=2,  # latest K, plus the best by <eval split>_accuracy
+        best_mode="max",
+        compute_dtype="float32",
+        num_devices=0,  # 0 = every local device
+    ))
+    c.eval = mlc.ConfigDict(dict(batch_size=1000, tta_flip=False))
+    return c

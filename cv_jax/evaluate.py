@@ -1,0 +1,71 @@
+"""Evaluate a trained run on any dataset:
+
+    python -m cv_jax.evaluate --workdir=runs/c10 --data=PATH [--split=test] [--checkpoint=best]
+
+PATH is an ImageFolder tree or archive, a CIFAR python-batches directory, or 'tfds:NAME'.
+Prints JSON: accuracy, examples, correct, loss, per-class accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from absl import app, flags, logging
+
+from cv_jax import runs, sharding
+from cv_jax.data.sources import ArrayDataset, DataError, load_split
+from cv_jax.steps import StepSettings
+from cv_jax.train import Evaluator, summarize
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A run directory written by cv_jax.main.")
+flags.DEFINE_string("data", None, "Dataset to evaluate on.")
+flags.DEFINE_string("split", "test", "Split (folder) name inside --data.")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
+flags.DEFINE_integer("batch_size", 0, "Evaluation batch size (0: the run's eval.batch_size).")
+
+
+def per_class_accuracy(predictions: np.ndarray, dataset: ArrayDataset) -> dict[str, float]:
+    """Accuracy within each true class (classes without examples are left out)."""
+    result = {}
+    for index, name in enumerate(dataset.class_names):
+        mask = dataset.labels == index
+        if mask.any():
+            result[name] = float(np.mean(predictions[mask] == index))
+    return result
+
+
+def evaluate_run(workdir: str, data: str, split: str = "test", which: str = "latest",
+                 batch_size: int = 0) -> dict:
+    """Accuracy of a run's checkpoint on ``split`` of ``data``; every example counted once."""
+    run = runs.load_run(workdir, which)
+    image_size = tuple(run.signature["image_shape"][:2])
+    dataset = load_split(data, split, image_size=image_size)
+    if tuple(dataset.class_names) != run.class_names:
+        raise DataError(
+            f"{data} ({split}) has classes {list(dataset.class_names)} but the run in {workdir} "
+            f"was trained on {list(run.class_names)}; evaluate on data with the same class folders"
+        )
+    mesh = sharding.make_mesh()
+    size = batch_size or run.config.eval.batch_size
+    size = -(-size // mesh.devices.size) * mesh.devices.size
+    settings = StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    evaluator = Evaluator(dataset, size, settings, mesh)
+    out = evaluator.predictions(run.state)
+    return summarize(out, dataset) | {
+        "per_class_accuracy": per_class_accuracy(out["prediction"], dataset),
+        "checkpoint_step": run.step,
+    }
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    print(json.dumps(evaluate_run(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.checkpoint,
+                                  FLAGS.batch_size), indent=2))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "data"])
+    app.run(main)

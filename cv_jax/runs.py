@@ -1,0 +1,71 @@
+"""Loading a trained run back from its workdir: config, model and restored state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+
+from cv_jax import checkpoint, configlib, models, optim, sharding
+from cv_jax.state import TrainState, create_train_state, init_variables
+
+
+@dataclasses.dataclass
+class Run:
+    config: mlc.ConfigDict
+    model: nn.Module
+    state: TrainState
+    signature: dict
+    step: int
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.signature["class_names"])
+
+
+def read_config(workdir: str) -> mlc.ConfigDict:
+    """The resolved config a run saved in ``workdir/config.json``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: {workdir} is not a cv_jax run directory "
+            "(train one with python -m cv_jax.main --workdir=...)"
+        )
+    with open(path) as f:
+        return mlc.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str, which: str = "latest", num_devices: int = 0) -> Run:
+    """Restores the ``'latest'`` or ``'best'`` checkpoint of a run, replicated over the mesh."""
+    config = read_config(workdir)
+    ckpt = checkpoint.Checkpoints(workdir, keep=config.training.keep_checkpoints,
+                                  best_metric=checkpoint.selection_metric(config),
+                                  best_mode=config.training.best_mode)
+    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; the run never saved one")
+    sig = ckpt.signature(step)
+    model = models.create_model(config.model.name, num_classes=len(sig["class_names"]),
+                                dtype=jnp.dtype(config.training.compute_dtype),
+                                **configlib.model_kwargs(config.model))
+    # The optimizer only fixes the structure of opt_state; any schedule callable gives the same.
+    tx = optim.create_optimizer(config, lambda count: 0.0)
+
+    def skeleton():
+        variables = init_variables(model, jax.random.key_data(jax.random.key(0)),
+                                   tuple(sig["image_shape"]))
+        return create_train_state(model, tx, variables, jax.random.key_data(jax.random.key(0)))
+
+    mesh = sharding.make_mesh(num_devices)
+    abstract = jax.eval_shape(skeleton)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+        abstract)
+    state = ckpt.restore(step, abstract, sig)
+    ckpt.close()
+    return Run(config, model, state, sig, step)

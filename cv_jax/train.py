@@ -1,0 +1,349 @@
+"""``train_and_evaluate(config, workdir)``: assemble a run from its config, train, evaluate,
+checkpoint and log. Rerunning with the same workdir resumes; a finished run just reports.
+
+Data flows one way: config -> data, model, optimizer -> TrainState -> steps -> metrics and
+checkpoints. The training set stays on the devices for the whole run; each step gathers
+its batch from the epoch's permutation inside jit, so the host only dispatches steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from cv_jax import checkpoint, configlib, models, optim, schedules, sharding, steps
+from cv_jax.data import pipeline
+from cv_jax.data.locate import find_dataset
+from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
+from cv_jax.metrics import MetricWriter, Progress, mean_metrics
+from cv_jax.state import TrainState, create_train_state, init_variables
+
+log = logging.getLogger("cv_jax")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Datasets:
+    train: ArrayDataset
+    test: ArrayDataset
+    validation: ArrayDataset | None = None  # carved from train when dataset.validation_size > 0
+
+    def eval_sets(self) -> dict[str, ArrayDataset]:
+        """The splits evaluated during training, by the name used in metrics."""
+        extra = {"validation": self.validation} if self.validation is not None else {}
+        return extra | {"test": self.test}
+
+
+
+def load_datasets(config: mlc.ConfigDict) -> Datasets:
+    """Reads (or loads from cache) the splits named by ``config.dataset``."""
+    cfg = config.dataset
+    source = find_dataset(cfg.name, cfg.data_dir or None)
+    size = tuple(cfg.image_size) or None
+    train = load_split(source, cfg.train_split, image_size=size, cache_dir=cfg.cache_dir or None)
+    test = load_split(source, cfg.test_split, image_size=size, cache_dir=cfg.cache_dir or None)
+    check_same_classes(train, test, cfg.test_split)
+    train, validation = pipeline.split_validation(train, cfg.validation_size)
+    train = pipeline.limit(train, cfg.max_train_examples)
+    test = pipeline.limit(test, cfg.max_eval_examples)
+    if validation is not None:
+        validation = pipeline.limit(validation, cfg.max_eval_examples)
+    return Datasets(train, test, validation)
+
+
+def check_batch_size(batch_size: int, num_devices: int, key: str) -> None:
+    if batch_size % num_devices:
+        nearest = max(num_devices, batch_size // num_devices * num_devices)
+        raise configlib.ConfigError(
+            f"config.{key}={batch_size} does not divide across the {num_devices} devices; "
+            f"use a multiple of {num_devices} (e.g. {nearest})"
+        )
+
+
+@dataclasses.dataclass
+class Plan:
+    """How long the run is, in steps."""
+
+    steps_per_epoch: int
+    total_steps: int
+    eval_every_steps: int
+
+    @classmethod
+    def from_config(cls, config: mlc.ConfigDict, num_train: int) -> Plan:
+        t = config.training
+        spe = num_train // t.batch_size
+        if spe == 0:
+            raise configlib.ConfigError(
+                f"config.training.batch_size={t.batch_size} is larger than the training set "
+                f"({num_train} examples); lower it"
+            )
+        total = t.num_steps or math.ceil(t.num_epochs * spe)
+        return cls(spe, total, max(1, round(t.eval_every_epochs * spe)))
+
+    def is_eval_step(self, step: int) -> bool:
+        return step % self.eval_every_steps == 0 or step == self.total_steps
+
+
+class Evaluator:
+    """Exact evaluation of a dataset: padded to whole batches on device, padding dropped."""
+
+    def __init__(self, dataset: ArrayDataset, batch_size: int, settings: steps.StepSettings,
+                 mesh: jax.sharding.Mesh):
+        self.dataset = dataset
+        images, labels = pipeline.pad_to_multiple(dataset, batch_size)
+        self.num_batches = len(images) // batch_size
+        repl = sharding.replicated(mesh)
+        self.images, self.labels = jax.device_put((images, labels), repl)
+
+        def run(state, images, labels, index):
+            start = index * batch_size
+            batch = {"image": jax.lax.dynamic_slice_in_dim(images, start, batch_size),
+                     "label": jax.lax.dynamic_slice_in_dim(labels, start, batch_size)}
+            batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
+            return steps.eval_step(state, batch, settings)
+
+        self.step = jax.jit(run, out_shardings=repl)
+
+    def compile(self, state: TrainState) -> None:
+        self.step = self.step.lower(state, self.images, self.labels, 0).compile()
+
+    def predictions(self, state: TrainState) -> dict[str, np.ndarray]:
+        """Per-example prediction and loss for every example, in dataset order."""
+        outputs = [self.step(state, self.images, self.labels, i) for i in range(self.num_batches)]
+        outputs = jax.device_get(outputs)
+        n = len(self.dataset)
+        return {k: np.concatenate([o[k] for o in outputs])[:n] for k in outputs[0]}
+
+    def __call__(self, state: TrainState) -> dict[str, Any]:
+        return summarize(self.predictions(state), self.dataset)
+
+
+def summarize(outputs: dict[str, np.ndarray], dataset: ArrayDataset) -> dict[str, Any]:
+    """Accuracy = correct / N over every example, and the mean loss."""
+    correct = int(np.sum(outputs["prediction"] == dataset.labels))
+    return {
+        "accuracy": correct / len(dataset),
+        "loss": float(np.mean(outputs["loss"])),
+        "correct": correct,
+        "examples": len(dataset),
+    }
+
+
+def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
+    """The jitted step: slice the epoch permutation, gather the batch, update the state."""
+    repl = sharding.replicated(mesh)
+
+    def run(state, images, labels, permutation, index):
+        idx = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size, batch_size)
+        batch = {"image": images[idx], "label": labels[idx]}
+        batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
+        return steps.train_step(state, batch, settings)
+
+    return jax.jit(run, donate_argnums=0, out_shardings=(repl, repl))
+
+
+def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.StepSettings,
+                tx, mesh: jax.sharding.Mesh) -> TrainState:
+    """A fresh state: model init, data-dependent init, replicated over the mesh."""
+    model = models.create_model(config.model.name, num_classes=len(train.class_names),
+                                dtype=jnp.dtype(config.training.compute_dtype),
+                                **configlib.model_kwargs(config.model))
+    init_key, state_key = jax.random.split(jax.random.key_data(jax.random.key(config.seed)))
+    variables = jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key)
+    variables = models.data_dependent_init(
+        config.model.name, variables, train.images[: config.model_init_examples],
+        functools.partial(steps.normalize, settings=settings))
+    state = jax.jit(lambda v, k: create_train_state(model, tx, v, k))(variables, state_key)
+    return jax.device_put(state, sharding.replicated(mesh))
+
+
+def describe_devices(mesh: jax.sharding.Mesh) -> str:
+    devices = mesh.devices.flatten()
+    return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
+
+
+def save_config(config: mlc.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def write_results(workdir: str, results: dict) -> None:
+    """Writes workdir/results.json atomically."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def read_results(workdir: str) -> dict | None:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_finite(value: float, what: str, step: int, ckpt: checkpoint.Checkpoints) -> None:
+    if not math.isfinite(value):
+        last = ckpt.latest_step()
+        where = f"step {last} in {ckpt.directory}" if last is not None else "none yet"
+        raise TrainingDiverged(
+            f"{what} is {value} at step {step}; training stopped. Last good checkpoint: {where}. "
+            "Lower config.optimizer.learning_rate, add warmup (config.schedule.warmup_epochs) "
+            "or clipping (config.optimizer.grad_clip_norm)."
+        )
+
+
+def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
+                       max_steps_this_run: int | None = None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and returns the results.
+
+    ``max_steps_this_run`` stops the process after that many steps, with a checkpoint, so that
+    a long run can be split across jobs; calling again continues it.
+    """
+    configlib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    log.info("Recipe %r: %s", config.recipe, config.recipe_reason)
+    mesh = sharding.make_mesh(config.training.num_devices)
+    num_devices = mesh.devices.size
+    check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
+    eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
+    save_config(config, workdir)
+
+    data = load_datasets(config)
+    plan = Plan.from_config(config, len(data.train))
+    schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
+    tx = optim.create_optimizer(config, schedule)
+    settings = steps.StepSettings.from_config(config, schedule)
+    ckpt = checkpoint.Checkpoints(workdir, keep=config.training.keep_checkpoints,
+                                  best_metric=checkpoint.selection_metric(config),
+                                  best_mode=config.training.best_mode)
+    latest = ckpt.latest_step()
+    previous = read_results(workdir)
+    if previous is not None and previous.get("steps") == plan.total_steps == latest:
+        log.info("Run in %s is finished: test accuracy %.4f (%d examples).", workdir,
+                 previous["test_accuracy"], previous["test_examples"])
+        ckpt.close()
+        return previous
+    state = build_state(config, data.train, settings, tx, mesh)
+    sig = checkpoint.signature(config.model.to_dict(), state.params, data.train.class_names,
+                               data.train.images.shape[1:])
+    if latest is not None:
+        state = ckpt.restore(latest, state, sig)
+        log.info("Resuming from step %d of %d.", latest, plan.total_steps)
+    log.info("%d train / %d validation / %d test examples, %d classes; %d steps (%d per epoch) "
+             "on %s.", len(data.train), len(data.validation or ()), len(data.test),
+             len(data.train.class_names), plan.total_steps, plan.steps_per_epoch,
+             describe_devices(mesh))
+
+    repl = sharding.replicated(mesh)
+    images, labels = jax.device_put((data.train.images, data.train.labels), repl)
+    shuffle_key = jax.device_put(jax.random.fold_in(state.rng, 1), repl)
+    permute = jax.jit(functools.partial(pipeline.epoch_permutation, n=len(data.train)),
+                      out_shardings=repl)
+    evaluators = {name: Evaluator(ds, eval_batch, settings, mesh)
+                  for name, ds in data.eval_sets().items()}
+
+    compile_start = time.perf_counter()
+    train_step = make_train_step(settings, config.training.batch_size, mesh)
+    permutation = permute(shuffle_key, 0)
+    train_step = train_step.lower(state, images, labels, permutation, 0).compile()
+    for evaluator in evaluators.values():
+        evaluator.compile(state)
+    compile_time = time.perf_counter() - compile_start
+    log.info("Compiled in %.1f s.", compile_time)
+
+    writer = MetricWriter(workdir)
+    step = int(state.step)
+    end = plan.total_steps if max_steps_this_run is None else min(
+        plan.total_steps, step + max_steps_this_run)
+    progress = Progress(plan.total_steps, step, config.training.batch_size)
+    history, rates, last_eval = [], [], {}
+    train_start = time.perf_counter()
+    epoch = -1
+    try:
+        while step < end:
+            if step // plan.steps_per_epoch != epoch:
+                epoch = step // plan.steps_per_epoch
+                permutation = permute(shuffle_key, epoch)
+            state, metrics = train_step(state, images, labels, permutation,
+                                        step % plan.steps_per_epoch)
+            history.append(metrics)
+            step += 1
+            if step % config.training.log_every_steps == 0 or step == end:
+                summary = mean_metrics(history)
+                history = []
+                check_finite(summary["loss"], "the training loss", step, ckpt)
+                summary["images_per_sec"] = progress.update(step, summary)
+                summary["epoch"] = step / plan.steps_per_epoch
+                rates.append(summary["images_per_sec"])
+                writer.write(step, "train", summary)
+            if plan.is_eval_step(step) or step == end:
+                progress.pause()
+                last_eval = evaluate_all(evaluators, state, step, writer, ckpt)
+                ckpt.save(step, state, sig, metrics=last_eval)
+                progress.resume()
+    finally:
+        progress.close()
+        ckpt.wait()
+        writer.close()
+    train_time = time.perf_counter() - train_start
+    if step < plan.total_steps:
+        log.info("Stopped at step %d of %d; rerun with the same workdir to continue.", step,
+                 plan.total_steps)
+        ckpt.close()
+        return {"steps": step, "finished": False, **last_eval}
+
+    results = {
+        **last_eval,
+        "best_step": ckpt.best_step(),
+        "steps": plan.total_steps,
+        "epochs": plan.total_steps / plan.steps_per_epoch,
+        "train_time_s": train_time,
+        "compile_time_s": compile_time,
+        "images_per_sec": float(np.median(rates)) if rates else None,
+        "device": describe_devices(mesh),
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+        "recipe": config.recipe,
+        "model": config.model.name,
+        "finished": True,
+    }
+    write_results(workdir, results)
+    ckpt.close()
+    log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
+             "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
+             results["test_examples"], plan.total_steps, train_time, compile_time)
+    return results
+
+
+def evaluate_all(evaluators: dict[str, Evaluator], state: TrainState, step: int,
+                 writer: MetricWriter, ckpt: checkpoint.Checkpoints) -> dict[str, Any]:
+    """Runs every evaluator; returns ``{'<split>_accuracy': ..., '<split>_loss': ...}``."""
+    flat = {}
+    for name, evaluator in evaluators.items():
+        metrics = evaluator(state)
+        check_finite(metrics["loss"], f"the {name} loss", step, ckpt)
+        writer.write(step, name, metrics)
+        flat |= {f"{name}_{k}": v for k, v in metrics.items()}
+    log.info("step %d: %s", step, "  ".join(
+        f"{k} {v:.4f}" for k, v in flat.items() if k.endswith(("accuracy", "loss"))))
+    return flat

@@ -1,0 +1,66 @@
+"""Test setup: 8 fake CPU devices (set before JAX is imported) and shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import importlib.util  # noqa: E402
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CLASSES = ("cat", "dog", "frog", "ship")
+
+
+def load_config(arg: str = "smoke", path: str = "configs/cifar10.py"):
+    """``get_config(arg)`` of a config file, as --config=path:arg would give it."""
+    spec = importlib.util.spec_from_file_location("config_under_test", REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def write_image_folder(root: pathlib.Path, counts: dict[str, int], size: int = 16,
+                       seed: int = 0) -> pathlib.Path:
+    """An ImageFolder tree root/<split>/<class>/*.png whose classes differ in colour (learnable).
+
+    ``counts`` maps split -> images per class.
+    """
+    rng = np.random.default_rng(seed)
+    for split, per_class in counts.items():
+        for index, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+                image[..., index % 3] += np.uint8(120 + 40 * (index // 3))
+                Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> pathlib.Path:
+    """4 classes; 24 train and 9 test images per class (36 test images: not a multiple of 8)."""
+    return write_image_folder(tmp_path_factory.mktemp("tiny"), {"train": 24, "test": 9})
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def tiny_config(data_dir, cache_dir, **training):
+    """The smoke recipe on the tiny folder: a few steps of a tiny net."""
+    config = load_config("smoke")
+    config.dataset.update(data_dir=str(data_dir), cache_dir=cache_dir, max_train_examples=0,
+                          max_eval_examples=0)
+    config.model_init_examples = 64
+    config.training.update(batch_size=16, log_every_steps=1, num_epochs=2.0, **training)
+    config.eval.batch_size = 16
+    return config

@@ -1,0 +1,198 @@
+"""Tests for the model registry, CIFAR ResNets and the airbench net."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cv_jax.models import create_model, data_dependent_init, model_names, register
+
+NUM_CLASSES = 10
+# The "rbg" PRNG compiles much faster than threefry on CPU; eager init compiles one sampler per
+# parameter shape.
+KEY = jax.random.key(0, impl="rbg")
+SMALL_AIRBENCH = {"widths": (32, 64, 64)}
+# Eager execution compiles each op shape once, which is cheap for the ResNets (all depths share
+# their layer shapes); airbench's layers all differ, so compiling it whole with jit is faster.
+JIT_IN_TESTS = frozenset({"airbench"})
+
+# He et al. 2016 (arXiv:1512.03385), Table 6: #params of the CIFAR-10 ResNets (option A).
+# Exact counts: conv kernels + BN scale/bias + dense kernel/bias.
+PAPER_TABLE6 = {
+    "resnet20": (269_722, "0.27"),
+    "resnet32": (464_154, "0.46"),
+    "resnet44": (658_586, "0.66"),
+    "resnet56": (853_018, "0.85"),
+    "resnet110": (1_727_962, "1.7"),
+}
+# widths (64, 256, 256): whiten 2*2*3*24 + 24, group convs 9*(24*64 + 64*64 + 64*256 + 3*256*256),
+# BN 2*(2*64 + 4*256), head 256*10.
+AIRBENCH_PARAMS = 1_972_792
+
+
+def init(name: str, **kwargs) -> dict:
+    model = create_model(name, num_classes=NUM_CLASSES, **kwargs)
+    return model.init({"params": KEY}, jnp.zeros((1, 32, 32, 3)), train=False)
+
+
+def abstract_init(name: str, **kwargs) -> dict:
+    """Shapes and dtypes of ``init(name, **kwargs)`` without computing anything."""
+    return jax.eval_shape(functools.partial(init, name, **kwargs))
+
+
+def model_kwargs(name: str) -> dict:
+    return SMALL_AIRBENCH if name == "airbench" else {}
+
+
+@functools.cache
+def variables_for(name: str) -> dict:
+    """Default-config variables (float32 params; shared by the float32 and bfloat16 models)."""
+    return maybe_jit(name, functools.partial(init, name, **model_kwargs(name)))()
+
+
+def maybe_jit(name: str, fn):
+    return jax.jit(fn) if name in JIT_IN_TESTS else fn
+
+
+def num_params(variables: dict) -> int:
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+def random_images(n: int, seed: int = 0) -> jax.Array:
+    return jax.random.normal(jax.random.key(seed), (n, 32, 32, 3))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE6))
+def test_resnet_param_counts_match_paper(name: str) -> None:
+    exact, paper = PAPER_TABLE6[name]
+    count = num_params(abstract_init(name))
+    assert count == exact
+    decimals = len(paper.split(".")[1])
+    assert f"{count / 1e6:.{decimals}f}" == paper
+    assert num_params(abstract_init(name, shortcut="B")) > count
+
+
+def test_airbench_param_count() -> None:
+    variables = abstract_init("airbench")
+    count = num_params(variables)
+    print(f"airbench (64, 256, 256) params: {count}")
+    assert count == AIRBENCH_PARAMS
+    assert variables["params"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", model_names())
+def test_output_shape_and_dtype(name: str, dtype) -> None:
+    model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype, **model_kwargs(name))
+    variables = variables_for(name)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+
+    def forward(variables: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits_train, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return model.apply(variables, x, train=False), logits_train
+
+    for logits in maybe_jit(name, forward)(variables, random_images(2)):
+        assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "airbench"])
+def test_batchnorm_train_vs_eval(name: str) -> None:
+    model = create_model(name, num_classes=NUM_CLASSES, **model_kwargs(name))
+    variables = variables_for(name)
+    x = random_images(2)
+    x_other = x.at[1].set(random_images(1, seed=1)[0])
+
+    train_fn = maybe_jit(name, functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    logits, updates = train_fn(variables, x)
+    old, new = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updates["batch_stats"])
+    assert len(old) == len(new) > 0
+    assert all(not np.allclose(a, b) for a, b in zip(old, new, strict=True))
+    # In train mode example 0's logits depend on example 1 through the batch statistics ...
+    assert not np.allclose(logits[0], train_fn(variables, x_other)[0][0])
+
+    # ... in eval mode the running averages are used, so they do not.
+    eval_fn = maybe_jit(name, functools.partial(model.apply, train=False))
+    np.testing.assert_array_equal(eval_fn(variables, x)[0], eval_fn(variables, x_other)[0])
+
+
+def test_airbench_partial_identity_init() -> None:
+    params = variables_for("airbench")["params"]
+    kernel = params["group1"]["conv1"]["kernel"]  # 24 -> 32 channels: first 24 outputs identity
+    np.testing.assert_array_equal(kernel[1, 1, :, :24], np.eye(24))
+    assert float(jnp.abs(kernel[:, :, :, :24]).sum()) == 24.0
+    np.testing.assert_array_equal(params["group2"]["conv2"]["kernel"][1, 1], np.eye(64))
+
+
+def synthetic_images(n: int, seed: int = 0) -> np.ndarray:
+    """uint8 images with spatially and cross-channel correlated pixels plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(size=(n, 8, 8, 1)) + 0.5 * rng.normal(size=(n, 8, 8, 3))
+    smooth = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2)
+    pixels = 128 + 40 * smooth + 15 * rng.normal(size=(n, 32, 32, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def test_whitening_data_init() -> None:
+    images = synthetic_images(64)
+    mean = images.mean(axis=(0, 1, 2)) / 255
+    std = images.std(axis=(0, 1, 2)) / 255
+
+    def normalize(x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float32) / 255 - mean) / std
+
+    variables = variables_for("airbench")
+    before = variables["params"]["whiten"]["kernel"]
+    whitened = data_dependent_init("airbench", variables, images, normalize)
+    kernel = whitened["params"]["whiten"]["kernel"]
+    assert kernel.shape == (2, 2, 3, 24) and kernel.dtype == jnp.float32
+    assert variables["params"]["whiten"]["kernel"] is before  # input not mutated
+    np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])
+
+    # Invariant: the whitening conv maps the images' 2x2 patches to identity second moment.
+    model = create_model("airbench", num_classes=NUM_CLASSES, **SMALL_AIRBENCH)
+    _, state = model.apply(
+        whitened,
+        jnp.asarray(normalize(images)),
+        train=False,
+        capture_intermediates=lambda module, _: module.name == "whiten",
+    )
+    out = state["intermediates"]["whiten"]["__call__"][0] - whitened["params"]["whiten"]["bias"]
+    assert out.shape == (64, 31, 31, 24)
+    positive = np.asarray(out[..., :12], np.float64).reshape(-1, 12)
+    moment = positive.T @ positive / len(positive)
+    np.testing.assert_allclose(moment, np.eye(12), atol=1e-2)
+
+
+def test_data_init_is_noop_without_data_init() -> None:
+    variables = variables_for("resnet20")
+    images = synthetic_images(4)
+    assert data_dependent_init("resnet20", variables, images, lambda x: x / 255.0) is variables
+
+
+def test_unknown_model_name_lists_registered_names() -> None:
+    with pytest.raises(ValueError, match="unknown model 'resnet21'") as info:
+        create_model("resnet21", num_classes=NUM_CLASSES)
+    assert ", ".join(model_names()) in str(info.value)
+    assert model_names() == sorted(model_names())
+    assert {"airbench", "resnet20", "resnet110"} <= set(model_names())
+
+
+def test_unknown_kwarg() -> None:
+    with pytest.raises(ValueError, match="'resnet20'.*widths"):
+        create_model("resnet20", num_classes=NUM_CLASSES, widths=(1, 2, 3))
+    with pytest.raises(ValueError, match="'airbench'.*shortcut"):
+        create_model("airbench", num_classes=NUM_CLASSES, shortcut="B")
+    # A registered name's fixed fields can not be overridden.
+    with pytest.raises(ValueError, match="depth"):
+        create_model("resnet20", num_classes=NUM_CLASSES, depth=56)
+    assert create_model("resnet20", num_classes=100, shortcut="B").shortcut == "B"
+
+
+def test_duplicate_registration_rejected() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register("resnet20")(lambda **kwargs: None)
