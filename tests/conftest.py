@@ -8,11 +8,19 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import importlib.util  # noqa: E402
+import tempfile  # noqa: E402
 import pathlib  # noqa: E402
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+# Each run builds fresh jitted closures; the persistent cache lets identical programs
+# (the same tiny model in several tests) compile once per session.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="cv_jax_xla_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "frog", "ship")
@@ -61,6 +69,6 @@ def tiny_config(data_dir, cache_dir, **training):
     config.dataset.update(data_dir=str(data_dir), cache_dir=cache_dir, max_train_examples=0,
                           max_eval_examples=0)
     config.model_init_examples = 64
-    config.training.update(batch_size=16, log_every_steps=1, num_epochs=2.0, **training)
+    config.training.update({"batch_size": 16, "log_every_steps": 1, "num_epochs": 2.0, **training})
     config.eval.batch_size = 16
     return config

@@ -44,6 +44,10 @@ def abstract_init(name: str, **kwargs) -> dict:
     return jax.eval_shape(functools.partial(init, name, **kwargs))
 
 
+def maybe_jit(name: str, fn):
+    return jax.jit(fn) if name in JIT_IN_TESTS else fn
+
+
 def model_kwargs(name: str) -> dict:
     return SMALL_AIRBENCH if name == "airbench" else {}
 
@@ -52,10 +56,6 @@ def model_kwargs(name: str) -> dict:
 def variables_for(name: str) -> dict:
     """Default-config variables (float32 params; shared by the float32 and bfloat16 models)."""
     return maybe_jit(name, functools.partial(init, name, **model_kwargs(name)))()
-
-
-def maybe_jit(name: str, fn):
-    return jax.jit(fn) if name in JIT_IN_TESTS else fn
 
 
 def num_params(variables: dict) -> int:
@@ -155,12 +155,12 @@ def test_whitening_data_init() -> None:
 
     # Invariant: the whitening conv maps the images' 2x2 patches to identity second moment.
     model = create_model("airbench", num_classes=NUM_CLASSES, **SMALL_AIRBENCH)
-    _, state = model.apply(
-        whitened,
-        jnp.asarray(normalize(images)),
+    capture = functools.partial(
+        model.apply,
         train=False,
         capture_intermediates=lambda module, _: module.name == "whiten",
     )
+    _, state = maybe_jit("airbench", capture)(whitened, jnp.asarray(normalize(images)))
     out = state["intermediates"]["whiten"]["__call__"][0] - whitened["params"]["whiten"]["bias"]
     assert out.shape == (64, 31, 31, 24)
     positive = np.asarray(out[..., :12], np.float64).reshape(-1, 12)

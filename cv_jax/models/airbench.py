@@ -119,10 +119,10 @@ def init_whitening(
     """
     images = images_uint8[:num_images]
     patch, _, channels, _ = variables["params"]["whiten"]["kernel"].shape
+    batches = [images[i : i + chunk] for i in range(0, len(images), chunk)]
     moment = sum(
-        patch_second_moment(np.asarray(normalize(images[i : i + chunk]), np.float32), patch)
-        * len(images[i : i + chunk])
-        for i in range(0, len(images), chunk)
+        len(batch) * patch_second_moment(np.asarray(normalize(batch), np.float32), patch)
+        for batch in batches
     ) / len(images)
     kernel = whitening_kernel(moment, patch, channels, eps).astype(np.float32)
     whiten = {**variables["params"]["whiten"], "kernel": jnp.asarray(kernel)}

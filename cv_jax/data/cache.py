@@ -1,0 +1,162 @@
+"""On-disk cache of decoded datasets.
+
+A decoded split is stored as an uncompressed ``.npz`` (``images``, ``labels``, ``class_names``)
+named after the SHA-256 of its key parts. The key includes a :func:`fingerprint` of the source,
+so editing, adding or touching a source file produces a new key and the split is rebuilt; old
+entries are left in place (delete the cache folder to reclaim space).
+
+The cache folder is, in order of precedence: the ``cache_dir`` argument, ``$CV_JAX_CACHE``,
+``~/.cache/cv_jax``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from cv_jax.data.sources import ArrayDataset
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "CV_JAX_CACHE"
+# Bump when the decoding or the stored layout changes, so old cache entries are not reused.
+CACHE_FORMAT_VERSION = 1
+_HASH_BLOCK = 1 << 20
+# What np.load and ArrayDataset validation raise on a truncated or otherwise damaged file.
+_CORRUPT_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def default_cache_dir() -> str:
+    """Return ``$CV_JAX_CACHE`` if set, else ``~/.cache/cv_jax``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cv_jax")
+
+
+def _walk_files(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    """Yield ``(relative posix path, stat)`` for every file under ``root``, in sorted order."""
+    with os.scandir(os.path.join(root, rel) if rel else root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        if entry.is_dir():
+            yield from _walk_files(root, child)
+        else:
+            try:
+                yield child, entry.stat()
+            except FileNotFoundError:  # dangling symlink
+                continue
+
+
+def _sha256_file(path: str) -> str:
+    """Return the SHA-256 hex digest of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(path: str) -> str:
+    """Return a SHA-256 hex digest that changes whenever the source at ``path`` changes.
+
+    For a directory it covers ``(relative path, size, mtime_ns)`` of every file below it (file
+    contents are not read, so this stays fast for tens of thousands of images). For a file
+    (an archive) it covers ``(size, mtime_ns, sha256 of the contents)``.
+    """
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        digest.update(b"dir\n")
+        for rel, st in _walk_files(path):
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    else:
+        st = os.stat(path)
+        digest.update(f"file\n{st.st_size}\0{st.st_mtime_ns}\0{_sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_path(key_parts: dict, cache_dir: str | None) -> str:
+    """Return the cache file path for ``key_parts`` (the format version is added to the key)."""
+    key = json.dumps({**key_parts, "cache_format": CACHE_FORMAT_VERSION}, sort_keys=True,
+                     default=str)
+    name = hashlib.sha256(key.encode()).hexdigest()
+    return os.path.join(cache_dir or default_cache_dir(), f"{name}.npz")
+
+
+def _read(path: str) -> ArrayDataset:
+    """Load a cache file; raises one of ``_CORRUPT_ERRORS`` if it is damaged."""
+    # Imported here: sources imports this module at import time.
+    from cv_jax.data.sources import ArrayDataset
+
+    with np.load(path, allow_pickle=False) as npz:
+        return ArrayDataset(
+            images=npz["images"],
+            labels=npz["labels"],
+            class_names=tuple(str(name) for name in npz["class_names"]),
+        )
+
+
+def _write(path: str, dataset: ArrayDataset) -> None:
+    """Write ``dataset`` to ``path`` atomically: temp file in the same folder, then os.replace."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                images=dataset.images,
+                labels=dataset.labels,
+                class_names=np.array(dataset.class_names, dtype=str),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _try_read(path: str) -> ArrayDataset | None:
+    """Return the cached dataset, or None if absent; a corrupt file is deleted with a warning."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return _read(path)
+    except _CORRUPT_ERRORS as e:
+        logger.warning("Cache file %s is corrupt (%s: %s); deleting and rebuilding it.",
+                       path, type(e).__name__, e)
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        return None
+
+
+def cached(key_parts: dict, cache_dir: str | None,
+           build: Callable[[], ArrayDataset]) -> ArrayDataset:
+    """Return the dataset cached under ``key_parts``, building and storing it on a miss.
+
+    ``key_parts`` must be JSON-serialisable and identify the content (source fingerprint,
+    split, image size, ...). If the cache folder cannot be written, a warning is logged and the
+    freshly built dataset is returned uncached.
+    """
+    path = cache_path(key_parts, cache_dir)
+    dataset = _try_read(path)
+    if dataset is not None:
+        logger.info("Loaded %d cached examples from %s", len(dataset), path)
+        return dataset
+    dataset = build()
+    try:
+        _write(path, dataset)
+    except OSError as e:
+        logger.warning("Could not write dataset cache %s (%s); continuing without it.", path, e)
+    return dataset

@@ -1,0 +1,708 @@
+"""Load a whole dataset split into memory as uint8 arrays.
+
+Supported sources (see :func:`load_split`):
+
+* an ImageFolder tree ``<root>/<split>/<class>/<image>``, as a directory or a ``.tar.gz`` /
+  ``.tgz`` / ``.tar`` archive; the tree may sit below one or more wrapper folders (e.g.
+  ``cifar10/train/cat/0001.jpg``): the shallowest folder named ``<split>`` is used;
+* the official CIFAR-10 / CIFAR-100 python batches (``cifar-10-batches-py``,
+  ``cifar-100-python``), as the batches folder, a folder containing it, or the downloaded
+  ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``; CIFAR-100 uses the 100 fine labels;
+* ``tfds:<name>`` or ``tfds:<name>@<data_dir>``: a prepared TFDS dataset, read through
+  ``tfds.data_source`` (never imports TensorFlow, never downloads).
+
+Conventions:
+
+* Images are always RGB: grayscale, RGBA/LA (alpha dropped, not composited), CMYK, palette
+  and other modes are converted with PIL ``.convert('RGB')``; animated images use frame 0.
+* Files and folders whose name starts with ``.`` and ``__MACOSX`` folders are ignored, as are
+  files without an image extension (:data:`IMAGE_EXTENSIONS`, case-insensitive). Images must
+  sit directly in their class folder; deeper sub-folders are not searched.
+* Class names are the sorted class-folder names (torchvision ImageFolder / Keras order), the
+  label is the index into them; examples are ordered by (class, file name).
+
+Decoding runs in a process pool while a tar archive is still being read. PIL's per-image work
+for small images (header parsing, mode conversion) is mostly Python and holds the GIL, so a
+thread pool was slower than one thread on CIFAR-10; processes are spawned rather than forked
+because forking after JAX has started its threads can deadlock. As with any spawn-based
+multiprocessing, a script that calls load_split must keep its top-level code under
+``if __name__ == "__main__":``; otherwise the pool fails and decoding falls back, with a
+warning, to the calling process. Splits with fewer than ``_CHUNK_SIZE`` images are always
+decoded in-process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import logging
+import multiprocessing
+import os
+import pickle
+import posixpath
+import tarfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from cv_jax.data.cache import cached, fingerprint
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+TFDS_PREFIX = "tfds:"
+_IGNORED_DIRS = frozenset({"__MACOSX"})
+_CHUNK_SIZE = 1024  # images per decode task; also the threshold for starting the pool
+_MAX_WORKERS = 8
+_MAX_LISTED = 20  # bad files named in one error message
+_SIZE_HINT = "set config.dataset.image_size=(H, W) to resize every image"
+_LOCATION_HINT = (
+    "Fix: point --config.dataset.data_dir (or CV_JAX_DATA) at an ImageFolder tree "
+    "<root>/<split>/<class>/<image>.jpg (directory or .tar.gz/.tgz/.tar), a CIFAR python "
+    "batches folder (cifar-10-batches-py) or cifar-10-python.tar.gz, or use 'tfds:<name>'."
+)
+
+# Payload handed to a decode worker: file bytes (archive member) or a file path (directory).
+Payload = bytes | str
+# Decode result: an RGB uint8 [H, W, 3] array, or the error text for an undecodable file.
+Decoded = np.ndarray | str
+
+
+class DataError(ValueError):
+    """Bad dataset input; the message names the offending file or path and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+    """A fully decoded split: ``images`` uint8 [N, H, W, 3] RGB, ``labels`` int32 [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        """Check dtypes and shapes so that malformed data fails here, not in training."""
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [N, H, W, 3], got {self.images.dtype} "
+                             f"{self.images.shape}")
+        if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(f"labels must be int32 [{self.images.shape[0]}], got "
+                             f"{self.labels.dtype} {self.labels.shape}")
+
+    def __len__(self) -> int:
+        """Number of examples."""
+        return int(self.labels.shape[0])
+
+
+# --------------------------------------------------------------------------- image decoding
+
+
+def _to_rgb_array(image: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
+    """Convert a PIL image to RGB, resize it bilinearly to ``image_size`` (H, W) if given."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image_size is not None and image.size != (image_size[1], image_size[0]):
+        image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
+    """Return an in-memory image array ([H, W], [H, W, 1|3|4]) as RGB uint8, resized if asked."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    is_rgb = array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3
+    if is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
+        return array
+    return _to_rgb_array(Image.fromarray(array), image_size)
+
+
+def _decode_one(payload: Payload, image_size: tuple[int, int] | None) -> Decoded:
+    """Decode one encoded image (bytes or a file path); return the error text on failure."""
+    try:
+        source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
+        with Image.open(source) as image:
+            return _to_rgb_array(image, image_size)
+    except Exception as e:  # any decoder failure means "bad file"
+        return f"{type(e).__name__}: {e}"
+
+
+def _decode_chunk(payloads: list[Payload],
+                  image_size: tuple[int, int] | None) -> np.ndarray | list[Decoded]:
+    """Decode a chunk of images (runs in a worker process).
+
+    Returns one stacked array when every image decoded to the same shape (much cheaper to send
+    back than many small arrays), else the per-image list of arrays and error texts.
+    """
+    decoded = [_decode_one(p, image_size) for p in payloads]
+    shapes = {d.shape if isinstance(d, np.ndarray) else None for d in decoded}
+    if len(shapes) == 1 and None not in shapes:
+        return np.stack(decoded)
+    return decoded
+
+
+def _worker_count() -> int:
+    """Number of decode processes: the CPUs available to this process, at most _MAX_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(cpus, _MAX_WORKERS)
+
+
+class _Decoder:
+    """Decode images in chunks of ``_CHUNK_SIZE``, in a process pool once a chunk fills up.
+
+    Use as a context manager; ``add`` payloads in any order, then read ``results()``. If the
+    pool breaks (a worker died, or a script without an ``if __name__ == "__main__":`` guard
+    made the spawned workers fail), a warning is logged and the chunks are decoded in-process.
+    """
+
+    def __init__(self, image_size: tuple[int, int] | None) -> None:
+        self._image_size = image_size
+        self._keys: list[str] = []
+        self._pending: list[Payload] = []
+        self._chunks: list[tuple[list[Payload], concurrent.futures.Future | None]] = []
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool_broken = False
+
+    def __enter__(self) -> _Decoder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, key: str, payload: Payload) -> None:
+        """Queue one image for decoding under ``key``."""
+        self._keys.append(key)
+        self._pending.append(payload)
+        if len(self._pending) >= _CHUNK_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the pending chunk to the pool (started on the first full chunk) if possible."""
+        chunk, self._pending = self._pending, []
+        if self._pool is None and not self._pool_broken and _worker_count() > 1 \
+                and len(chunk) >= _CHUNK_SIZE:
+            # spawn, not fork: forking a process in which JAX already runs threads can deadlock.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                _worker_count(), mp_context=multiprocessing.get_context("spawn"))
+        future = None
+        if self._pool is not None and not self._pool_broken:
+            try:
+                future = self._pool.submit(_decode_chunk, chunk, self._image_size)
+            except concurrent.futures.process.BrokenProcessPool as e:
+                self._mark_broken(e)
+        self._chunks.append((chunk, future))
+
+    def _mark_broken(self, error: BaseException) -> None:
+        """Log once that the pool failed; later chunks are decoded in-process."""
+        if not self._pool_broken:
+            logger.warning("Image decoding pool failed (%s); decoding in-process instead. If "
+                           "you run a script, put its code under `if __name__ == '__main__':`.",
+                           error)
+        self._pool_broken = True
+
+    def _chunk_result(self, chunk: list[Payload],
+                      future: concurrent.futures.Future | None) -> Sequence[Decoded]:
+        """Result of one chunk, decoding it here if it has no (working) future."""
+        if future is not None:
+            try:
+                return future.result()
+            except concurrent.futures.process.BrokenProcessPool as e:
+                self._mark_broken(e)
+        return _decode_chunk(chunk, self._image_size)
+
+    def results(self) -> dict[str, Decoded]:
+        """Wait for all chunks; return ``{key: array or error text}``."""
+        if self._pending:
+            self._flush()
+        decoded: list[Decoded] = []
+        for chunk, future in self._chunks:
+            decoded.extend(self._chunk_result(chunk, future))
+        return dict(zip(self._keys, decoded, strict=True))
+
+
+def _stack_images(arrays: Sequence[np.ndarray], names: Sequence[str], where: str) -> np.ndarray:
+    """Stack same-sized images; DataError naming two files if the sizes differ."""
+    if not arrays:
+        raise DataError(f"{where} contains no images. {_LOCATION_HINT}")
+    first = arrays[0].shape
+    for name, array in zip(names, arrays, strict=True):
+        if array.shape != first:
+            raise DataError(
+                f"images in {where} have different sizes: {names[0]} is "
+                f"{first[0]}x{first[1]} (HxW) but {name} is {array.shape[0]}x{array.shape[1]}; "
+                f"{_SIZE_HINT}.")
+    return np.stack(arrays)
+
+
+def _bad_files_error(bad: Sequence[tuple[str, str]], where: str) -> DataError:
+    """One DataError naming the first ``_MAX_LISTED`` undecodable files and the total count."""
+    lines = [f"  {name}: {reason}" for name, reason in bad[:_MAX_LISTED]]
+    if len(bad) > _MAX_LISTED:
+        lines.append(f"  ... and {len(bad) - _MAX_LISTED} more")
+    return DataError(
+        f"{len(bad)} file(s) in {where} could not be decoded as images:\n" + "\n".join(lines)
+        + "\nFix: delete or replace these files (names starting with '.' and files without an "
+        f"image extension {sorted(IMAGE_EXTENSIONS)} are ignored).")
+
+
+# --------------------------------------------------------------------------- tree listing
+
+
+@dataclasses.dataclass
+class _Listing:
+    """Files and folders of a directory or archive, as '/'-separated paths relative to it."""
+
+    where: str  # the directory or archive path, for messages
+    display: Callable[[str], str]  # relative path -> name shown in messages
+    files: list[str] = dataclasses.field(default_factory=list)
+    dirs: set[str] = dataclasses.field(default_factory=set)
+
+    def add_file(self, rel: str) -> None:
+        """Record a file and all its parent folders."""
+        self.files.append(rel)
+        self.add_dir(_parent(rel))
+
+    def add_dir(self, rel: str) -> None:
+        """Record a folder and all its parents (the root itself is '')."""
+        while rel and rel not in self.dirs:
+            self.dirs.add(rel)
+            rel = _parent(rel)
+
+
+def _is_ignored(rel: str) -> bool:
+    """Hidden ('.'-prefixed) names and __MACOSX folders anywhere in the path are ignored."""
+    return any(part.startswith(".") or part in _IGNORED_DIRS for part in rel.split("/"))
+
+
+def _parent(rel: str) -> str:
+    """Parent of a normalized relative path ('' for top-level entries); a fast dirname."""
+    return rel.rpartition("/")[0]
+
+
+def _is_image(rel: str) -> bool:
+    """Whether ``rel`` has an image extension."""
+    dot = rel.rfind(".")
+    return dot > rel.rfind("/") and rel[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def _depth(rel: str) -> int:
+    """Number of path components ('' has depth 0)."""
+    return rel.count("/") + 1 if rel else 0
+
+
+def _is_split_dir(rel: str, split: str) -> bool:
+    """Whether folder ``rel`` is named ``split`` (``split`` may itself contain '/')."""
+    return rel == split or rel.endswith("/" + split)
+
+
+def _class_image_split_dir(rel: str) -> str | None:
+    """For ``.../<split>/<class>/<image>`` return ``.../<split>``, else None."""
+    parts = rel.rsplit("/", 2)
+    return parts[0] if len(parts) == 3 and _is_image(rel) else None
+
+
+def _list_dir(root: str) -> _Listing:
+    """List a directory tree (following symlinks), skipping ignored names."""
+    listing = _Listing(where=root, display=lambda rel: os.path.join(root, *rel.split("/")))
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not _is_ignored(d)]
+        rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
+        rel_folder = "" if rel_folder == "." else rel_folder
+        listing.add_dir(rel_folder)
+        for name in filenames:
+            if not _is_ignored(name):
+                listing.add_file(posixpath.join(rel_folder, name))
+    return listing
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass(frozen=True)
+class _FolderPlan:
+    """An ImageFolder split: class names and (label, relative path) in output order."""
+
+    split_dir: str
+    class_names: tuple[str, ...]
+    entries: tuple[tuple[int, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _CifarVariant:
+    """File and field names of one official CIFAR python release."""
+
+    meta_file: str
+    names_field: str
+    labels_field: str
+    split_files: dict[str, tuple[str, ...]]
+
+
+_CIFAR10 = _CifarVariant("batches.meta", "label_names", "labels", {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)})
+_CIFAR100 = _CifarVariant("meta", "fine_label_names", "fine_labels", {
+    "train": ("train",), "test": ("test",)})
+_CIFAR_FILES = frozenset(
+    {v.meta_file for v in (_CIFAR10, _CIFAR100)}
+    | {f for v in (_CIFAR10, _CIFAR100) for files in v.split_files.values() for f in files})
+
+
+@dataclasses.dataclass(frozen=True)
+class _CifarPlan:
+    """CIFAR python batches found in ``folder`` ('' for the root)."""
+
+    folder: str
+    variant: _CifarVariant
+
+    def path(self, name: str) -> str:
+        """Relative path of one batch file."""
+        return posixpath.join(self.folder, name)
+
+
+def _find_cifar(listing: _Listing) -> _CifarPlan | None:
+    """Return the shallowest folder holding CIFAR python batches, if any."""
+    files = set(listing.files)
+    found = []
+    for rel in listing.files:
+        folder, name = posixpath.split(rel)
+        if name == _CIFAR10.meta_file:
+            found.append(_CifarPlan(folder, _CIFAR10))
+        elif name == _CIFAR100.meta_file and any(
+                posixpath.join(folder, f) in files for f in ("train", "test")):
+            found.append(_CifarPlan(folder, _CIFAR100))
+    return min(found, key=lambda p: (_depth(p.folder), p.folder), default=None)
+
+
+def _plan_folder(listing: _Listing, split_dir: str) -> _FolderPlan:
+    """Collect classes and images of one split folder, checking for empty folders."""
+    shown = listing.display(split_dir)
+    classes = sorted(posixpath.basename(d) for d in listing.dirs
+                     if _parent(d) == split_dir)
+    if not classes:
+        loose = sum(1 for f in listing.files if _parent(f) == split_dir and _is_image(f))
+        extra = f" It holds {loose} image(s) directly; move them into one folder per class." \
+            if loose else ""
+        raise DataError(f"split folder {shown} has no class subfolders; expected "
+                        f"{shown}/<class>/<image>.jpg.{extra}")
+    by_class: dict[str, list[str]] = {name: [] for name in classes}
+    for rel in listing.files:
+        class_dir = _parent(rel)
+        if _parent(class_dir) == split_dir and _is_image(rel):
+            by_class[posixpath.basename(class_dir)].append(rel)
+    empty = [listing.display(posixpath.join(split_dir, c)) for c in classes if not by_class[c]]
+    if empty:
+        raise DataError(
+            f"class folder(s) without images: {', '.join(empty)}. Images must sit directly in "
+            f"the class folder with an extension in {sorted(IMAGE_EXTENSIONS)} (names starting "
+            "with '.' are ignored). Fix: add images or remove the empty folder(s).")
+    entries = tuple((label, rel) for label, name in enumerate(classes)
+                    for rel in sorted(by_class[name], key=posixpath.basename))
+    return _FolderPlan(split_dir, tuple(classes), entries)
+
+
+def _missing_split_error(listing: _Listing, split: str) -> DataError:
+    """DataError for a source with images but no ``split`` folder, or of unknown format."""
+    split_dirs = sorted({d for f in listing.files if (d := _class_image_split_dir(f)) is not None})
+    if split_dirs:
+        shown = ", ".join(repr(d) for d in split_dirs)
+        return DataError(
+            f"no split folder {split!r} in {listing.where}; folders that hold class subfolders "
+            f"with images: {shown}. Fix: use one of those split names or create "
+            f"<root>/{split}/<class>/<image>.jpg.")
+    top = sorted({rel.split("/")[0] for rel in listing.files} | {d.split("/")[0]
+                                                              for d in listing.dirs})
+    return DataError(
+        f"unknown dataset format: {listing.where} is neither an ImageFolder tree "
+        f"(<root>/<split>/<class>/<image>.jpg) nor CIFAR python batches (data_batch_1..5, "
+        f"test_batch, batches.meta); top-level entries: {top[:_MAX_LISTED]}. {_LOCATION_HINT}")
+
+
+def _plan(listing: _Listing, split: str) -> _FolderPlan | _CifarPlan:
+    """Decide how to read ``split``: the shallowest ``split`` folder, else CIFAR batches."""
+    split_dirs = sorted((d for d in listing.dirs if _is_split_dir(d, split)),
+                        key=lambda d: (_depth(d), d))
+    if split_dirs:
+        tied = [d for d in split_dirs if _depth(d) == _depth(split_dirs[0])]
+        if len(tied) > 1:
+            raise DataError(f"ambiguous split {split!r} in {listing.where}: several folders "
+                            f"match ({', '.join(tied)}). Fix: point data_dir at one of them.")
+        return _plan_folder(listing, split_dirs[0])
+    cifar = _find_cifar(listing)
+    if cifar is not None:
+        return cifar
+    raise _missing_split_error(listing, split)
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+def _assemble(plan: _FolderPlan, decoded: dict[str, Decoded], listing: _Listing) -> ArrayDataset:
+    """Turn decode results into an ArrayDataset; one DataError listing every bad file."""
+    bad = [(listing.display(rel), decoded[rel]) for _, rel in plan.entries
+           if isinstance(decoded[rel], str)]
+    if bad:
+        raise _bad_files_error(bad, listing.where)
+    names = [listing.display(rel) for _, rel in plan.entries]
+    images = _stack_images([decoded[rel] for _, rel in plan.entries], names,
+                           listing.display(plan.split_dir))
+    labels = np.array([label for label, _ in plan.entries], dtype=np.int32)
+    return ArrayDataset(images, labels, plan.class_names)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that only accepts what CIFAR batches contain (dicts, lists, numpy arrays)."""
+
+    _ALLOWED = frozenset({
+        *((f"numpy.{core}.multiarray", name) for core in ("core", "_core")
+          for name in ("_reconstruct", "scalar")),
+        *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles
+    })
+
+    def find_class(self, module: str, name: str):
+        """Resolve only allow-listed numpy reconstructors; refuse everything else."""
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
+        if module.startswith("numpy.core.") and int(np.__version__.split(".")[0]) >= 2:
+            module = "numpy._core." + module[len("numpy.core."):]  # avoid numpy 2's warning
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, shown: str) -> dict:
+    """Unpickle one CIFAR batch (Python 2 pickles: byte-string keys)."""
+    try:
+        batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # any failure means a damaged batch file
+        raise DataError(f"cannot read CIFAR batch {shown}: {type(e).__name__}: {e}. "
+                        "Fix: re-download the CIFAR python archive.") from e
+    if not isinstance(batch, dict):
+        raise DataError(f"CIFAR batch {shown} holds a {type(batch).__name__}, not a dict; "
+                        "Fix: re-download the CIFAR python archive.")
+    return batch
+
+
+def _field(batch: dict, name: str, shown: str):
+    """Return ``batch[name]`` accepting bytes or str keys; DataError if missing."""
+    for key in (name.encode(), name):
+        if key in batch:
+            return batch[key]
+    raise DataError(f"CIFAR batch {shown} has no field {name!r}; "
+                    "Fix: re-download the CIFAR python archive.")
+
+
+def _load_cifar(plan: _CifarPlan, split: str, read: Callable[[str], bytes],
+                listing: _Listing, image_size: tuple[int, int] | None) -> ArrayDataset:
+    """Read the CIFAR batches of ``split`` into NHWC RGB arrays."""
+    variant = plan.variant
+    if split not in variant.split_files:
+        raise DataError(f"CIFAR batches in {listing.display(plan.folder) or listing.where} have "
+                        f"splits 'train' and 'test' only, not {split!r}.")
+    files = set(listing.files)
+    needed = (variant.meta_file, *variant.split_files[split])
+    missing = [listing.display(plan.path(n)) for n in needed if plan.path(n) not in files]
+    if missing:
+        raise DataError(f"incomplete CIFAR batches, missing: {', '.join(missing)}. "
+                        "Fix: re-download the CIFAR python archive.")
+    meta_name = listing.display(plan.path(variant.meta_file))
+    meta = _unpickle(read(plan.path(variant.meta_file)), meta_name)
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n)
+                  for n in _field(meta, variant.names_field, meta_name))
+    images, labels = [], []
+    for name in variant.split_files[split]:
+        shown = listing.display(plan.path(name))
+        batch = _unpickle(read(plan.path(name)), shown)
+        data = np.asarray(_field(batch, "data", shown), dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"CIFAR batch {shown}: data has shape {data.shape}, expected "
+                            "[N, 3072]; Fix: re-download the CIFAR python archive.")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(_field(batch, variant.labels_field, shown), dtype=np.int32))
+    stacked = np.ascontiguousarray(np.concatenate(images))
+    if image_size is not None and tuple(image_size) != (32, 32):
+        stacked = np.stack([_array_to_rgb(image, image_size) for image in stacked])
+    return ArrayDataset(stacked, np.concatenate(labels), names)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _build_from_dir(root: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
+    """Decode a split from a directory (ImageFolder tree or CIFAR batches)."""
+    listing = _list_dir(root)
+    plan = _plan(listing, split)
+    if isinstance(plan, _CifarPlan):
+        def read(rel: str) -> bytes:
+            with open(os.path.join(root, *rel.split("/")), "rb") as f:
+                return f.read()
+        return _load_cifar(plan, split, read, listing, image_size)
+    with _Decoder(image_size) as decoder:
+        for _, rel in plan.entries:
+            decoder.add(rel, listing.display(rel))
+        decoded = decoder.results()
+    return _assemble(plan, decoded, listing)
+
+
+def _is_archive(path: str) -> bool:
+    """Whether ``path`` has a tar archive suffix."""
+    return path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _build_from_archive(path: str, split: str,
+                        image_size: tuple[int, int] | None) -> ArrayDataset:
+    """Decode a split from a tar archive in one streaming pass.
+
+    Members that look like ``.../<split>/<class>/<image>`` are decoded in the background while
+    the archive is still being read; CIFAR batch files are kept in memory. The folder plan is
+    made once the whole listing is known.
+    """
+    listing = _Listing(where=path, display=lambda rel: f"{path}:{rel}")
+    blobs: dict[str, bytes] = {}
+    with _Decoder(image_size) as decoder:
+        try:
+            with tarfile.open(path, "r|*") as archive:
+                for member in archive:
+                    rel = posixpath.normpath(member.name.lstrip("/"))
+                    if rel == "." or _is_ignored(rel):
+                        continue
+                    if member.isdir():
+                        listing.add_dir(rel)
+                    elif member.isfile():
+                        listing.add_file(rel)
+                        _stash_member(archive, member, rel, split, decoder, blobs)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise DataError(f"cannot read archive {path}: {type(e).__name__}: {e}. "
+                            "Fix: re-download or re-create the archive.") from e
+        plan = _plan(listing, split)
+        if isinstance(plan, _CifarPlan):
+            return _load_cifar(plan, split, blobs.__getitem__, listing, image_size)
+        decoded = decoder.results()
+    return _assemble(plan, decoded, listing)
+
+
+def _stash_member(archive: tarfile.TarFile, member: tarfile.TarInfo, rel: str, split: str,
+                  decoder: _Decoder, blobs: dict[str, bytes]) -> None:
+    """Queue a candidate image of ``split`` for decoding, or keep a CIFAR batch's bytes."""
+    split_dir = _class_image_split_dir(rel)
+    is_candidate = split_dir is not None and _is_split_dir(split_dir, split)
+    if not is_candidate and posixpath.basename(rel) not in _CIFAR_FILES:
+        return
+    extracted = archive.extractfile(member)
+    data = extracted.read() if extracted is not None else b""
+    if is_candidate:
+        decoder.add(rel, data)
+    else:
+        blobs[rel] = data
+
+
+def _normalize_size(image_size: Sequence[int] | None) -> tuple[int, int] | None:
+    """Validate ``image_size`` as two positive ints (H, W)."""
+    if image_size is None:
+        return None
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise DataError(f"image_size must be (height, width) with positive values, got "
+                        f"{image_size!r}; Fix: set config.dataset.image_size=(H, W) or None.")
+    return size
+
+
+def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
+    """Read a prepared TFDS dataset ``name[@data_dir]`` via tfds.data_source (no TensorFlow)."""
+    import tensorflow_datasets as tfds  # lazy: slow import, only needed for this source
+
+    name, _, data_dir = spec.partition("@")
+    where = f"{TFDS_PREFIX}{spec} split {split!r}"
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as e:  # tfds raises many types for "not available"
+        raise DataError(
+            f"cannot open {where}: {type(e).__name__}: {e}. Fix: prepare it once with "
+            f"`tfds build {name}` (needs `pip install cv_jax[tfds-prepare]`), give its folder as "
+            f"'{TFDS_PREFIX}{name}@DATA_DIR', or use an ImageFolder/CIFAR copy via "
+            "--config.dataset.data_dir.") from e
+    features = source.dataset_info.features
+    image_key = _feature_key(features, tfds.features.Image, "image", where)
+    label_key = _feature_key(features, tfds.features.ClassLabel, "label", where)
+    arrays, labels = [], []
+    for index in range(len(source)):
+        example = source[index]
+        arrays.append(_array_to_rgb(np.asarray(example[image_key]), image_size))
+        labels.append(int(example[label_key]))
+    names = [f"{where} example {i}" for i in range(len(arrays))]
+    return ArrayDataset(_stack_images(arrays, names, where), np.array(labels, dtype=np.int32),
+                        tuple(features[label_key].names))
+
+
+def _feature_key(features, feature_type: type, preferred: str, where: str) -> str:
+    """Key of the ``preferred`` feature if it has ``feature_type``, else the first that does."""
+    keys = [k for k in features.keys() if isinstance(features[k], feature_type)]
+    if preferred in keys:
+        return preferred
+    if not keys:
+        raise DataError(f"{where} has no {feature_type.__name__} feature (features: "
+                        f"{list(features.keys())}); only image classification datasets work.")
+    return keys[0]
+
+
+def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
+               cache_dir: str | None = None) -> ArrayDataset:
+    """Load one split of a dataset fully into memory (see the module docstring for formats).
+
+    Args:
+      source: an ImageFolder directory or .tar.gz/.tgz/.tar archive, a CIFAR python batches
+        folder / its parent / cifar-10-python.tar.gz, or 'tfds:<name>[@<data_dir>]'.
+      split: 'train', 'test', or (ImageFolder) any split folder name.
+      image_size: (H, W) to resize every image to with PIL bilinear; if None, all images
+        must already have the same size.
+      cache_dir: folder for decoded-split caches (default $CV_JAX_CACHE or ~/.cache/cv_jax).
+        File sources are cached; tfds sources are read directly (they are already prepared).
+
+    Raises:
+      DataError: the source is missing, malformed or contains undecodable images.
+    """
+    size = _normalize_size(image_size)
+    source = os.fspath(source)
+    if source.startswith(TFDS_PREFIX):
+        return _load_tfds(source[len(TFDS_PREFIX):], split, size)
+    path = os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(path):
+        raise DataError(f"dataset path does not exist: {path}. {_LOCATION_HINT}")
+    if os.path.isfile(path) and not _is_archive(path):
+        raise DataError(f"unknown dataset format: {path} is a file but not a "
+                        f"{'/'.join(ARCHIVE_SUFFIXES)} archive. {_LOCATION_HINT}")
+    build_fn = _build_from_archive if os.path.isfile(path) else _build_from_dir
+
+    def build() -> ArrayDataset:
+        start = time.perf_counter()
+        dataset = build_fn(path, split, size)
+        logger.info("Decoded %d images of split %r from %s in %.1f s", len(dataset), split,
+                    path, time.perf_counter() - start)
+        return dataset
+
+    key = {"fingerprint": fingerprint(path), "split": split, "image_size": size}
+    return cached(key, cache_dir, build)
+
+
+def check_same_classes(train: ArrayDataset, other: ArrayDataset, other_name: str) -> None:
+    """Raise DataError unless ``other`` has exactly the class list of ``train``, in order."""
+    if train.class_names == other.class_names:
+        return
+    missing = [c for c in train.class_names if c not in other.class_names]
+    extra = [c for c in other.class_names if c not in train.class_names]
+    parts = []
+    if missing:
+        parts.append(f"missing from {other_name}: {missing}")
+    if extra:
+        parts.append(f"present in {other_name} but not in train: {extra}")
+    if not parts:
+        parts.append(f"same classes in a different order: train {list(train.class_names)} vs "
+                     f"{other_name} {list(other.class_names)}")
+    raise DataError(f"class lists of train and {other_name} differ ({'; '.join(parts)}). "
+                    f"Fix: give both splits the same class subfolders so labels line up.")
