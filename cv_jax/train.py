@@ -226,7 +226,6 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     num_devices = mesh.devices.size
     check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
     eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
-    save_config(config, workdir)
 
     data = load_datasets(config)
     plan = Plan.from_config(config, len(data.train))
@@ -249,6 +248,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     if latest is not None:
         state = ckpt.restore(latest, state, sig)
         log.info("Resuming from step %d of %d.", latest, plan.total_steps)
+    save_config(config, workdir)  # only once the workdir is known to belong to this config
     log.info("%d train / %d validation / %d test examples, %d classes; %d steps (%d per epoch) "
              "on %s.", len(data.train), len(data.validation or ()), len(data.test),
              len(data.train.class_names), plan.total_steps, plan.steps_per_epoch,

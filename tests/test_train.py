@@ -121,3 +121,22 @@ def test_durations_in_steps_or_epochs(tiny_folder, cache_dir):
     assert train.Plan.from_config(config, 96).total_steps == 12
     config.training.num_steps = 7
     assert train.Plan.from_config(config, 96).total_steps == 7
+
+
+def test_evaluate_cli_matches_the_run_and_reports_per_class(straight_run, tiny_folder, tmp_path):
+    from conftest import CLASSES, write_image_folder
+
+    from cv_jax.data.sources import DataError
+    from cv_jax.evaluate import evaluate_run
+
+    workdir, results = straight_run
+    report = evaluate_run(workdir, str(tiny_folder), "test")
+    assert report["accuracy"] == results["test_accuracy"]
+    assert report["examples"] == 36 and report["checkpoint_step"] == 12
+    assert sorted(report["per_class_accuracy"]) == sorted(CLASSES)
+    per_class = [report["per_class_accuracy"][name] * 9 for name in CLASSES]
+    assert sum(per_class) == pytest.approx(report["correct"])
+    other = write_image_folder(tmp_path / "other", {"test": 2})
+    (other / "test" / "cat").rename(other / "test" / "lion")
+    with pytest.raises(DataError, match="trained on"):
+        evaluate_run(workdir, str(other), "test")
