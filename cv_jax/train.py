@@ -297,6 +297,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
                 rates.append(summary["images_per_sec"])
                 writer.write(step, "train", summary)
             if plan.is_eval_step(step) or step == end:
+                jax.block_until_ready(state)  # finish queued steps before the clock stops
                 progress.pause()
                 last_eval = evaluate_all(evaluators, state, step, writer, ckpt)
                 ckpt.save(step, state, sig, metrics=last_eval)
