@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import ml_collections as mlc
@@ -172,11 +171,6 @@ def parse_multipliers(spec: str) -> dict[str, float]:
                 "write comma-separated REGEX=FACTOR pairs, e.g. 'bias$=2,head/=0.1'"
             ) from None
     return result
-
-
-def to_plain(config: Mapping) -> dict:
-    """A JSON-friendly copy of a config (tuples become lists)."""
-    return mlc.ConfigDict(config).to_dict() if not isinstance(config, dict) else dict(config)
 
 
 def base_config() -> mlc.ConfigDict:

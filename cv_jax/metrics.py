@@ -49,12 +49,6 @@ class MetricWriter:
             self.tensorboard.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """All records of workdir/metrics.jsonl."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     """Averages a list of per-step metric dicts fetched from device."""
     fetched = jax.device_get(history)
