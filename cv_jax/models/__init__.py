@@ -30,25 +30,31 @@ _FLAX_RESERVED = frozenset({"parent", "name"})
 class _Entry:
     factory: Callable[..., nn.Module]
     data_init: DataInit | None
+    input_shape: tuple[int, int, int]
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register(
-    name: str, *, data_init: DataInit | None = None
+    name: str,
+    *,
+    data_init: DataInit | None = None,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``factory(**kwargs) -> nn.Module`` under ``name``.
 
     The factory's signature (keyword parameters) defines which kwargs :func:`create_model`
     accepts; a ``flax.linen.Module`` subclass can be registered directly. ``data_init``, if
     given, is run by :func:`data_dependent_init` to set parameters from training images.
+    ``input_shape`` (H, W, C) is the input the architecture was designed for: 32x32 for CIFAR
+    models, 224x224 for ImageNet ones (summaries and size warnings use it).
     """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(factory, data_init)
+        _REGISTRY[name] = _Entry(factory, data_init, tuple(input_shape))
         return factory
 
     return decorator
@@ -94,6 +100,11 @@ def _accepted_kwargs(factory: Callable[..., nn.Module]) -> set[str] | None:
         return None
     keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {p.name for p in params if p.kind in keyword_kinds} - _FLAX_RESERVED
+
+
+def default_input_shape(name: str) -> tuple[int, int, int]:
+    """The (H, W, C) input model ``name`` was designed for."""
+    return _entry(name).input_shape
 
 
 def model_fields(name: str) -> dict[str, Any]:
@@ -151,6 +162,7 @@ from cv_jax.models import airbench, resnet_cifar  # noqa: E402, F401, I001
 
 __all__ = [
     "create_model",
+    "default_input_shape",
     "data_dependent_init",
     "model_fields",
     "model_names",

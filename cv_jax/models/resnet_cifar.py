@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
+from cv_jax.models.layers import Conv, batch_norm, global_avg_pool
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -22,29 +23,17 @@ STAGE_WIDTHS = (16, 32, 64)
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv3x3(features: int, strides: int, dtype: Any, name: str) -> nn.Conv:
+def _conv3x3(features: int, strides: int, dtype: Any, name: str) -> Conv:
     # Symmetric padding 1 (not 'SAME', which pads (0, 1) at stride 2) so that a stride-2 conv
     # samples the same pixels as the option-A shortcut x[:, ::2, ::2].
-    return nn.Conv(
+    return Conv(
         features,
         (3, 3),
         strides=strides,
         padding=1,
         use_bias=False,
         dtype=dtype,
-        param_dtype=jnp.float32,
         kernel_init=he_normal_fan_out,
-        name=name,
-    )
-
-
-def _batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any, name: str):
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=momentum,
-        epsilon=epsilon,
-        dtype=dtype,
-        param_dtype=jnp.float32,
         name=name,
     )
 
@@ -65,11 +54,13 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(_batch_norm, train, self.bn_momentum, self.bn_epsilon, self.dtype)
+        norm = functools.partial(
+            batch_norm, train, dtype=self.dtype, momentum=self.bn_momentum, epsilon=self.bn_epsilon
+        )
         y = _conv3x3(self.features, self.strides, self.dtype, "conv1")(x)
-        y = nn.relu(norm("bn1")(y))
+        y = nn.relu(norm(name="bn1")(y))
         y = _conv3x3(self.features, 1, self.dtype, "conv2")(y)
-        y = norm("bn2")(y)
+        y = norm(name="bn2")(y)
 
         residual = x
         if self.strides != 1 or x.shape[-1] != self.features:
@@ -79,17 +70,16 @@ class BasicBlock(nn.Module):
                 extra = self.features - x.shape[-1]
                 residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0), (0, extra)))
             else:
-                residual = nn.Conv(
+                residual = Conv(
                     self.features,
                     (1, 1),
                     strides=self.strides,
                     use_bias=False,
                     dtype=self.dtype,
-                    param_dtype=jnp.float32,
                     kernel_init=he_normal_fan_out,
                     name="proj_conv",
                 )(x)
-                residual = norm("proj_bn")(residual)
+                residual = norm(name="proj_bn")(residual)
         return nn.relu(y + residual.astype(y.dtype))
 
 
@@ -117,7 +107,10 @@ class ResNetCifar(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         blocks_per_stage = (self.depth - 2) // 6
         x = _conv3x3(STAGE_WIDTHS[0], 1, self.dtype, "stem_conv")(x)
-        x = _batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, "stem_bn")(x)
+        x = batch_norm(
+            train, dtype=self.dtype, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            name="stem_bn",
+        )(x)
         x = nn.relu(x)
         for stage, width in enumerate(STAGE_WIDTHS):
             for i in range(blocks_per_stage):
@@ -130,8 +123,8 @@ class ResNetCifar(nn.Module):
                     dtype=self.dtype,
                     name=f"stage{stage + 1}_block{i}",
                 )(x, train)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        x = global_avg_pool(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return x.astype(jnp.float32)
 
 
