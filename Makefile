@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/cifar10.py
 WORKDIR ?= runs/cifar10
+# pip extras: dev = pytest + ruff; torch = torchvision weight import and its tests
+# (`make install EXTRAS=dev` skips torch, whose tests are then skipped).
+EXTRAS ?= dev,torch
 
 .PHONY: install train test lint evaluate clean
 
@@ -12,7 +15,7 @@ $(PY):
 	$(PY) -m pip install --upgrade pip
 
 install: $(PY)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
 
 train: install
 	$(PY) -m cv_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)

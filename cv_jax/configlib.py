@@ -115,6 +115,7 @@ _CHECKS = (
     Check("schedule.boundaries", lambda v: list(v) == sorted(v) and all(b > 0 for b in v),
           "increasing positive epochs, e.g. (30, 60, 80)"),
     Check("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    Check("loss.aux_weight", lambda v: v >= 0, "a number >= 0"),
     Check("augment.crop_padding", lambda v: v >= 0, "an integer >= 0 (0: off)"),
     Check("augment.padding_mode", lambda v: v in ("reflect", "constant", "edge"),
           "'reflect', 'constant' or 'edge'"),
@@ -216,7 +217,8 @@ def base_config() -> mlc.ConfigDict:
         decay_factor=0.1,  # piecewise factor; exponential: factor per epoch
         staircase=False,  # exponential: decay once per epoch instead of every step
     ))
-    c.loss = mlc.ConfigDict(dict(label_smoothing=0.0))
+    # aux_weight: weight of each auxiliary classifier's loss (GoogLeNet's aux heads; paper: 0.3).
+    c.loss = mlc.ConfigDict(dict(label_smoothing=0.0, aux_weight=0.3))
     c.augment = mlc.ConfigDict(dict(crop_padding=4, padding_mode="constant", flip=True))
     c.training = mlc.ConfigDict(dict(
         batch_size=128,  # global, split across devices

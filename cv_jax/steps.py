@@ -25,6 +25,7 @@ class StepSettings:
     std: tuple[float, ...]
     dtype: Any
     label_smoothing: float
+    aux_weight: float
     augment: mlc.ConfigDict
     schedule: optax.Schedule
     tta_flip: bool
@@ -36,6 +37,7 @@ class StepSettings:
             std=tuple(config.dataset.std),
             dtype=jnp.dtype(config.training.compute_dtype),
             label_smoothing=config.loss.label_smoothing,
+            aux_weight=config.loss.aux_weight,
             augment=config.augment,
             schedule=schedule,
             tta_flip=config.eval.tta_flip,
@@ -50,7 +52,11 @@ def normalize(images: jax.Array, settings: StepSettings) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[TrainState, dict]:
-    """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]}."""
+    """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]}.
+
+    Auxiliary classifiers (GoogLeNet's) sow their logits into the ``aux_logits`` collection in
+    train mode; each adds ``aux_weight`` times its cross-entropy to the loss.
+    """
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     images = augment.augment_batch(batch["image"], aug_key, settings.augment)
     x = normalize(images, settings)
@@ -58,9 +64,12 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-            mutable=["batch_stats"], rngs={"dropout": dropout_key},
+            mutable=["batch_stats", "aux_logits"], rngs={"dropout": dropout_key},
         )
         loss = losses.cross_entropy(logits, batch["label"], settings.label_smoothing).mean()
+        for aux in jax.tree.leaves(updates.get("aux_logits", {})):
+            aux_loss = losses.cross_entropy(aux, batch["label"], settings.label_smoothing).mean()
+            loss = loss + settings.aux_weight * aux_loss
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

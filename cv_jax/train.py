@@ -160,6 +160,9 @@ def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sha
 def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.StepSettings,
                 tx, mesh: jax.sharding.Mesh) -> TrainState:
     """A fresh state: model init, data-dependent init, replicated over the mesh."""
+    advice = models.input_size_advice(config.model.name, train.images.shape[1:3])
+    if advice:
+        log.warning("%s", advice)
     model = models.create_model(config.model.name, num_classes=len(train.class_names),
                                 dtype=jnp.dtype(config.training.compute_dtype),
                                 **configlib.model_kwargs(config.model))

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cv_jax.models import create_model, data_dependent_init, model_names, register
+from cv_jax.models import (
+    create_model,
+    data_dependent_init,
+    input_size_advice,
+    model_names,
+    register,
+)
+from cv_jax.models.__main__ import format_layers
+from cv_jax.models.layers import (
+    Conv,
+    InputTooSmall,
+    MaxPool,
+    activation,
+    adaptive_avg_pool,
+    initializer,
+)
+from cv_jax.models.summary import summarize
 
 NUM_CLASSES = 10
 # The "rbg" PRNG compiles much faster than threefry on CPU; eager init compiles one sampler per
@@ -196,3 +213,70 @@ def test_unknown_kwarg() -> None:
 def test_duplicate_registration_rejected() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register("resnet20")(lambda **kwargs: None)
+
+
+# --- Shared layers --------------------------------------------------------------------------
+
+
+def test_adaptive_avg_pool_uses_pytorch_windows() -> None:
+    x = jnp.arange(5.0).reshape(1, 5, 1, 1) * jnp.ones((1, 5, 2, 1))
+    pooled = adaptive_avg_pool(x, (3, 1))
+    # PyTorch windows for 5 -> 3: [0, 2), [1, 4), [3, 5).
+    np.testing.assert_allclose(pooled[0, :, 0, 0], [0.5, 2.0, 3.5])
+    # A smaller input is repeated: 1x1 -> 7x7 copies the value.
+    np.testing.assert_array_equal(adaptive_avg_pool(jnp.ones((1, 1, 1, 2)), (7, 7)), 1.0)
+
+
+def test_layer_too_small_input_names_the_layer() -> None:
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = Conv(4, (3, 3), padding="VALID", name="conv")(x)
+            return MaxPool(3, strides=2, name="pool")(x)
+
+    variables = jax.eval_shape(Net().init, KEY, jnp.zeros((1, 8, 8, 3)))
+    with pytest.raises(InputTooSmall, match=r"layer 'pool' .* 3x3 window .* gets a 2x2 input"):
+        jax.eval_shape(Net().apply, variables, jnp.zeros((1, 4, 4, 3)))
+    with pytest.raises(InputTooSmall, match=r"layer 'conv' .* gets a 2x2 input"):
+        jax.eval_shape(Net().init, KEY, jnp.zeros((1, 2, 2, 3)))
+
+
+def test_activation_and_initializer_specs() -> None:
+    x = jnp.array([-2.0, 3.0])
+    np.testing.assert_allclose(activation("leaky_relu:0.1")(x), [-0.2, 3.0])
+    np.testing.assert_allclose(activation("relu")(x), [0.0, 3.0])
+    with pytest.raises(ValueError, match="unknown activation 'rleu'; choose one of relu"):
+        activation("rleu")
+    with pytest.raises(ValueError, match="'relu' takes no argument"):
+        activation("relu:2")
+    kernel = initializer("uniform:0.05")(KEY, (3, 3, 64, 64))
+    assert float(jnp.max(jnp.abs(kernel))) <= 0.05 and float(jnp.std(kernel)) > 0.025
+    he = initializer("he_normal:fan_out")(KEY, (3, 3, 64, 256))
+    np.testing.assert_allclose(float(jnp.std(he)), (2 / (9 * 256)) ** 0.5, rtol=0.03)
+    for bad in ("he_normal:fan_sideways", "normal:-1", "normal", "gaussian"):
+        with pytest.raises(ValueError, match="initializer"):
+            initializer(bad)
+
+
+# --- Summaries --------------------------------------------------------------------------------
+
+
+def test_summary_counts_parameters_and_flops() -> None:
+    summary = summarize("resnet20", num_classes=10, per_layer=True)
+    assert summary.params == PAPER_TABLE6["resnet20"][0]
+    assert sum(row.params for row in summary.layers) == summary.params
+    rows = {row.path: row for row in summary.layers}
+    stem = rows["stem_conv"]
+    assert (stem.kind, stem.output_shape, stem.params) == ("Conv", (1, 32, 32, 16), 3 * 3 * 3 * 16)
+    # XLA counts only taps inside the image: per axis 32 * 3 - 2 = 94 of them (padding 1), and a
+    # multiply-add is 2 FLOPs.
+    assert stem.flops == 2 * 94**2 * 3 * 16
+    assert rows["head"].flops == 2 * 64 * 10 + 10  # matmul plus bias
+    assert 0 < summary.other_flops < 0.01 * summary.flops  # activations and adds are cheap
+    assert list(rows)[-1] == "head"
+    table = format_layers(summary)
+    assert "stage3_block2/conv2" in table and "269,722" in table
+
+
+def test_input_size_advice() -> None:
+    assert input_size_advice("resnet20", (32, 32)) is None

@@ -107,6 +107,25 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
     return _entry(name).input_shape
 
 
+def input_size_advice(name: str, image_hw: tuple[int, int]) -> str | None:
+    """A hint when images are much smaller than the input model ``name`` was designed for
+    (e.g. CIFAR images into an ImageNet network), else None."""
+    design = default_input_shape(name)[:2]
+    if min(image_hw) * 2 > min(design):
+        return None
+    small_variant = f"{name}_cifar"
+    alternative = (
+        f"use {small_variant!r}, its form for small images, or "
+        if small_variant in _REGISTRY
+        else ""
+    )
+    return (
+        f"model {name!r} was designed for {design[0]}x{design[1]} inputs and gets "
+        f"{image_hw[0]}x{image_hw[1]} images; its early downsampling leaves little spatial "
+        f"detail: {alternative}resize with --config.dataset.image_size=({design[0]}, {design[1]})"
+    )
+
+
 def model_fields(name: str) -> dict[str, Any]:
     """The tunable keyword parameters of model ``name`` with their defaults (for configs).
 
@@ -163,6 +182,7 @@ from cv_jax.models import airbench, resnet_cifar  # noqa: E402, F401, I001
 __all__ = [
     "create_model",
     "default_input_shape",
+    "input_size_advice",
     "data_dependent_init",
     "model_fields",
     "model_names",
