@@ -50,8 +50,9 @@ def train_step_check(
     step on the same batch, evaluated in train mode with the same dropout key.
     """
     model = create_model(name, num_classes=num_classes, **kwargs)
-    x = jax.random.normal(jax.random.key(1), (batch, *input_shape))
-    labels = jnp.arange(batch) % num_classes
+    # numpy inputs and checks: eager JAX ops would each compile once per shape.
+    x = np.random.default_rng(1).normal(size=(batch, *input_shape)).astype(np.float32)
+    labels = np.arange(batch) % num_classes
 
     @jax.jit
     def run():
@@ -69,10 +70,11 @@ def train_step_check(
         new_params = jax.tree.map(lambda p, g: p - 0.01 * g, params, grads)
         return loss, loss_fn(new_params)[0], logits, grads
 
-    loss, new_loss, logits, grads = run()
-    assert logits.shape == (batch, num_classes) and logits.dtype == jnp.float32
-    assert bool(jnp.all(jnp.isfinite(logits)))
+    loss, new_loss, logits, grads = jax.device_get(run())
+    assert logits.shape == (batch, num_classes) and logits.dtype == np.float32
+    assert np.all(np.isfinite(logits))
     for path, grad in jax.tree_util.tree_leaves_with_path(grads):
-        assert bool(jnp.all(jnp.isfinite(grad))), f"non-finite gradient at {path}"
-        assert bool(jnp.any(grad != 0)), f"zero gradient at {jax.tree_util.keystr(path)}"
+        where = jax.tree_util.keystr(path)
+        assert np.all(np.isfinite(grad)), f"non-finite gradient at {where}"
+        assert np.any(grad != 0), f"zero gradient at {where}"
     return float(loss), float(new_loss)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -13,6 +14,7 @@ import pytest
 from cv_jax.models import (
     create_model,
     data_dependent_init,
+    default_input_shape,
     input_size_advice,
     model_names,
     register,
@@ -101,8 +103,25 @@ def test_airbench_param_count() -> None:
     assert variables["params"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", model_names())
+def test_every_model_computes_in_bf16_with_f32_params(name: str) -> None:
+    """Traced only (nothing runs): the zoo's big ImageNet models at their design input."""
+    shape = default_input_shape(name)
+    model = create_model(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
+
+    def forward():
+        variables = model.init({"params": KEY, "dropout": KEY}, jnp.zeros((1, *shape)), train=False)
+        return variables, model.apply(variables, jnp.zeros((2, *shape)), train=False)
+
+    jaxpr, (variables, logits) = jax.make_jaxpr(forward, return_shape=True)()
+    assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
+    conv_dtypes = re.findall(r"(\w+)\[[\d,]*\] = conv_general_dilated", str(jaxpr))
+    assert conv_dtypes and set(conv_dtypes) == {"bf16"}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", ["resnet20", "airbench"])
 def test_output_shape_and_dtype(name: str, dtype) -> None:
     model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype, **model_kwargs(name))
     variables = variables_for(name)

@@ -177,7 +177,13 @@ def data_dependent_init(
 
 
 # Model modules register themselves on import; they must come after `register` is defined.
-from cv_jax.models import airbench, resnet_cifar  # noqa: E402, F401, I001
+from cv_jax.models import (  # noqa: E402, F401, I001
+    airbench,
+    alexnet,
+    convnet,
+    lenet,
+    resnet_cifar,
+)
 
 __all__ = [
     "create_model",
