@@ -182,7 +182,10 @@ from cv_jax.models import (  # noqa: E402, F401, I001
     alexnet,
     convnet,
     lenet,
+    preact_resnet,
+    resnet,
     resnet_cifar,
+    wide_resnet,
 )
 
 __all__ = [

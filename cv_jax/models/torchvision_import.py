@@ -1,0 +1,241 @@
+"""Convert torchvision ImageNet weights into cv_jax variables.
+
+    python -m cv_jax.models.torchvision_import resnet50 resnet50-0676ba61.pth --out=r50.msgpack
+
+Supported: resnet18, resnet34, resnet50, vgg16, vgg16_bn, densenet121 (the cv_jax models of the
+same names mirror torchvision's layer structure). The .pth file is a state dict you downloaded
+yourself; nothing is fetched here. Needs ``torch`` (``pip install -e ".[torch]"``) only to read
+the file.
+
+Layout changes: conv weights OIHW -> HWIO, linear weights (out, in) -> (in, out), BatchNorm
+weight/bias/running_mean/running_var -> params scale/bias and batch_stats mean/var. VGG's first
+classifier layer reads a flattened NCHW 512x7x7 map in torchvision and an NHWC one here, so its
+input rows are permuted accordingly.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cv_jax.models import create_model
+
+StateDict = Mapping[str, np.ndarray]
+
+
+class ImportMismatch(ValueError):
+    """The state dict does not fit the cv_jax model (missing, extra or mis-shaped tensors)."""
+
+
+# --- torchvision module name -> cv_jax module path, per family --------------------------------
+
+def _resnet_path(torch_module: str) -> str:
+    """``layer1.0.downsample.1`` -> ``layer1_0/downsample_bn``; ``conv1`` -> ``conv1``."""
+    path = re.sub(r"^layer(\d)\.(\d+)\.", r"layer\1_\2/", torch_module)
+    return path.replace("downsample.0", "downsample_conv").replace("downsample.1", "downsample_bn")
+
+
+def _densenet_path(torch_module: str) -> str:
+    """``features.denseblock1.denselayer2.conv1`` -> ``denseblock1/denselayer2/conv1``."""
+    return torch_module.removeprefix("features.").replace(".", "/")
+
+
+def _vgg_paths(state_dict: StateDict) -> dict[str, str]:
+    """torchvision numbers VGG layers ``features.<i>`` (conv, [bn], relu, pool in one list) and
+    ``classifier.<0|3|6>``; cv_jax names them ``conv<k>``/``bn<k>`` and ``fc1..fc3``."""
+    indices = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("features.")})
+    paths: dict[str, str] = {}
+    conv = 0
+    for index in indices:
+        module = f"features.{index}"
+        if state_dict[f"{module}.weight"].ndim == 4:
+            conv += 1
+            paths[module] = f"conv{conv}"
+        else:
+            paths[module] = f"bn{conv}"
+    for k, index in enumerate(sorted({int(k.split(".")[1]) for k in state_dict
+                                      if k.startswith("classifier.")})):
+        paths[f"classifier.{index}"] = f"fc{k + 1}"
+    return paths
+
+
+def _module_paths(name: str, state_dict: StateDict) -> dict[str, str]:
+    modules = dict.fromkeys(k.rsplit(".", 1)[0] for k in state_dict)  # in state-dict order
+    if name.startswith("resnet"):
+        return {m: _resnet_path(m) for m in modules}
+    if name.startswith("densenet"):
+        return {m: _densenet_path(m) for m in modules}
+    return _vgg_paths(state_dict)
+
+
+SUPPORTED = ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "densenet121")
+
+
+VGG_POOLED_SIDE = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before the classifier
+
+
+def _vgg_fc1(weight: np.ndarray) -> np.ndarray:
+    """(out, C*7*7) in NCHW flatten order -> (7*7*C, out) in NHWC flatten order."""
+    out_features, in_features = weight.shape
+    side = VGG_POOLED_SIDE
+    kernel = weight.reshape(out_features, in_features // side**2, side, side)
+    return kernel.transpose(2, 3, 1, 0).reshape(-1, out_features)
+
+
+def _convert_module(
+    module: str, tensors: dict[str, np.ndarray], fc1_hook: Callable | None
+) -> tuple[dict, dict]:
+    """One torch module's tensors -> (params, batch_stats) leaves of the cv_jax module."""
+    if "running_mean" in tensors:
+        params = {"scale": tensors["weight"], "bias": tensors["bias"]}
+        return params, {"mean": tensors["running_mean"], "var": tensors["running_var"]}
+    weight = tensors["weight"]
+    if weight.ndim == 4:
+        params = {"kernel": weight.transpose(2, 3, 1, 0)}
+    elif weight.ndim == 2:
+        params = {"kernel": fc1_hook(weight) if fc1_hook else weight.T}
+    else:
+        raise ImportMismatch(f"tensor {module}.weight has unexpected shape {weight.shape}")
+    if "bias" in tensors:
+        params["bias"] = tensors["bias"]
+    return params, {}
+
+
+def _set(tree: dict, path: str, leaves: dict) -> None:
+    *parents, last = path.split("/")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = leaves
+
+
+def convert_state_dict(name: str, state_dict: StateDict) -> dict[str, Any]:
+    """cv_jax variables ``{'params', 'batch_stats'}`` for model ``name`` from a torchvision state
+    dict (tensors or numpy arrays). The class count is read from the classifier's shape.
+
+    Raises :class:`ImportMismatch` naming every tensor that is missing, unexpected or of the wrong
+    shape compared with ``create_model(name, num_classes=...)``.
+    """
+    if name not in SUPPORTED:
+        raise ValueError(f"no torchvision import for {name!r}; supported: {', '.join(SUPPORTED)}")
+    arrays = {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, np.float32)
+        for k, v in state_dict.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    by_module: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        module, leaf = key.rsplit(".", 1)
+        by_module.setdefault(module, {})[leaf] = value
+    paths = _module_paths(name, arrays)
+    params: dict = {}
+    batch_stats: dict = {}
+    for module, path in paths.items():
+        tensors = by_module[module]
+        hook = _vgg_fc1 if name.startswith("vgg") and path == "fc1" else None
+        module_params, module_stats = _convert_module(module, tensors, hook)
+        _set(params, path, module_params)
+        if module_stats:
+            _set(batch_stats, path, module_stats)
+    variables = {"params": params, "batch_stats": batch_stats}
+    classifier = next(reversed(paths.values()))
+    num_classes = int(np.shape(_get(params, classifier)["kernel"])[1])
+    _check_matches(name, num_classes, variables)
+    return jax.tree.map(jnp.asarray, variables)
+
+
+def _get(tree: dict, path: str) -> dict:
+    for part in path.split("/"):
+        tree = tree[part]
+    return tree
+
+
+def _flat(tree: dict) -> dict[str, tuple[int, ...]]:
+    flat = flax.traverse_util.flatten_dict(tree, sep="/")
+    return {k: tuple(np.shape(v)) for k, v in flat.items()}
+
+
+def _check_matches(name: str, num_classes: int, variables: dict) -> None:
+    model = create_model(name, num_classes=num_classes)
+    expected = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    )
+    problems = []
+    for collection in ("params", "batch_stats"):
+        want = _flat(flax.core.unfreeze(expected.get(collection, {})))
+        got = _flat(variables[collection])
+        problems += [f"missing {collection}/{k} {s}" for k, s in want.items() if k not in got]
+        problems += [f"unexpected {collection}/{k} {s}" for k, s in got.items() if k not in want]
+        problems += [
+            f"{collection}/{k}: state dict gives {got[k]}, {name} needs {s}"
+            for k, s in want.items()
+            if k in got and got[k] != s
+        ]
+    if problems:
+        raise ImportMismatch(
+            f"the state dict does not fit cv_jax model {name!r} ({len(problems)} problems): "
+            + "; ".join(problems[:10])
+            + (" ..." if len(problems) > 10 else "")
+            + ". Is it a torchvision state dict of the same architecture?"
+        )
+
+
+def import_torchvision(name: str, state_dict_path: str) -> dict[str, Any]:
+    """Load a torchvision ``.pth`` state dict from disk and convert it (see
+    :func:`convert_state_dict`)."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "reading .pth files needs torch: pip install -e '.[torch]'"
+        ) from error
+    try:
+        state_dict = torch.load(state_dict_path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise ValueError(
+            f"cannot read state dict {state_dict_path!r} ({first_line}); expected a torchvision "
+            ".pth file saved with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state_dict, dict) and "state_dict" in state_dict:
+        state_dict = state_dict["state_dict"]
+    return convert_state_dict(name, state_dict)
+
+
+def save_variables(variables: dict, path: str) -> None:
+    """Write variables as one flax msgpack file (read back with :func:`load_variables`)."""
+    with open(path, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
+
+
+def load_variables(path: str) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return flax.serialization.msgpack_restore(f.read())
+
+
+def main(argv: Sequence[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=SUPPORTED)
+    parser.add_argument("state_dict", help="torchvision .pth state dict")
+    parser.add_argument("--out", required=True, help="output .msgpack file")
+    args = parser.parse_args(argv)
+    variables = import_torchvision(args.name, args.state_dict)
+    save_variables(variables, args.out)
+    count = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
+    print(f"wrote {args.out}: {args.name}, {count:,} parameters")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, ImportError) as error:
+        sys.exit(f"error: {error}")
