@@ -15,6 +15,25 @@ Any other model (model=resnet20, ...) gets the classic He et al. SGD recipe inst
 lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, 4-pixel pad-and-crop + flip.
 
 Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype.
+
+Models (`python -m cv_jax.models` lists them with parameters and GFLOPs; `python -m cv_jax.models
+NAME` shows one layer by layer). Plain names are the ImageNet forms, built like torchvision's
+(resnet18, vgg16_bn, densenet121, googlenet, alexnet); the *_cifar names are the 32x32 forms
+(resnet18_cifar, vgg11_bn_cifar, googlenet_cifar, alexnet_cifar); CIFAR-only designs have one
+name (lenet5, keras_cifar_cnn, resnet20..110, preact_resnet18, wrn28_10, wrn16_8,
+densenet_bc_100_12, airbench). Every field of the chosen model is a key of config.model.
+
+The configurable ConvNet (model=convnet) takes every CNN hyper-parameter from config.model:
+  --config.model.layers="conv:32,conv:32:k5:s2:valid,pool:max:3:s2,dropout:0.25,conv:64"
+      conv:FILTERS[:kK][:sS][:same|:valid]  KxK conv, stride S, zero padding on (same) or off
+      pool:max|avg:SIZE[:sS]                pooling; stride S < SIZE overlaps (AlexNet)
+      dropout:RATE
+  --config.model.fc="512,256"               hidden dense widths ("" = none)
+  --config.model.flatten=flatten|avg|max    how the feature map becomes a vector
+  --config.model.activation=relu|leaky_relu:0.1|elu|gelu|tanh|sigmoid|selu|silu|mish|...
+  --config.model.kernel_init=he_normal[:fan_in|fan_out|fan_avg]|he_uniform|glorot_normal|
+      glorot_uniform|lecun_normal|lecun_uniform|normal:STD|truncated_normal:STD|uniform:LIMIT
+  --config.model.batch_norm=True|False  --config.model.fc_dropout=0.5
 """
 
 import jax

@@ -46,7 +46,7 @@ def format_listing(summaries: Sequence[ModelSummary]) -> str:
     for s in summaries:
         lines.append(
             f"{s.name:<20} {_shape(s.input_shape):>11} {s.num_classes:>7} {s.params:>13,} "
-            f"{s.flops / 1e9:>9.3f}"
+            f"{s.flops / 1e9:>9.4f}"
         )
     return "\n".join(lines)
 
