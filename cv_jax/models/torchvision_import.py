@@ -8,9 +8,9 @@ yourself; nothing is fetched here. Needs ``torch`` (``pip install -e ".[torch]"`
 the file.
 
 Layout changes: conv weights OIHW -> HWIO, linear weights (out, in) -> (in, out), BatchNorm
-weight/bias/running_mean/running_var -> params scale/bias and batch_stats mean/var. VGG's first
-classifier layer reads a flattened NCHW 512x7x7 map in torchvision and an NHWC one here, so its
-input rows are permuted accordingly.
+weight/bias/running_mean/running_var -> params scale/bias and batch_stats mean/var. (cv_jax's VGG
+flattens its last feature map in torchvision's (C, H, W) order, so the first classifier layer
+needs no reordering.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import pickle
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
@@ -48,23 +48,10 @@ def _densenet_path(torch_module: str) -> str:
     return torch_module.removeprefix("features.").replace(".", "/")
 
 
-def _vgg_paths(state_dict: StateDict) -> dict[str, str]:
-    """torchvision numbers VGG layers ``features.<i>`` (conv, [bn], relu, pool in one list) and
-    ``classifier.<0|3|6>``; cv_jax names them ``conv<k>``/``bn<k>`` and ``fc1..fc3``."""
-    indices = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("features.")})
-    paths: dict[str, str] = {}
-    conv = 0
-    for index in indices:
-        module = f"features.{index}"
-        if state_dict[f"{module}.weight"].ndim == 4:
-            conv += 1
-            paths[module] = f"conv{conv}"
-        else:
-            paths[module] = f"bn{conv}"
-    for k, index in enumerate(sorted({int(k.split(".")[1]) for k in state_dict
-                                      if k.startswith("classifier.")})):
-        paths[f"classifier.{index}"] = f"fc{k + 1}"
-    return paths
+def _vgg_path(torch_module: str) -> str:
+    """``features.7`` -> ``features_7``, ``classifier.0`` -> ``classifier_0`` (torchvision's
+    list indices, which count the parameter-free ReLU/pool/dropout layers too)."""
+    return torch_module.replace(".", "_")
 
 
 def _module_paths(name: str, state_dict: StateDict) -> dict[str, str]:
@@ -73,26 +60,13 @@ def _module_paths(name: str, state_dict: StateDict) -> dict[str, str]:
         return {m: _resnet_path(m) for m in modules}
     if name.startswith("densenet"):
         return {m: _densenet_path(m) for m in modules}
-    return _vgg_paths(state_dict)
+    return {m: _vgg_path(m) for m in modules}
 
 
 SUPPORTED = ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "densenet121")
 
 
-VGG_POOLED_SIDE = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before the classifier
-
-
-def _vgg_fc1(weight: np.ndarray) -> np.ndarray:
-    """(out, C*7*7) in NCHW flatten order -> (7*7*C, out) in NHWC flatten order."""
-    out_features, in_features = weight.shape
-    side = VGG_POOLED_SIDE
-    kernel = weight.reshape(out_features, in_features // side**2, side, side)
-    return kernel.transpose(2, 3, 1, 0).reshape(-1, out_features)
-
-
-def _convert_module(
-    module: str, tensors: dict[str, np.ndarray], fc1_hook: Callable | None
-) -> tuple[dict, dict]:
+def _convert_module(module: str, tensors: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """One torch module's tensors -> (params, batch_stats) leaves of the cv_jax module."""
     if "running_mean" in tensors:
         params = {"scale": tensors["weight"], "bias": tensors["bias"]}
@@ -101,7 +75,7 @@ def _convert_module(
     if weight.ndim == 4:
         params = {"kernel": weight.transpose(2, 3, 1, 0)}
     elif weight.ndim == 2:
-        params = {"kernel": fc1_hook(weight) if fc1_hook else weight.T}
+        params = {"kernel": weight.T}
     else:
         raise ImportMismatch(f"tensor {module}.weight has unexpected shape {weight.shape}")
     if "bias" in tensors:
@@ -139,8 +113,7 @@ def convert_state_dict(name: str, state_dict: StateDict) -> dict[str, Any]:
     batch_stats: dict = {}
     for module, path in paths.items():
         tensors = by_module[module]
-        hook = _vgg_fc1 if name.startswith("vgg") and path == "fc1" else None
-        module_params, module_stats = _convert_module(module, tensors, hook)
+        module_params, module_stats = _convert_module(module, tensors)
         _set(params, path, module_params)
         if module_stats:
             _set(batch_stats, path, module_stats)
