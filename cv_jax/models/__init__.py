@@ -181,10 +181,13 @@ from cv_jax.models import (  # noqa: E402, F401, I001
     airbench,
     alexnet,
     convnet,
+    densenet,
+    googlenet,
     lenet,
     preact_resnet,
     resnet,
     resnet_cifar,
+    vgg,
     wide_resnet,
 )
 

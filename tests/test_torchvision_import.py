@@ -1,0 +1,99 @@
+"""torchvision state dicts converted by cv_jax give the same logits as torchvision itself.
+
+torchvision models are randomly initialised here (no downloads); BatchNorm statistics and affine
+parameters are randomised too, so that their conversion is exercised, and both models run in eval
+mode on the same random images.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from cv_jax.models import create_model
+from cv_jax.models.torchvision_import import (
+    ImportMismatch,
+    convert_state_dict,
+    import_torchvision,
+    load_variables,
+    save_variables,
+)
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
+torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed")
+
+NUM_CLASSES = 7  # not 1000: the class count must come from the state dict
+# (model, input side): small inputs keep the test fast; VGG's adaptive pooling and DenseNet's
+# global pooling make any size >= 32 valid.
+CASES = [
+    ("resnet18", 64),
+    ("resnet34", 64),
+    ("resnet50", 64),
+    ("vgg16", 32),
+    ("vgg16_bn", 32),
+    ("densenet121", 64),
+]
+
+
+def torchvision_model(name: str):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                shape = module.running_mean.shape
+                module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
+                module.weight.copy_(0.5 + torch.rand(shape, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize(("name", "side"), CASES, ids=[name for name, _ in CASES])
+def test_logits_match_torchvision(name: str, side: int) -> None:
+    reference = torchvision_model(name)
+    images = np.random.default_rng(0).normal(size=(2, side, side, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+
+    variables = convert_state_dict(name, reference.state_dict())
+    model = create_model(name, num_classes=NUM_CLASSES)
+    logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+
+    assert logits.shape == expected.shape == (2, NUM_CLASSES)
+    relative_error = np.max(np.abs(logits - expected)) / np.max(np.abs(expected))
+    assert relative_error < 1e-4, f"{name}: max relative error {relative_error:.2e}"
+    reference_count = sum(p.numel() for p in reference.parameters())
+    assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
+
+
+def test_pth_file_round_trip(tmp_path) -> None:
+    reference = torchvision_model("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    variables = import_torchvision("resnet18", str(path))
+    out = tmp_path / "resnet18.msgpack"
+    save_variables(variables, str(out))
+    restored = load_variables(str(out))
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    conv1 = reference.state_dict()["conv1.weight"].numpy()  # OIHW -> HWIO
+    kernel = restored["params"]["conv1"]["kernel"]
+    np.testing.assert_array_equal(kernel, conv1.transpose(2, 3, 1, 0))
+
+
+def test_wrong_architecture_names_the_tensors() -> None:
+    state_dict = torchvision_model("resnet18").state_dict()
+    with pytest.raises(ImportMismatch, match=r"resnet34.*missing params/layer1_2/conv1/kernel"):
+        convert_state_dict("resnet34", state_dict)
+    with pytest.raises(ValueError, match="no torchvision import for 'alexnet'; supported: resnet"):
+        convert_state_dict("alexnet", state_dict)
+
+
+def test_unreadable_file_is_named(tmp_path) -> None:
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a state dict")
+    with pytest.raises(ValueError, match="cannot read state dict .*broken.pth"):
+        import_torchvision("resnet18", str(path))
