@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from cv_jax.models import register
+from cv_jax.models.layers import torch_default_init
 
 WHITEN_PATCH = 2  # whitening conv kernel size; it has 2 * C * WHITEN_PATCH**2 output channels
 
-# PyTorch's default Conv2d/Linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
-torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def partial_dirac_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:

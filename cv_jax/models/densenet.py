@@ -36,11 +36,18 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import AvgPool, Conv, MaxPool, batch_norm, global_avg_pool
+from cv_jax.models.layers import (
+    AvgPool,
+    Conv,
+    MaxPool,
+    batch_norm,
+    global_avg_pool,
+    torch_default_init,
+)
 
 # torchvision: kaiming_normal_ (fan_in, ReLU gain) for convs; nn.Linear's default U(+-1/sqrt(n)).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+linear_init = torch_default_init
 
 
 class DenseLayer(nn.Module):

@@ -212,7 +212,14 @@ def activation(spec: str) -> Callable[[jax.Array], jax.Array]:
     return functools.partial(fn, **{arg_name: value})
 
 
-# --- Initialisers by name ---------------------------------------------------------------------
+# --- Initialisers ------------------------------------------------------------------------------
+
+# PyTorch's default nn.Conv2d / nn.Linear weight init (kaiming_uniform with a=sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# He et al. 2015 ("Delving Deep into Rectifiers"): N(0, 2/n) with n = fan_out = k*k*out_channels,
+# as fb.resnet.torch and torchvision (kaiming_normal_, mode="fan_out") do; untruncated.
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # name -> (variance scale, default fan mode). He et al. 2015 keep Var(w) = 2/fan for ReLU;
 # Glorot & Bengio 2010 use 1/fan_avg; LeCun 1998 uses 1/fan_in.
@@ -221,7 +228,9 @@ _ALIASES = {"kaiming": "he", "xavier": "glorot"}
 _FAN_MODES = ("fan_in", "fan_out", "fan_avg")
 
 
-def _uniform_symmetric(limit: float) -> Callable:
+def uniform_symmetric(limit: float) -> Callable:
+    """U(-limit, limit) (flax's ``uniform`` draws from [0, scale))."""
+
     def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, shape, dtype, -limit, limit)
 
@@ -253,7 +262,7 @@ def initializer(spec: str) -> Callable:
     fixed = {
         "normal": nn.initializers.normal,
         "truncated_normal": nn.initializers.truncated_normal,
-        "uniform": _uniform_symmetric,
+        "uniform": uniform_symmetric,
     }
     if name in fixed:
         try:

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import batch_norm, global_avg_pool
-from cv_jax.models.resnet import conv, dense, torch_default
+from cv_jax.models.layers import batch_norm, global_avg_pool, torch_default_init
+from cv_jax.models.resnet import conv, dense
 
 
 class PreActBlock(nn.Module):
@@ -47,7 +47,7 @@ class PreActBlock(nn.Module):
     strides: int = 1
     dropout: float = 0.0  # between the two convs (wide ResNets)
     preact_shortcut: bool = False
-    kernel_init: Any = torch_default
+    kernel_init: Any = torch_default_init
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -83,7 +83,9 @@ class PreActResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = conv(self.width, 3, 1, 1, dtype=self.dtype, kernel_init=torch_default, name="conv1")(x)
+        x = conv(
+            self.width, 3, 1, 1, dtype=self.dtype, kernel_init=torch_default_init, name="conv1"
+        )(x)
         if self.stem_bn:
             x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         for i, num_blocks in enumerate(self.stage_sizes):

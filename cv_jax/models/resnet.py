@@ -45,12 +45,15 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import Conv, MaxPool, batch_norm, global_avg_pool
-
-# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), i.e. N(0, 2 / (k*k*out)).
-he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-# PyTorch's default init of nn.Conv2d and nn.Linear weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-torch_default = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+from cv_jax.models.layers import (
+    Conv,
+    MaxPool,
+    batch_norm,
+    global_avg_pool,
+    he_normal_fan_out,
+    torch_default_init,
+    uniform_symmetric,
+)
 
 
 def conv(
@@ -76,22 +79,13 @@ def conv(
     )
 
 
-def uniform(bound: float):
-    """Initialiser drawing from U(-bound, bound)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 def dense(features: int, fan_in: int, *, dtype: Any, name: str, bias_init=None) -> nn.Dense:
     """A classifier initialised like PyTorch's ``nn.Linear``: weights and bias U(+-1/sqrt(fan_in))
     (``bias_init`` replaces the bias's)."""
     if bias_init is None:
-        bias_init = uniform(1 / math.sqrt(fan_in))
+        bias_init = uniform_symmetric(1 / math.sqrt(fan_in))
     return nn.Dense(
-        features, dtype=dtype, kernel_init=torch_default, bias_init=bias_init, name=name
+        features, dtype=dtype, kernel_init=torch_default_init, bias_init=bias_init, name=name
     )
 
 

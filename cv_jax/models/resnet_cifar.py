@@ -13,14 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import Conv, batch_norm, global_avg_pool
+from cv_jax.models.layers import Conv, batch_norm, global_avg_pool, he_normal_fan_out
 
 STAGE_WIDTHS = (16, 32, 64)
 
-# He et al. 2015 ("Delving Deep into Rectifiers", ref. [13] of the ResNet paper): N(0, 2/n).
-# We take n = fan_out = k*k*out_channels, as fb.resnet.torch and torchvision do; [13] shows the
-# fan_in variant is equivalent up to a constant factor over depth. Untruncated normal.
-he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv3x3(features: int, strides: int, dtype: Any, name: str) -> Conv:

@@ -37,7 +37,13 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import Conv, MaxPool, adaptive_avg_pool, batch_norm
+from cv_jax.models.layers import (
+    Conv,
+    MaxPool,
+    adaptive_avg_pool,
+    batch_norm,
+    he_normal_fan_out,
+)
 
 # Convolutions per stage in configurations A, B, D, E (paper, Table 1).
 CONVS_PER_STAGE = {
@@ -48,7 +54,7 @@ CONVS_PER_STAGE = {
 }
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") and normal_(0, 0.01).
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_init = he_normal_fan_out
 linear_init = nn.initializers.normal(0.01)
 
 

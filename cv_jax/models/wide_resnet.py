@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import batch_norm, global_avg_pool
+from cv_jax.models.layers import batch_norm, global_avg_pool, he_normal_fan_out
 from cv_jax.models.preact_resnet import PreActBlock
-from cv_jax.models.resnet import conv, dense, he_normal_fan_out
+from cv_jax.models.resnet import conv, dense
 
 
 class WideResNet(nn.Module):
