@@ -19,7 +19,7 @@ from cv_jax.models import (
     model_names,
     register,
 )
-from cv_jax.models.__main__ import format_layers
+from cv_jax.models.__main__ import format_layers, format_listing
 from cv_jax.models.layers import (
     Conv,
     InputTooSmall,
@@ -299,3 +299,16 @@ def test_summary_counts_parameters_and_flops() -> None:
 
 def test_input_size_advice() -> None:
     assert input_size_advice("resnet20", (32, 32)) is None
+    assert input_size_advice("resnet18", (224, 224)) is None
+    advice = input_size_advice("resnet18", (32, 32))
+    assert "designed for 224x224" in advice and "'resnet18_cifar'" in advice
+    assert "_cifar" not in input_size_advice("densenet121", (32, 32))  # there is no such form
+
+
+def test_listing_format() -> None:
+    assert len(model_names()) >= 20
+    summaries = [summarize(name, num_classes=10) for name in ("lenet5", "resnet20")]
+    lines = format_listing(summaries).splitlines()
+    assert lines[0].split() == ["model", "input", "classes", "params", "GFLOPs"]
+    assert lines[1].split()[:4] == ["lenet5", "32x32x3", "10", "62,006"]
+    assert float(lines[2].split()[4]) == round(summaries[1].flops / 1e9, 4)
