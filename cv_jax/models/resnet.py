@@ -205,3 +205,6 @@ for _depth, (_block, _sizes) in DEPTHS.items():
     register(f"resnet{_depth}_cifar")(
         partial_module(ResNet, block=_block, stage_sizes=_sizes, stem="cifar")
     )
+# Every field free (block, stage_sizes, stem, width): e.g. a ResNet-10 for quick experiments with
+# --config.model.name=resnet --config.model.stage_sizes=(1,1,1,1) --config.model.stem=cifar.
+register("resnet", input_shape=(224, 224, 3))(ResNet)
