@@ -84,6 +84,14 @@ def model_kwargs(model_config: mlc.ConfigDict) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
+def _is_regex(value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Check:
     """One validation rule: the dotted key, a predicate on its value, and what is allowed."""
@@ -108,14 +116,44 @@ _CHECKS = (
     Check("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     Check("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
     Check("optimizer.grad_clip_norm", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("optimizer.agc_clip", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("optimizer.accumulate_steps", lambda v: v >= 1, "an integer >= 1 (1: off)"),
+    Check("optimizer.b1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    Check("optimizer.b2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    Check("optimizer.rho", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    Check("optimizer.eps", lambda v: v >= 0, "a number >= 0"),
+    Check("optimizer.sam_rho", lambda v: v > 0, "a number > 0"),
+    Check("optimizer.lars_trust", lambda v: v > 0, "a number > 0"),
     Check("schedule.warmup_epochs", lambda v: v >= 0, "a number of epochs >= 0"),
     Check("schedule.warmup_init_factor", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     Check("schedule.end_factor", lambda v: v >= 0, "a number >= 0"),
     Check("schedule.decay_factor", lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    Check("schedule.boundaries", lambda v: list(v) == sorted(v) and all(b > 0 for b in v),
-          "increasing positive epochs, e.g. (30, 60, 80)"),
+    Check("schedule.boundaries",
+          lambda v: all(b > 0 for b in v) and all(a < b for a, b in zip(v, tuple(v)[1:])),
+          "strictly increasing positive epochs, e.g. (30, 60, 80)"),
+    Check("schedule.decay_factors", lambda v: all(f > 0 for f in v),
+          "factors > 0, one per boundary, e.g. (0.1, 0.1); () = decay_factor at each"),
+    Check("schedule.power", lambda v: v > 0, "a number > 0"),
+    Check("schedule.cycle_epochs", lambda v: v > 0, "a positive number of epochs"),
+    Check("schedule.cycle_mult", lambda v: v >= 1, "a number >= 1"),
+    Check("schedule.plateau_metric", lambda v: v in ("loss", "accuracy"),
+          "'loss' or 'accuracy'"),
+    Check("schedule.plateau_patience", lambda v: v >= 0, "an integer >= 0"),
+    Check("schedule.plateau_cooldown", lambda v: v >= 0, "an integer >= 0"),
+    Check("schedule.plateau_rtol", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     Check("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     Check("loss.aux_weight", lambda v: v >= 0, "a number >= 0"),
+    Check("loss.l2_penalty", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("loss.activity_l1", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("loss.activity_l2", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("loss.activity_layers", _is_regex, "a regular expression over module paths"),
+    Check("mixup.mixup_alpha", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("mixup.cutmix_alpha", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("mixup.prob", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    Check("mixup.switch_prob", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    Check("mixup.off_epoch", lambda v: v >= 0, "a number of epochs >= 0 (0: never off)"),
+    Check("noise.input_std", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("noise.weight_std", lambda v: v >= 0, "a number >= 0 (0: off)"),
     Check("augment.crop_padding", lambda v: v >= 0, "an integer >= 0 (0: off)"),
     Check("augment.padding_mode", lambda v: v in ("reflect", "constant", "edge"),
           "'reflect', 'constant' or 'edge'"),
@@ -197,28 +235,66 @@ def base_config() -> mlc.ConfigDict:
     ))
     c.model = mlc.ConfigDict({"name": ""})
     c.optimizer = mlc.ConfigDict(dict(
-        name="sgd",  # sgd | adam | adamw | rmsprop | adagrad | adadelta
+        # sgd | adam | adamw | rmsprop | adagrad | adadelta | lamb | lars | lion | sam |
+        # schedule_free_sgd | schedule_free_adamw (cv_jax/optim.py explains each)
+        name="sgd",
         learning_rate=0.1,  # the peak of the schedule
-        momentum=0.9,  # sgd/rmsprop; 0 = plain SGD
+        momentum=0.9,  # sgd/rmsprop/lars; 0 = plain SGD
         nesterov=True,
+        # b1, b2: adam/adamw/lamb/lion moments (lion paper: b2=0.99); b1 is also the
+        # schedule_free_* interpolation constant. eps: adam-family/rmsprop/adagrad/lars.
         b1=0.9, b2=0.999, eps=1e-8, rho=0.9,
-        weight_decay=5e-4,
+        weight_decay=5e-4,  # decoupled for adamw/lamb/lars/lion/schedule_free_adamw, else L2
         decay_mask="kernel$",  # regex over parameter paths that receive weight decay
-        grad_clip_norm=0.0,  # 0 = off
+        grad_clip_norm=0.0,  # clip the global gradient norm to this; 0 = off
+        agc_clip=0.0,  # adaptive (unit-wise) gradient clipping ratio, NFNet-style 0.01; 0 = off
+        accumulate_steps=1,  # average k mini-batch gradients per update (optax.MultiSteps); 1 = off
+        sam_base="sgd",  # sam: the optimizer SAM wraps (any name above except the wrappers)
+        sam_rho=0.05,  # sam: radius of the adversarial step (Foret et al.: 0.05)
+        lars_trust=0.001,  # lars: trust coefficient
         freeze="",  # regex of parameters that never change ('' = none)
         lr_multipliers="",  # 'REGEX=FACTOR,...' per-group learning-rate factors
     ))
     c.schedule = mlc.ConfigDict(dict(
-        name="cosine",  # constant | piecewise | exponential | cosine | linear
+        # constant | multistep (= piecewise) | exponential | cosine | linear | polynomial |
+        # sgdr | reduce_on_plateau (cv_jax/schedules.py explains each)
+        name="cosine",
         warmup_epochs=0.0,
         warmup_init_factor=0.0,  # warmup starts at this fraction of the peak LR
-        end_factor=0.0,  # cosine/linear end at end_factor * peak
-        boundaries=(),  # piecewise: epochs at which the LR is multiplied by decay_factor
-        decay_factor=0.1,  # piecewise factor; exponential: factor per epoch
-        staircase=False,  # exponential: decay once per epoch instead of every step
+        # cosine/linear/polynomial/sgdr end at end_factor * peak; reduce_on_plateau's floor
+        end_factor=0.0,
+        boundaries=(),  # multistep: epochs at which the LR is multiplied by a factor
+        decay_factors=(),  # multistep: one factor per boundary; () = decay_factor at each
+        # multistep factor at each boundary; exponential: factor per epoch; reduce_on_plateau
+        decay_factor=0.1,
+        staircase=False,  # exponential: decay once per epoch (True) instead of every step
+        power=2.0,  # polynomial: (1 - t/T)^power from peak to end_factor * peak; 1 = linear
+        cycle_epochs=10.0,  # sgdr: length of the first cosine cycle, in epochs
+        cycle_mult=1.0,  # sgdr: each cycle is this many times longer than the previous
+        plateau_metric="loss",  # reduce_on_plateau: eval 'loss' or 'accuracy' to watch
+        plateau_patience=5,  # reduce_on_plateau: evaluations without improvement before decay
+        plateau_cooldown=0,  # reduce_on_plateau: evaluations to wait after a decay
+        plateau_rtol=1e-4,  # reduce_on_plateau: relative improvement that counts
     ))
-    # aux_weight: weight of each auxiliary classifier's loss (GoogLeNet's aux heads; paper: 0.3).
-    c.loss = mlc.ConfigDict(dict(label_smoothing=0.0, aux_weight=0.3))
+    c.loss = mlc.ConfigDict(dict(
+        label_smoothing=0.0,
+        aux_weight=0.3,  # each auxiliary classifier's loss weight (GoogLeNet's heads; paper 0.3)
+        class_weights="",  # '' | 'balanced' (n / (K * n_k)) | 'w0,w1,...' per class
+        l2_penalty=0.0,  # c/2 * sum(w^2) over optimizer.decay_mask in the loss (cv_jax.losses)
+        activity_l1=0.0,  # Keras-style activity regularisation of the layers matched by
+        activity_l2=0.0,  # activity_layers (regex over module paths, e.g. 'fc1$')
+        activity_layers="",
+    ))
+    # Mixup / CutMix (cv_jax.mixup): alpha 0 = off; one lam per batch, as timm.
+    c.mixup = mlc.ConfigDict(dict(
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        prob=1.0,  # probability that a batch is mixed at all
+        switch_prob=0.5,  # with both alphas > 0: probability of CutMix instead of mixup
+        off_epoch=0.0,  # > 0: no mixing from this epoch on
+    ))
+    # Gaussian noise (std in normalised-input units / weight units); 0 = off.
+    c.noise = mlc.ConfigDict(dict(input_std=0.0, weight_std=0.0))
     c.augment = mlc.ConfigDict(dict(crop_padding=4, padding_mode="constant", flip=True))
     c.training = mlc.ConfigDict(dict(
         batch_size=128,  # global, split across devices

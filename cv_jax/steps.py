@@ -6,6 +6,7 @@ Batches hold uint8 images; augmentation and normalisation happen here, on device
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import optax
 
-from cv_jax import augment, losses
+from cv_jax import augment, losses, mixup, optim
 from cv_jax.state import TrainState
 
 
@@ -29,9 +30,21 @@ class StepSettings:
     augment: mlc.ConfigDict
     schedule: optax.Schedule
     tta_flip: bool
+    mixup: mlc.ConfigDict | None = None
+    steps_per_epoch: int = 1
+    class_weights: tuple[float, ...] | None = None
+    l2_penalty: float = 0.0
+    decay_mask: str = "kernel$"  # which parameters the L2 penalty and weight noise touch
+    activity_l1: float = 0.0
+    activity_l2: float = 0.0
+    activity_layers: str = ""  # regex over module paths whose outputs are penalised
+    input_noise_std: float = 0.0
+    weight_noise_std: float = 0.0
 
     @classmethod
-    def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule) -> StepSettings:
+    def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
+                    steps_per_epoch: int = 1,
+                    class_weights: tuple[float, ...] | None = None) -> StepSettings:
         return cls(
             mean=tuple(config.dataset.mean),
             std=tuple(config.dataset.std),
@@ -41,6 +54,16 @@ class StepSettings:
             augment=config.augment,
             schedule=schedule,
             tta_flip=config.eval.tta_flip,
+            mixup=config.mixup,
+            steps_per_epoch=steps_per_epoch,
+            class_weights=class_weights,
+            l2_penalty=config.loss.l2_penalty,
+            decay_mask=config.optimizer.decay_mask,
+            activity_l1=config.loss.activity_l1,
+            activity_l2=config.loss.activity_l2,
+            activity_layers=config.loss.activity_layers,
+            input_noise_std=config.noise.input_std,
+            weight_noise_std=config.noise.weight_std,
         )
 
 
@@ -51,25 +74,75 @@ def normalize(images: jax.Array, settings: StepSettings) -> jax.Array:
     return x.astype(settings.dtype)
 
 
+def _add_weight_noise(params: Any, key: jax.Array, settings: StepSettings) -> Any:
+    """Gaussian noise on the masked weights for this step's forward and backward pass (the
+    update itself applies to the clean weights)."""
+    mask = optim.path_mask(settings.decay_mask)(params)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
+    return jax.tree.map(
+        lambda w, m, k: w + settings.weight_noise_std * jax.random.normal(k, w.shape, w.dtype)
+        if m else w,
+        params, mask, keys)
+
+
+def _captures(settings: StepSettings):
+    """``capture_intermediates`` filter: outputs of the modules whose path matches."""
+    if not (settings.activity_layers and (settings.activity_l1 or settings.activity_l2)):
+        return False
+    regex = re.compile(settings.activity_layers)
+    return lambda module, method: (
+        method == "__call__" and bool(regex.search("/".join(module.scope.path))))
+
+
 def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[TrainState, dict]:
     """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]}.
 
-    Auxiliary classifiers (GoogLeNet's) sow their logits into the ``aux_logits`` collection in
-    train mode; each adds ``aux_weight`` times its cross-entropy to the loss.
+    Loss = class-weighted soft-target cross-entropy (smoothed, then mixed by mixup/cutmix)
+    + ``aux_weight`` x the same for each auxiliary classifier (GoogLeNet's heads sow their logits
+    into ``aux_logits`` in train mode) + the L2 weight penalty + activity penalties.
     """
-    aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    step_key = jax.random.fold_in(state.rng, state.step)
+    aug_key, dropout_key = jax.random.split(step_key)
+    # Keys for the optional regularisers come from a separate fold, so switching one on leaves
+    # the augmentation and dropout streams of a run unchanged.
+    extra_keys = jax.random.split(jax.random.fold_in(step_key, 1), 3)
+    mix_key, input_noise_key, weight_noise_key = extra_keys
     images = augment.augment_batch(batch["image"], aug_key, settings.augment)
     x = normalize(images, settings)
+    partner, lam = None, 1.0
+    if settings.mixup is not None and mixup.enabled(settings.mixup):
+        epoch = state.step / settings.steps_per_epoch
+        x, partner, lam = mixup.mix_images(x, mix_key, settings.mixup, epoch)
+    if settings.input_noise_std:
+        noise = jax.random.normal(input_noise_key, x.shape, jnp.float32)
+        x = (x + settings.input_noise_std * noise).astype(x.dtype)
+    capture = _captures(settings)
 
     def loss_fn(params):
+        forward_params = params
+        if settings.weight_noise_std:
+            forward_params = _add_weight_noise(params, weight_noise_key, settings)
         logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-            mutable=["batch_stats", "aux_logits"], rngs={"dropout": dropout_key},
+            {"params": forward_params, "batch_stats": state.batch_stats}, x, train=True,
+            mutable=["batch_stats", "aux_logits", "intermediates"], rngs={"dropout": dropout_key},
+            capture_intermediates=capture,
         )
-        loss = losses.cross_entropy(logits, batch["label"], settings.label_smoothing).mean()
+        targets = losses.smooth_labels(batch["label"], logits.shape[-1], settings.label_smoothing)
+        if partner is not None:
+            targets = mixup.mix_targets(targets, partner, lam)
+        weights = losses.example_weights(targets, settings.class_weights)
+        loss = jnp.mean(weights * losses.soft_cross_entropy(logits, targets))
         for aux in jax.tree.leaves(updates.get("aux_logits", {})):
-            aux_loss = losses.cross_entropy(aux, batch["label"], settings.label_smoothing).mean()
+            aux_loss = jnp.mean(weights * losses.soft_cross_entropy(aux, targets))
             loss = loss + settings.aux_weight * aux_loss
+        if settings.l2_penalty:
+            mask = optim.path_mask(settings.decay_mask)(params)
+            loss = loss + settings.l2_penalty * losses.l2_penalty(params, mask)
+        if capture:
+            loss = loss + losses.activity_penalty(
+                jax.tree.leaves(updates.get("intermediates", {})),
+                settings.activity_l1, settings.activity_l2)
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

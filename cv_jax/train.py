@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from cv_jax import checkpoint, configlib, models, optim, schedules, sharding, steps
+from cv_jax import checkpoint, configlib, losses, models, optim, schedules, sharding, steps
 from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
@@ -234,7 +234,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     plan = Plan.from_config(config, len(data.train))
     schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
     tx = optim.create_optimizer(config, schedule)
-    settings = steps.StepSettings.from_config(config, schedule)
+    settings = steps.StepSettings.from_config(
+        config, schedule, plan.steps_per_epoch,
+        losses.class_weights(config.loss.class_weights, data.train.labels,
+                             len(data.train.class_names)))
     ckpt = checkpoint.Checkpoints(workdir, keep=config.training.keep_checkpoints,
                                   best_metric=checkpoint.selection_metric(config),
                                   best_mode=config.training.best_mode)
