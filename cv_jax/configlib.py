@@ -129,7 +129,7 @@ _CHECKS = (
     Check("schedule.end_factor", lambda v: v >= 0, "a number >= 0"),
     Check("schedule.decay_factor", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     Check("schedule.boundaries",
-          lambda v: all(b > 0 for b in v) and all(a < b for a, b in zip(v, tuple(v)[1:])),
+          lambda v: all(b > 0 for b in v) and list(v) == sorted(set(v)),
           "strictly increasing positive epochs, e.g. (30, 60, 80)"),
     Check("schedule.decay_factors", lambda v: all(f > 0 for f in v),
           "factors > 0, one per boundary, e.g. (0.1, 0.1); () = decay_factor at each"),
@@ -157,7 +157,50 @@ _CHECKS = (
     Check("augment.crop_padding", lambda v: v >= 0, "an integer >= 0 (0: off)"),
     Check("augment.padding_mode", lambda v: v in ("reflect", "constant", "edge"),
           "'reflect', 'constant' or 'edge'"),
+    # Unknown keys (a config file's update() adds them silently): the error lists valid ones.
+    Check("augment", lambda v: __import__("cv_jax.augment", fromlist=["_"]).check_keys(v),
+          "only the keys of base_config().augment"),
+    Check("augment.rotation_range", lambda v: 0 <= v <= 180, "degrees in [0, 180] (0: off)"),
+    Check("augment.width_shift_range", lambda v: 0 <= v <= 1,
+          "a fraction of the width in [0, 1] (0: off)"),
+    Check("augment.height_shift_range", lambda v: 0 <= v <= 1,
+          "a fraction of the height in [0, 1] (0: off)"),
+    Check("augment.zoom_range", lambda v: 0 <= v < 1,
+          "z in [0, 1): zoom factors ~ U(1-z, 1+z) (0: off)"),
+    Check("augment.shear_range", lambda v: 0 <= v < 90, "degrees in [0, 90) (0: off)"),
+    Check("augment.fill_mode", lambda v: v in ("constant", "nearest", "reflect", "wrap"),
+          "'constant', 'nearest', 'reflect' or 'wrap'"),
+    Check("augment.cval", lambda v: 0 <= v <= 255, "a pixel value in [0, 255]"),
+    Check("augment.brightness_range",
+          lambda v: len(v) == 0 or (len(v) == 2 and 0 <= v[0] <= v[1]),
+          "() for off, or a pair (lo, hi) with 0 <= lo <= hi, e.g. (0.8, 1.2)"),
+    Check("augment.contrast", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("augment.saturation", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    Check("augment.hue", lambda v: 0 <= v <= 0.5, "a number of turns in [0, 0.5] (0: off)"),
+    Check("augment.channel_shift_range", lambda v: 0 <= v <= 255,
+          "a pixel intensity in [0, 255] (0: off)"),
+    Check("augment.auto_augment", lambda v: v in ("", "randaugment", "trivialaugment_wide"),
+          "'' (off), 'randaugment' or 'trivialaugment_wide'"),
+    Check("augment.randaugment_num_ops", lambda v: v >= 0 and v == int(v),
+          "an integer >= 0"),
+    Check("augment.randaugment_magnitude", lambda v: 0 <= v <= 30 and v == int(v),
+          "an integer bin in [0, 30] (torchvision's 31 magnitude bins)"),
+    Check("augment.cutout_size", lambda v: v >= 0 and v == int(v),
+          "an integer side in pixels >= 0 (0: off)"),
+    Check("augment.erasing_prob", lambda v: 0 <= v <= 1, "a probability in [0, 1] (0: off)"),
+    Check("augment.erasing_area", lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+          "a pair of fractions of the image area, 0 < lo <= hi <= 1"),
+    Check("augment.erasing_aspect", lambda v: len(v) == 2 and 0 < v[0] <= v[1],
+          "a pair of aspect ratios (height/width), 0 < lo <= hi"),
+    Check("augment.erasing_value",
+          lambda v: __import__("cv_jax.augment", fromlist=["_"]).parse_fill_value(v) != "",
+          "a pixel value in 0..255 written as text ('0') or 'random'"),
     Check("eval.batch_size", lambda v: v > 0, "a positive integer"),
+    Check("dataset.normalization", lambda v: v in ("given", "featurewise"),
+          "'given' (dataset.mean/std) or 'featurewise' (computed from the training set)"),
+    Check("dataset.imbalance_ratio", lambda v: v >= 1, "a number >= 1 (1: as is)"),
+    Check("dataset.balance", lambda v: v in ("", "oversample", "undersample"),
+          "'', 'oversample' or 'undersample'"),
     Check("dataset.validation_size", lambda v: v >= 0, "an integer >= 0 (0: no validation)"),
 )
 
@@ -230,6 +273,9 @@ def base_config() -> mlc.ConfigDict:
         validation_size=0,  # examples carved from train (same ones every run) for model selection
         max_train_examples=0,  # 0 = all; else a fixed random subset (quick runs)
         max_eval_examples=0,
+        imbalance_ratio=1.0,  # > 1: long-tailed train set, largest / smallest class count
+        balance="",  # '' | 'oversample' | 'undersample': equal class counts, resampled once
+        normalization="given",  # 'given': mean/std below; 'featurewise': from the train set
         mean=(0.4914, 0.4822, 0.4465),  # per-channel, of images scaled to [0, 1]
         std=(0.2470, 0.2435, 0.2616),
     ))
@@ -295,7 +341,29 @@ def base_config() -> mlc.ConfigDict:
     ))
     # Gaussian noise (std in normalised-input units / weight units); 0 = off.
     c.noise = mlc.ConfigDict(dict(input_std=0.0, weight_std=0.0))
-    c.augment = mlc.ConfigDict(dict(crop_padding=4, padding_mode="constant", flip=True))
+    # On-device augmentation; cv_jax/augment.py documents every op, its order and its ranges.
+    # Each op is off at its zero / empty value and is then exactly the identity.
+    c.augment = mlc.ConfigDict(dict(
+        crop_padding=4, padding_mode="constant",  # pad-and-crop; numpy pad modes
+        flip=True,  # random left-right flip (Keras' horizontal_flip)
+        vertical_flip=False,
+        # One affine warp per image; Keras ImageDataGenerator names and units.
+        rotation_range=0.0,  # degrees: angle ~ U(-r, r)
+        width_shift_range=0.0, height_shift_range=0.0,  # fractions of the width / height
+        zoom_range=0.0,  # z: per-axis zoom ~ U(1-z, 1+z); as Keras, > 1 shrinks the content
+        shear_range=0.0,  # degrees
+        fill_mode="nearest", cval=0.0,  # constant | nearest | reflect | wrap; cval in 0..255
+        # Colour, in this order.
+        brightness_range=(),  # (lo, hi): multiply by U(lo, hi); () = off
+        contrast=0.0, saturation=0.0,  # ColorJitter: factor ~ U(max(0, 1-x), 1+x)
+        hue=0.0,  # hue shift ~ U(-h, h) turns, h <= 0.5
+        channel_shift_range=0.0,  # Keras: add U(-r, r) (0..255 units) to every channel
+        auto_augment="",  # '' | 'randaugment' | 'trivialaugment_wide'
+        randaugment_num_ops=2, randaugment_magnitude=9,  # N ops at bin M of 0..30
+        cutout_size=0,  # side of one square cut out of every image, pixels
+        erasing_prob=0.0, erasing_area=(0.02, 0.33), erasing_aspect=(0.3, 3.3),
+        erasing_value="0",  # cutout/erasing fill: a pixel value '0'..'255' or 'random'
+    ))
     c.training = mlc.ConfigDict(dict(
         batch_size=128,  # global, split across devices
         num_epochs=30.0,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from absl import app, flags, logging
 
-from cv_jax import runs, sharding
-from cv_jax.data.sources import ArrayDataset, DataError, load_split
+from cv_jax import optim, runs, sharding
+from cv_jax.data.sources import DataError, load_split
+from cv_jax.metrics import per_class_accuracy
 from cv_jax.steps import StepSettings
 from cv_jax.train import Evaluator, summarize
 
@@ -24,16 +24,6 @@ flags.DEFINE_string("data", None, "Dataset to evaluate on.")
 flags.DEFINE_string("split", "test", "Split (folder) name inside --data.")
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
 flags.DEFINE_integer("batch_size", 0, "Evaluation batch size (0: the run's eval.batch_size).")
-
-
-def per_class_accuracy(predictions: np.ndarray, dataset: ArrayDataset) -> dict[str, float]:
-    """Accuracy within each true class (classes without examples are left out)."""
-    result = {}
-    for index, name in enumerate(dataset.class_names):
-        mask = dataset.labels == index
-        if mask.any():
-            result[name] = float(np.mean(predictions[mask] == index))
-    return result
 
 
 def evaluate_run(workdir: str, data: str, split: str = "test", which: str = "latest",
@@ -52,9 +42,10 @@ def evaluate_run(workdir: str, data: str, split: str = "test", which: str = "lat
     size = -(-size // mesh.devices.size) * mesh.devices.size
     settings = StepSettings.from_config(run.config, schedule=lambda count: 0.0)
     evaluator = Evaluator(dataset, size, settings, mesh)
-    out = evaluator.predictions(run.state)
+    out = evaluator.predictions(optim.eval_state(run.state))  # schedule-free: averaged weights
     return summarize(out, dataset) | {
-        "per_class_accuracy": per_class_accuracy(out["prediction"], dataset),
+        "per_class_accuracy": per_class_accuracy(out["prediction"], dataset.labels,
+                                                 dataset.class_names),
         "checkpoint_step": run.step,
     }
 

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -47,6 +48,32 @@ class MetricWriter:
         if self.enabled:
             self.jsonl.close()
             self.tensorboard.close()
+
+
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray,
+                       class_names: Sequence[str]) -> dict[str, float]:
+    """Accuracy within each true class (recall); classes without examples are left out."""
+    result = {}
+    for index, name in enumerate(class_names):
+        mask = labels == index
+        if mask.any():
+            result[name] = float(np.mean(predictions[mask] == index))
+    return result
+
+
+def classification_metrics(predictions: np.ndarray, losses: np.ndarray, labels: np.ndarray,
+                           class_names: Sequence[str]) -> dict[str, float]:
+    """Accuracy = correct / N over every example, balanced accuracy (the mean of the per-class
+    accuracies, which an imbalanced test set cannot inflate), and the mean loss."""
+    correct = int(np.sum(predictions == labels))
+    per_class = per_class_accuracy(predictions, labels, class_names)
+    return {
+        "accuracy": correct / len(labels),
+        "balanced_accuracy": float(np.mean(list(per_class.values()))),
+        "loss": float(np.mean(losses)),
+        "correct": correct,
+        "examples": len(labels),
+    }
 
 
 def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -27,7 +27,7 @@ from cv_jax import checkpoint, configlib, losses, models, optim, schedules, shar
 from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
-from cv_jax.metrics import MetricWriter, Progress, mean_metrics
+from cv_jax.metrics import MetricWriter, Progress, classification_metrics, mean_metrics
 from cv_jax.state import TrainState, create_train_state, init_variables
 
 log = logging.getLogger("cv_jax")
@@ -60,10 +60,22 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     check_same_classes(train, test, cfg.test_split)
     train, validation = pipeline.split_validation(train, cfg.validation_size)
     train = pipeline.limit(train, cfg.max_train_examples)
+    train = pipeline.long_tailed(train, cfg.imbalance_ratio)
+    train = pipeline.rebalance(train, cfg.balance)
     test = pipeline.limit(test, cfg.max_eval_examples)
     if validation is not None:
         validation = pipeline.limit(validation, cfg.max_eval_examples)
     return Datasets(train, test, validation)
+
+
+def resolve_normalization(config: mlc.ConfigDict, train: ArrayDataset) -> None:
+    """With ``dataset.normalization='featurewise'``, set ``dataset.mean``/``std`` to the training
+    set's per-channel statistics (so the saved config holds the values the run used)."""
+    if config.dataset.normalization == "featurewise":
+        mean, std = pipeline.channel_stats(train)
+        config.dataset.mean, config.dataset.std = mean, std
+        log.info("Featurewise normalisation from %d training images: mean %s, std %s",
+                 len(train), np.round(mean, 4).tolist(), np.round(std, 4).tolist())
 
 
 def check_batch_size(batch_size: int, num_devices: int, key: str) -> None:
@@ -134,14 +146,9 @@ class Evaluator:
 
 
 def summarize(outputs: dict[str, np.ndarray], dataset: ArrayDataset) -> dict[str, Any]:
-    """Accuracy = correct / N over every example, and the mean loss."""
-    correct = int(np.sum(outputs["prediction"] == dataset.labels))
-    return {
-        "accuracy": correct / len(dataset),
-        "loss": float(np.mean(outputs["loss"])),
-        "correct": correct,
-        "examples": len(dataset),
-    }
+    """Accuracy, balanced accuracy and mean loss of per-example eval outputs."""
+    return classification_metrics(outputs["prediction"], outputs["loss"], dataset.labels,
+                                  dataset.class_names)
 
 
 def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
@@ -155,6 +162,17 @@ def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sha
         return steps.train_step(state, batch, settings)
 
     return jax.jit(run, donate_argnums=0, out_shardings=(repl, repl))
+
+
+def device_train_set(train: ArrayDataset, state: TrainState, mesh: jax.sharding.Mesh):
+    """The training images and labels on the devices, and ``permute(epoch)``: that epoch's
+    order of the examples (jitted; the same for every run of this state's seed)."""
+    repl = sharding.replicated(mesh)
+    images, labels = jax.device_put((train.images, train.labels), repl)
+    shuffle_key = jax.device_put(jax.random.fold_in(state.rng, 1), repl)
+    permute = jax.jit(functools.partial(pipeline.epoch_permutation, n=len(train)),
+                      out_shardings=repl)
+    return images, labels, lambda epoch: permute(shuffle_key, epoch)
 
 
 def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.StepSettings,
@@ -231,6 +249,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
 
     data = load_datasets(config)
+    resolve_normalization(config, data.train)
     plan = Plan.from_config(config, len(data.train))
     schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
     tx = optim.create_optimizer(config, schedule)
@@ -260,17 +279,13 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
              len(data.train.class_names), plan.total_steps, plan.steps_per_epoch,
              describe_devices(mesh))
 
-    repl = sharding.replicated(mesh)
-    images, labels = jax.device_put((data.train.images, data.train.labels), repl)
-    shuffle_key = jax.device_put(jax.random.fold_in(state.rng, 1), repl)
-    permute = jax.jit(functools.partial(pipeline.epoch_permutation, n=len(data.train)),
-                      out_shardings=repl)
+    images, labels, permute = device_train_set(data.train, state, mesh)
     evaluators = {name: Evaluator(ds, eval_batch, settings, mesh)
                   for name, ds in data.eval_sets().items()}
 
     compile_start = time.perf_counter()
     train_step = make_train_step(settings, config.training.batch_size, mesh)
-    permutation = permute(shuffle_key, 0)
+    permutation = permute(0)
     train_step = train_step.lower(state, images, labels, permutation, 0).compile()
     for evaluator in evaluators.values():
         evaluator.compile(state)
@@ -283,13 +298,14 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
         plan.total_steps, step + max_steps_this_run)
     progress = Progress(plan.total_steps, step, config.training.batch_size)
     history, rates, last_eval = [], [], {}
+    plateau = optim.plateau_updater(config)  # None unless schedule.name='reduce_on_plateau'
     train_start = time.perf_counter()
     epoch = -1
     try:
         while step < end:
             if step // plan.steps_per_epoch != epoch:
                 epoch = step // plan.steps_per_epoch
-                permutation = permute(shuffle_key, epoch)
+                permutation = permute(epoch)
             state, metrics = train_step(state, images, labels, permutation,
                                         step % plan.steps_per_epoch)
             history.append(metrics)
@@ -305,7 +321,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
             if plan.is_eval_step(step) or step == end:
                 jax.block_until_ready(state)  # finish queued steps before the clock stops
                 progress.pause()
-                last_eval = evaluate_all(evaluators, state, step, writer, ckpt)
+                last_eval = evaluate_all(evaluators, optim.eval_state(state), step, writer, ckpt)
+                if plateau is not None and plan.is_eval_step(step):  # not at a mere stop
+                    state = plateau(state, last_eval)
                 ckpt.save(step, state, sig, metrics=last_eval)
                 progress.resume()
     finally:

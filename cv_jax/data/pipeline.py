@@ -29,6 +29,63 @@ def limit(dataset: ArrayDataset, max_examples: int, seed: int = 0) -> ArrayDatas
     return take(dataset, np.sort(shuffled_order(len(dataset), seed)[:max_examples]))
 
 
+def long_tailed(dataset: ArrayDataset, imbalance_ratio: float, seed: int = 0) -> ArrayDataset:
+    """A long-tailed subset: class k keeps ``n_max * ratio ** (-k / (K - 1))`` examples (the
+    exponential profile of Cao et al. 2019, arXiv:1906.07413), so the first class keeps all of
+    its examples and the last ``1 / ratio`` of them. Which examples stay is fixed by ``seed``;
+    ratio <= 1: the dataset unchanged."""
+    num_classes = len(dataset.class_names)
+    if imbalance_ratio <= 1 or num_classes < 2:
+        return dataset
+    order = shuffled_order(len(dataset), seed)
+    n_max = int(np.bincount(dataset.labels, minlength=num_classes).max())
+    keep = []
+    for k in range(num_classes):
+        count = int(n_max * imbalance_ratio ** (-k / (num_classes - 1)))
+        keep.append(order[dataset.labels[order] == k][:max(count, 1)])
+    return take(dataset, np.sort(np.concatenate(keep)))
+
+
+BALANCE_MODES = ("", "oversample", "undersample")
+
+
+def rebalance(dataset: ArrayDataset, mode: str, seed: int = 0) -> ArrayDataset:
+    """Equal class counts by resampling once, deterministically: ``oversample`` repeats randomly
+    chosen examples of the smaller classes up to the largest count (every original example
+    stays); ``undersample`` keeps a random subset of each class at the smallest count."""
+    if not mode:
+        return dataset
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"config.dataset.balance={mode!r}; use one of {BALANCE_MODES}")
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
+    present = np.flatnonzero(counts)
+    target = counts[present].max() if mode == "oversample" else counts[present].min()
+    chosen = []
+    for k in present:
+        members = rng.permutation(np.flatnonzero(dataset.labels == k))
+        if mode == "undersample":
+            chosen.append(members[:target])
+        else:
+            extra = rng.choice(members, target - len(members), replace=True)
+            chosen.append(np.concatenate([members, extra]))
+    return take(dataset, np.sort(np.concatenate(chosen)))
+
+
+def channel_stats(dataset: ArrayDataset, chunk: int = 4096) -> tuple[tuple[float, ...], ...]:
+    """Per-channel mean and std of the images scaled to [0, 1] (float64, in chunks)."""
+    total = np.zeros(dataset.images.shape[-1])
+    squares = np.zeros_like(total)
+    for start in range(0, len(dataset), chunk):
+        pixels = dataset.images[start:start + chunk].reshape(-1, total.size) / 255.0
+        total += pixels.sum(axis=0)
+        squares += np.square(pixels).sum(axis=0)
+    count = len(dataset) * int(np.prod(dataset.images.shape[1:3]))
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def split_validation(dataset: ArrayDataset, size: int,
                      seed: int = 0) -> tuple[ArrayDataset, ArrayDataset | None]:
     """Carves ``size`` examples out of ``dataset`` for validation, the same ones every run."""
