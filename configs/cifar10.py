@@ -16,6 +16,26 @@ lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, 4-pixel pad-and-crop + f
 
 Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype.
 
+Recipe toolkit (any recipe; every key is off at its default and documented where it lives:
+cv_jax/configlib.py base_config, cv_jax/optim.py, schedules.py, augment.py, losses.py, mixup.py):
+  --config.optimizer.name=sgd|adam|adamw|rmsprop|adagrad|adadelta|lamb|lars|lion|sam|
+      schedule_free_sgd|schedule_free_adamw
+  --config.optimizer.sam_base=sgd --config.optimizer.sam_rho=0.05   (one SAM update = 2 steps)
+  --config.optimizer.accumulate_steps=4  --config.optimizer.agc_clip=0.01
+  --config.schedule.name=multistep --config.schedule.boundaries='(100,150)'  (0.1->0.01->0.001)
+  --config.schedule.name=sgdr --config.schedule.cycle_epochs=10 --config.schedule.cycle_mult=2
+  --config.schedule.name=reduce_on_plateau --config.schedule.plateau_patience=5
+  --config.augment.rotation_range=15 --config.augment.zoom_range=0.1 (Keras ImageDataGenerator
+      names: width/height_shift_range, shear_range, fill_mode, brightness_range, ...)
+  --config.augment.auto_augment=randaugment|trivialaugment_wide  --config.augment.erasing_prob=0.25
+  --config.mixup.mixup_alpha=0.2 --config.mixup.cutmix_alpha=1.0 --config.loss.label_smoothing=0.1
+  --config.loss.l2_penalty=5e-4 (vs optimizer.weight_decay)  --config.noise.input_std=0.1
+  --config.loss.class_weights=balanced  --config.dataset.balance=oversample
+  --config.dataset.imbalance_ratio=100   (long-tailed CIFAR-10)
+  python -m cv_jax.schedules --config=configs/cifar10.py:cpu --out=lr.png   (plot, no training)
+  python -m cv_jax.lr_find --config=configs/cifar10.py:cpu                  (LR range test)
+  python -m cv_jax.augment --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
+
 Models (`python -m cv_jax.models` lists them with parameters and GFLOPs; `python -m cv_jax.models
 NAME` shows one layer by layer). Plain names are the ImageNet forms, built like torchvision's
 (resnet18, vgg16_bn, densenet121, googlenet, alexnet); the *_cifar names are the 32x32 forms
