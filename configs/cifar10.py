@@ -10,6 +10,10 @@ Recipes (the bare word in the config string):
             Nesterov SGD, one-cycle LR, label smoothing 0.2, flip TTA; bf16. For accelerators.
   cpu       the same net, narrower, sized to finish in about 15 minutes on a 2-core CPU.
   smoke     a tiny net on a 512-image subset for a few steps: seconds, for tests.
+  keras     the Keras example CIFAR-10 workflow: the small Keras CNN, RMSprop 1e-4, batch 32,
+            ImageDataGenerator-style shifts and flips, 100 epochs.
+  timm      a modern regularisation stack on ResNet-18 (CIFAR stem): SGD+Nesterov, cosine with
+            5 warmup epochs, label smoothing, mixup/CutMix, RandAugment, random erasing, 200 epochs.
 With no recipe named, 'headline' runs on GPU/TPU and 'cpu' on a CPU backend.
 Any other model (model=resnet20, ...) gets the classic He et al. SGD recipe instead:
 lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, 4-pixel pad-and-crop + flip.
@@ -60,7 +64,7 @@ import jax
 
 from cv_jax.configlib import base_config, model_section, parse_arg
 
-RECIPES = ("headline", "cpu", "smoke")
+RECIPES = ("headline", "cpu", "smoke", "keras", "timm")
 # airbench keeps the whitening filters and BatchNorm scales fixed; only biases of BN learn.
 AIRBENCH_FREEZE = r"whiten/kernel|scale$"
 
@@ -70,7 +74,8 @@ def get_config(arg=None):
                     seed=0, data_dir="", dtype="")
     config = base_config()
     config.recipe, config.recipe_reason = _choose_recipe(arg.recipe)
-    {"headline": _headline, "cpu": _cpu, "smoke": _smoke}[config.recipe](config)
+    {"headline": _headline, "cpu": _cpu, "smoke": _smoke, "keras": _keras,
+     "timm": _timm}[config.recipe](config)
     if arg.model and arg.model != config.model.name:
         _classic_sgd(config, arg.model)
     _apply_shortcuts(config, arg)
@@ -118,6 +123,30 @@ def _smoke(config):
     config.model_init_examples = 512
     _airbench_optimizer(config, peak_lr=0.5, epochs=2.0)
     config.eval.batch_size = 128
+
+
+def _keras(config):
+    """keras-team/keras examples/cifar10_cnn.py: RMSprop(lr=1e-4), batch 32, 100 epochs,
+    ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)."""
+    config.model = model_section("keras_cifar_cnn")
+    config.training.update(batch_size=32, num_epochs=100.0, log_every_steps=200)
+    config.optimizer.update(name="rmsprop", learning_rate=1e-4, rho=0.9, eps=1e-7, momentum=0.0,
+                            nesterov=False, weight_decay=0.0, freeze="", lr_multipliers="")
+    config.schedule.update(name="constant", warmup_epochs=0.0)
+    config.augment.update(crop_padding=0, flip=True, width_shift_range=0.1,
+                          height_shift_range=0.1, fill_mode="nearest")
+
+
+def _timm(config):
+    """Mixup/CutMix (switch 0.5) with label smoothing, RandAugment(2, 9), random erasing 0.25,
+    SGD + Nesterov at 0.1 per 128 images, cosine with 5 warmup epochs, weight decay 5e-4."""
+    _classic_sgd(config, "resnet18_cifar")
+    config.training.num_epochs = 200.0
+    config.schedule.update(warmup_epochs=5.0, warmup_init_factor=0.01)
+    config.loss.label_smoothing = 0.1
+    config.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
+    config.augment.update(auto_augment="randaugment", randaugment_num_ops=2,
+                          randaugment_magnitude=9, erasing_prob=0.25)
 
 
 def _classic_sgd(config, model):

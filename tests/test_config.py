@@ -51,3 +51,17 @@ def test_cli_rejects_a_misspelt_key_before_training(tmp_path):
     assert result.returncode != 0
     assert "learnin_rate" in result.stderr
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("recipe", ["keras", "timm"])
+def test_example_recipes_are_valid(recipe):
+    config = load_config(recipe)
+    configlib.validate(config)
+    assert config.recipe == recipe
+    if recipe == "keras":
+        assert (config.model.name, config.optimizer.name, config.training.batch_size) == (
+            "keras_cifar_cnn", "rmsprop", 32)
+        assert config.augment.width_shift_range == config.augment.height_shift_range == 0.1
+    else:
+        assert config.model.name == "resnet18_cifar" and config.mixup.cutmix_alpha == 1.0
+        assert config.augment.auto_augment == "randaugment"
