@@ -18,8 +18,11 @@ from cv_jax.optim import param_path
 
 def selection_metric(config) -> str:
     """The eval metric that picks the best checkpoint: validation accuracy when a validation
-    split is carved from train, else test accuracy."""
-    return "validation_accuracy" if config.dataset.validation_size else "test_accuracy"
+    split is carved from train, else test accuracy; of the EMA weights with
+    ``training.best_by_ema``."""
+    split = "validation" if config.dataset.validation_size else "test"
+    ema = "_ema" if config.training.best_by_ema else ""
+    return f"{split}{ema}_accuracy"
 
 
 class CheckpointMismatch(ValueError):

@@ -111,6 +111,7 @@ _CHECKS = (
     Check("training.compute_dtype", lambda v: v in ("float32", "bfloat16", "float16"),
           "'float32', 'bfloat16' or 'float16'"),
     Check("training.num_devices", lambda v: v >= 0, "an integer >= 0 (0: every device)"),
+    Check("training.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
     Check("training.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
     Check("optimizer.learning_rate", lambda v: v >= 0, "a number >= 0"),
     Check("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -235,6 +236,9 @@ def validate(config: mlc.ConfigDict) -> None:
             "config.training.num_epochs and config.training.num_steps are both 0: "
             "set one of them to say how long to train"
         )
+    if config.training.best_by_ema and not config.training.ema_decay:
+        raise ConfigError("config.training.best_by_ema=True needs config.training.ema_decay > 0 "
+                          "(e.g. 0.999)")
 
 
 def parse_multipliers(spec: str) -> dict[str, float]:
@@ -371,6 +375,8 @@ def base_config() -> mlc.ConfigDict:
         eval_every_epochs=1.0,
         log_every_steps=50,
         keep_checkpoints=2,  # latest K, plus the best by <eval split>_accuracy
+        ema_decay=0.0,  # > 0: also keep (and evaluate, as <split>_ema_*) an EMA of the weights
+        best_by_ema=False,  # pick the best checkpoint by the EMA weights' accuracy
         best_mode="max",
         compute_dtype="float32",
         num_devices=0,  # 0 = every local device

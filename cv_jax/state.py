@@ -20,6 +20,8 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     rng: jax.Array
+    # Exponential moving average {'params', 'batch_stats'} of the weights, or {} when off.
+    ema: Any = None
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> dict:
@@ -29,12 +31,26 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, variables: dict,
-                       rng: jax.Array) -> TrainState:
-    """A step-0 state from initialised variables."""
+                       rng: jax.Array, ema: bool = False) -> TrainState:
+    """A step-0 state from initialised variables; with ``ema`` the average starts at them."""
+    batch_stats = variables.get("batch_stats", {})
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
         tx=tx,
         rng=rng,
+        ema={"params": variables["params"], "batch_stats": batch_stats} if ema else {},
     )
+
+
+def update_ema(ema: dict, params: Any, batch_stats: Any, decay: float) -> dict:
+    """``decay * ema + (1 - decay) * current`` for the weights and the BatchNorm statistics
+    (as timm's ModelEmaV2, which averages buffers too)."""
+    current = {"params": params, "batch_stats": batch_stats}
+    return jax.tree.map(lambda e, c: decay * e + (1.0 - decay) * c, ema, current)
+
+
+def ema_view(state: TrainState) -> TrainState:
+    """The state with its averaged weights in place of the raw ones (for evaluation)."""
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])

@@ -15,7 +15,7 @@ import ml_collections as mlc
 import optax
 
 from cv_jax import augment, losses, mixup, optim
-from cv_jax.state import TrainState
+from cv_jax.state import TrainState, update_ema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class StepSettings:
     activity_layers: str = ""  # regex over module paths whose outputs are penalised
     input_noise_std: float = 0.0
     weight_noise_std: float = 0.0
+    ema_decay: float = 0.0  # 0: no moving average of the weights
 
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
@@ -64,6 +65,7 @@ class StepSettings:
             activity_layers=config.loss.activity_layers,
             input_noise_std=config.noise.input_std,
             weight_noise_std=config.noise.weight_std,
+            ema_decay=config.training.ema_decay,
         )
 
 
@@ -154,6 +156,9 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[
     new_state = state.apply_gradients(
         grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
     )
+    if settings.ema_decay:
+        new_state = new_state.replace(ema=update_ema(
+            state.ema, new_state.params, new_state.batch_stats, settings.ema_decay))
     return new_state, metrics
 
 

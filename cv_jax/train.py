@@ -28,7 +28,7 @@ from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
 from cv_jax.metrics import MetricWriter, Progress, classification_metrics, mean_metrics
-from cv_jax.state import TrainState, create_train_state, init_variables
+from cv_jax.state import TrainState, create_train_state, ema_view, init_variables
 
 log = logging.getLogger("cv_jax")
 
@@ -189,7 +189,8 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Ste
     variables = models.data_dependent_init(
         config.model.name, variables, train.images[: config.model_init_examples],
         functools.partial(steps.normalize, settings=settings))
-    state = jax.jit(lambda v, k: create_train_state(model, tx, v, k))(variables, state_key)
+    ema = config.training.ema_decay > 0
+    state = jax.jit(lambda v, k: create_train_state(model, tx, v, k, ema))(variables, state_key)
     return jax.device_put(state, sharding.replicated(mesh))
 
 
@@ -322,6 +323,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
                 jax.block_until_ready(state)  # finish queued steps before the clock stops
                 progress.pause()
                 last_eval = evaluate_all(evaluators, optim.eval_state(state), step, writer, ckpt)
+                if state.ema:
+                    last_eval |= evaluate_all(evaluators, ema_view(state), step, writer, ckpt,
+                                              suffix="_ema")
                 if plateau is not None and plan.is_eval_step(step):  # not at a mere stop
                     state = plateau(state, last_eval)
                 ckpt.save(step, state, sig, metrics=last_eval)
@@ -361,10 +365,13 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
 
 
 def evaluate_all(evaluators: dict[str, Evaluator], state: TrainState, step: int,
-                 writer: MetricWriter, ckpt: checkpoint.Checkpoints) -> dict[str, Any]:
-    """Runs every evaluator; returns ``{'<split>_accuracy': ..., '<split>_loss': ...}``."""
+                 writer: MetricWriter, ckpt: checkpoint.Checkpoints,
+                 suffix: str = "") -> dict[str, Any]:
+    """Runs every evaluator; returns ``{'<split><suffix>_accuracy': ..., ...}`` (suffix '_ema'
+    for the averaged weights)."""
     flat = {}
-    for name, evaluator in evaluators.items():
+    for split, evaluator in evaluators.items():
+        name = split + suffix
         metrics = evaluator(state)
         check_finite(metrics["loss"], f"the {name} loss", step, ckpt)
         writer.write(step, name, metrics)

@@ -183,3 +183,27 @@ def test_bad_regulariser_values_name_the_key(key: str, value, allowed: str) -> N
     config[section][name] = value
     with pytest.raises(ConfigError, match=rf"{key}.*{allowed}"):
         configlib.validate(config)
+
+
+def test_ema_update_is_the_formula() -> None:
+    config_state, batch, settings = step_setup(**{"training.ema_decay": 0.9})
+    model = TinyNet()
+    variables = model.init(KEY, jnp.zeros((1, 2, 2, 3)), train=False)
+    state = create_train_state(model, config_state.tx, variables, config_state.rng, ema=True)
+    p0 = state.params
+    first, _ = steps.train_step(state, batch, settings)
+    second, _ = steps.train_step(first, batch, settings)
+    expected = jax.tree.map(lambda a, b, c: 0.9 * (0.9 * a + 0.1 * b) + 0.1 * c,
+                            p0, first.params, second.params)
+    jax.tree.map(lambda e, x: np.testing.assert_allclose(e, x, rtol=1e-6),
+                 second.ema["params"], expected)
+    assert not np.allclose(second.ema["params"]["head"]["kernel"], second.params["head"]["kernel"])
+    off, _ = steps.train_step(config_state, batch, step_setup()[2])
+    assert off.ema == {}
+
+
+def test_best_by_ema_needs_ema() -> None:
+    config = configlib.base_config()
+    config.training.best_by_ema = True
+    with pytest.raises(ConfigError, match="best_by_ema=True needs config.training.ema_decay"):
+        configlib.validate(config)

@@ -144,11 +144,12 @@ def test_evaluate_cli_matches_the_run_and_reports_per_class(straight_run, tiny_f
 
 def test_dropout_model_without_batchnorm_is_the_same_on_1_and_8_devices(
         tiny_folder, cache_dir, tmp_path):
-    """Dropout masks are keyed by step and do not depend on how the batch is sharded."""
+    """Dropout masks are keyed by step and do not depend on how the batch is sharded; the EMA
+    weights are evaluated and checkpointed beside the raw ones."""
     results = {}
     for devices in (1, 8):
         config = tiny_config(tiny_folder, cache_dir, num_devices=devices, num_steps=3,
-                             eval_every_epochs=10.0)
+                             eval_every_epochs=10.0, ema_decay=0.5, best_by_ema=True)
         config.model = configlib.model_section(
             "convnet", layers="conv:8,pool:max:2,dropout:0.3,conv:8", fc="16", fc_dropout=0.5,
             batch_norm=False)
@@ -156,7 +157,12 @@ def test_dropout_model_without_batchnorm_is_the_same_on_1_and_8_devices(
         workdir = str(tmp_path / str(devices))
         results[devices] = train.train_and_evaluate(config, workdir)
         assert results[devices]["steps"] == 3
-        assert not jax.tree.leaves(runs.load_run(workdir).state.batch_stats)
+        state = runs.load_run(workdir).state
+        assert not jax.tree.leaves(state.batch_stats)
+        assert 0 <= results[devices]["test_ema_accuracy"] <= 1
+        assert not np.allclose(state.ema["params"]["head"]["kernel"],
+                               state.params["head"]["kernel"])
     assert_trees_equal(params_of(str(tmp_path / "1")), params_of(str(tmp_path / "8")),
                        rtol=2e-4, atol=2e-5)
     assert results[1]["test_correct"] == results[8]["test_correct"]
+    assert results[1]["test_ema_correct"] == results[8]["test_ema_correct"]
