@@ -33,7 +33,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
-from cv_jax import configlib, losses, optim, sharding, steps, train
+from cv_jax import configlib, optim, sharding, train
 
 log = logging.getLogger("cv_jax")
 
@@ -81,10 +81,7 @@ def lr_find(config: mlc.ConfigDict, num_steps: int = 100, min_lr: float = 1e-7,
     plan = train.Plan.from_config(config, len(data.train))
     schedule = exponential_lrs(min_lr, max_lr, num_steps)
     tx = optim.create_optimizer(config, schedule)
-    settings = steps.StepSettings.from_config(
-        config, schedule, plan.steps_per_epoch,
-        losses.class_weights(config.loss.class_weights, data.train.labels,
-                             len(data.train.class_names)))
+    settings = train.step_settings(config, data.train, plan, schedule)
     state = train.build_state(config, data.train, settings, tx, mesh)
     images, labels, permute = train.device_train_set(data.train, state, mesh)
     train_step = train.make_train_step(settings, config.training.batch_size, mesh)

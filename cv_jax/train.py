@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+import optax
 
 from cv_jax import checkpoint, configlib, losses, models, optim, schedules, sharding, steps
 from cv_jax.data import pipeline
@@ -51,7 +52,8 @@ class Datasets:
 
 
 def load_datasets(config: mlc.ConfigDict) -> Datasets:
-    """Reads (or loads from cache) the splits named by ``config.dataset``."""
+    """Reads (or loads from cache) the splits named by ``config.dataset``; with featurewise
+    normalisation, sets ``config.dataset.mean``/``std`` from the training split."""
     cfg = config.dataset
     source = find_dataset(cfg.name, cfg.data_dir or None)
     size = tuple(cfg.image_size) or None
@@ -65,6 +67,7 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     test = pipeline.limit(test, cfg.max_eval_examples)
     if validation is not None:
         validation = pipeline.limit(validation, cfg.max_eval_examples)
+    resolve_normalization(config, train)
     return Datasets(train, test, validation)
 
 
@@ -76,6 +79,14 @@ def resolve_normalization(config: mlc.ConfigDict, train: ArrayDataset) -> None:
         config.dataset.mean, config.dataset.std = mean, std
         log.info("Featurewise normalisation from %d training images: mean %s, std %s",
                  len(train), np.round(mean, 4).tolist(), np.round(std, 4).tolist())
+
+
+def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+                  schedule: optax.Schedule) -> steps.StepSettings:
+    """The train/eval step settings of a run (class weights come from the training labels)."""
+    weights = losses.class_weights(config.loss.class_weights, train.labels,
+                                   len(train.class_names))
+    return steps.StepSettings.from_config(config, schedule, plan.steps_per_epoch, weights)
 
 
 def check_batch_size(batch_size: int, num_devices: int, key: str) -> None:
@@ -250,14 +261,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
 
     data = load_datasets(config)
-    resolve_normalization(config, data.train)
     plan = Plan.from_config(config, len(data.train))
     schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
     tx = optim.create_optimizer(config, schedule)
-    settings = steps.StepSettings.from_config(
-        config, schedule, plan.steps_per_epoch,
-        losses.class_weights(config.loss.class_weights, data.train.labels,
-                             len(data.train.class_names)))
+    settings = step_settings(config, data.train, plan, schedule)
     ckpt = checkpoint.Checkpoints(workdir, keep=config.training.keep_checkpoints,
                                   best_metric=checkpoint.selection_metric(config),
                                   best_mode=config.training.best_mode)

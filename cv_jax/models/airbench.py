@@ -14,6 +14,7 @@ frozen at 1.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cv_jax.models import register
-from cv_jax.models.layers import torch_default_init
+from cv_jax.models.layers import Conv, batch_norm, torch_default_init
 
 WHITEN_PATCH = 2  # whitening conv kernel size; it has 2 * C * WHITEN_PATCH**2 output channels
 
@@ -51,33 +52,18 @@ class ConvGroup(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        def conv(name: str) -> nn.Conv:
-            return nn.Conv(
-                self.features,
-                (3, 3),
-                padding="SAME",
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=partial_dirac_init,
-                name=name,
-            )
+        def conv(name: str) -> Conv:
+            return Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
+                        kernel_init=partial_dirac_init, name=name)
 
-        def norm(name: str) -> nn.BatchNorm:
-            return nn.BatchNorm(
-                use_running_average=not train,
-                momentum=self.bn_momentum,
-                epsilon=self.bn_epsilon,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=name,
-            )
+        norm = functools.partial(batch_norm, train, dtype=self.dtype, momentum=self.bn_momentum,
+                                 epsilon=self.bn_epsilon)
 
         x = conv("conv1")(x)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.gelu(norm("norm1")(x), approximate=False)
+        x = nn.gelu(norm(name="norm1")(x), approximate=False)
         x = conv("conv2")(x)
-        return nn.gelu(norm("norm2")(x), approximate=False)
+        return nn.gelu(norm(name="norm2")(x), approximate=False)
 
 
 def patch_second_moment(images: np.ndarray, patch: int) -> np.ndarray:
@@ -146,13 +132,12 @@ class Airbench(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(
+        x = Conv(
             2 * x.shape[-1] * WHITEN_PATCH**2,
             (WHITEN_PATCH, WHITEN_PATCH),
             padding="VALID",
             use_bias=True,
             dtype=self.dtype,
-            param_dtype=jnp.float32,
             kernel_init=torch_default_init,  # replaced by init_whitening
             name="whiten",
         )(x)
