@@ -102,6 +102,7 @@ class Check:
 
 
 _CHECKS = (
+    Check("data_seed", lambda v: v >= -1, "an integer >= 0, or -1 for the same as seed"),
     Check("training.batch_size", lambda v: v > 0, "a positive integer"),
     Check("training.num_epochs", lambda v: v >= 0, "a number >= 0"),
     Check("training.num_steps", lambda v: v >= 0, "an integer >= 0 (0: use num_epochs)"),
@@ -264,7 +265,8 @@ def base_config() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.recipe = ""
     c.recipe_reason = ""
-    c.seed = 0
+    c.seed = 0  # model init, dropout and augmentation keys
+    c.data_seed = -1  # the order of the training examples; -1: the same as seed
     c.model_init_examples = 5000  # training images a data-dependent init may look at
 
     c.dataset = mlc.ConfigDict(dict(

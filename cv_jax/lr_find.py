@@ -83,7 +83,7 @@ def lr_find(config: mlc.ConfigDict, num_steps: int = 100, min_lr: float = 1e-7,
     tx = optim.create_optimizer(config, schedule)
     settings = train.step_settings(config, data.train, plan, schedule)
     state = train.build_state(config, data.train, settings, tx, mesh)
-    images, labels, permute = train.device_train_set(data.train, state, mesh)
+    images, labels, permute = train.device_train_set(data.train, config, mesh)
     train_step = train.make_train_step(settings, config.training.batch_size, mesh)
 
     start = time.perf_counter()

@@ -175,15 +175,29 @@ def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sha
     return jax.jit(run, donate_argnums=0, out_shardings=(repl, repl))
 
 
-def device_train_set(train: ArrayDataset, state: TrainState, mesh: jax.sharding.Mesh):
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, state_key)`` of a seed: the model's initialisation and the run's base key
+    (per-step augmentation and dropout keys are folded from it)."""
+    init_key, state_key = jax.random.split(jax.random.key_data(jax.random.key(seed)))
+    return init_key, state_key
+
+
+def shuffle_key(config: mlc.ConfigDict) -> jax.Array:
+    """The key of the training-example order: from ``data_seed``, or ``seed`` when it is -1
+    (so runs that differ only in ``seed`` but share ``data_seed`` see the same batches)."""
+    seed = config.seed if config.data_seed < 0 else config.data_seed
+    return jax.random.fold_in(seed_keys(seed)[1], 1)
+
+
+def device_train_set(train: ArrayDataset, config: mlc.ConfigDict, mesh: jax.sharding.Mesh):
     """The training images and labels on the devices, and ``permute(epoch)``: that epoch's
-    order of the examples (jitted; the same for every run of this state's seed)."""
+    order of the examples (jitted; the same for every run with the same shuffle key)."""
     repl = sharding.replicated(mesh)
     images, labels = jax.device_put((train.images, train.labels), repl)
-    shuffle_key = jax.device_put(jax.random.fold_in(state.rng, 1), repl)
+    key = jax.device_put(shuffle_key(config), repl)
     permute = jax.jit(functools.partial(pipeline.epoch_permutation, n=len(train)),
                       out_shardings=repl)
-    return images, labels, lambda epoch: permute(shuffle_key, epoch)
+    return images, labels, lambda epoch: permute(key, epoch)
 
 
 def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.StepSettings,
@@ -195,7 +209,7 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Ste
     model = models.create_model(config.model.name, num_classes=len(train.class_names),
                                 dtype=jnp.dtype(config.training.compute_dtype),
                                 **configlib.model_kwargs(config.model))
-    init_key, state_key = jax.random.split(jax.random.key_data(jax.random.key(config.seed)))
+    init_key, state_key = seed_keys(config.seed)
     variables = jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key)
     variables = models.data_dependent_init(
         config.model.name, variables, train.images[: config.model_init_examples],
@@ -287,7 +301,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
              len(data.train.class_names), plan.total_steps, plan.steps_per_epoch,
              describe_devices(mesh))
 
-    images, labels, permute = device_train_set(data.train, state, mesh)
+    images, labels, permute = device_train_set(data.train, config, mesh)
     evaluators = {name: Evaluator(ds, eval_batch, settings, mesh)
                   for name, ds in data.eval_sets().items()}
 
@@ -361,6 +375,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
         "python": platform.python_version(),
         "recipe": config.recipe,
         "model": config.model.name,
+        "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
         "finished": True,
     }
     write_results(workdir, results)
