@@ -11,7 +11,8 @@ Recipes (the bare word in the config string):
   cpu       the same net, narrower, sized to finish in about 15 minutes on a 2-core CPU.
   smoke     a tiny net on a 512-image subset for a few steps: seconds, for tests.
   keras     the Keras example CIFAR-10 workflow: the small Keras CNN, RMSprop 1e-4, batch 32,
-            ImageDataGenerator-style shifts and flips, 100 epochs.
+            ImageDataGenerator-style shifts and flips, up to 100 epochs with early stopping
+            on a 5,000-image validation split (patience 10, best weights restored).
   timm      a modern regularisation stack on ResNet-18 (CIFAR stem): SGD+Nesterov, cosine with
             5 warmup epochs, label smoothing, mixup/CutMix, RandAugment, random erasing, 200 epochs.
 With no recipe named, 'headline' runs on GPU/TPU and 'cpu' on a CPU backend.
@@ -36,6 +37,11 @@ cv_jax/configlib.py base_config, cv_jax/optim.py, schedules.py, augment.py, loss
   --config.loss.l2_penalty=5e-4 (vs optimizer.weight_decay)  --config.noise.input_std=0.1
   --config.loss.class_weights=balanced  --config.dataset.balance=oversample
   --config.dataset.imbalance_ratio=100   (long-tailed CIFAR-10)
+  --config.early_stopping.patience=10 --config.early_stopping.monitor=validation_loss
+      --config.dataset.validation_size=5000   (Keras EarlyStopping: mode, min_delta,
+      start_epoch, restore_best; monitor '' = the best-checkpoint metric)
+  --config.training.ema_decay=0.999 --config.training.best_by_ema=True
+  --config.data_seed=0   (the example order, fixed while config.seed changes init/augmentation)
   python -m cv_jax.schedules --config=configs/cifar10.py:cpu --out=lr.png   (plot, no training)
   python -m cv_jax.lr_find --config=configs/cifar10.py:cpu                  (LR range test)
   python -m cv_jax.augment --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
@@ -135,6 +141,10 @@ def _keras(config):
     config.schedule.update(name="constant", warmup_epochs=0.0)
     config.augment.update(crop_padding=0, flip=True, width_shift_range=0.1,
                           height_shift_range=0.1, fill_mode="nearest")
+    # model.fit(validation_split=0.1, callbacks=[EarlyStopping("val_loss", patience=10,
+    # restore_best_weights=True)]): 5,000 training images held out to stop on.
+    config.dataset.validation_size = 5000
+    config.early_stopping.update(monitor="validation_loss", patience=10, restore_best=True)
 
 
 def _timm(config):

@@ -16,13 +16,23 @@ from orbax.checkpoint import checkpoint_managers as policies
 from cv_jax.optim import param_path
 
 
-def selection_metric(config) -> str:
-    """The eval metric that picks the best checkpoint: validation accuracy when a validation
-    split is carved from train, else test accuracy; of the EMA weights with
-    ``training.best_by_ema``."""
+def selection(config) -> tuple[str, str]:
+    """``(metric, mode)`` that picks the best checkpoint (and that early stopping watches).
+
+    ``early_stopping.monitor`` when set (mode 'auto': 'min' for a loss, else 'max'); otherwise
+    validation accuracy when a validation split is carved from train, else test accuracy,
+    of the EMA weights with ``training.best_by_ema``, in ``training.best_mode``.
+    """
+    monitor, mode = config.early_stopping.monitor, config.early_stopping.mode
+    if monitor:
+        return monitor, mode if mode != "auto" else ("min" if monitor.endswith("loss") else "max")
     split = "validation" if config.dataset.validation_size else "test"
     ema = "_ema" if config.training.best_by_ema else ""
-    return f"{split}{ema}_accuracy"
+    return f"{split}{ema}_accuracy", config.training.best_mode
+
+
+def selection_metric(config) -> str:
+    return selection(config)[0]
 
 
 class CheckpointMismatch(ValueError):
@@ -77,6 +87,13 @@ class Checkpoints:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    @classmethod
+    def for_run(cls, workdir: str, config) -> Checkpoints:
+        """The checkpoints of a run of ``config``: keep and best-by as the config says."""
+        metric, mode = selection(config)
+        return cls(workdir, keep=config.training.keep_checkpoints, best_metric=metric,
+                   best_mode=mode)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

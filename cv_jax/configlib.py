@@ -101,6 +101,8 @@ class Check:
     allowed: str
 
 
+_MONITOR = r"(validation|test)(_ema)?_(balanced_accuracy|accuracy|loss)"
+
 _CHECKS = (
     Check("data_seed", lambda v: v >= -1, "an integer >= 0, or -1 for the same as seed"),
     Check("training.batch_size", lambda v: v > 0, "a positive integer"),
@@ -114,6 +116,13 @@ _CHECKS = (
     Check("training.num_devices", lambda v: v >= 0, "an integer >= 0 (0: every device)"),
     Check("training.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
     Check("training.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
+    Check("early_stopping.patience", lambda v: v >= 0, "an integer >= 0 (0: off)"),
+    Check("early_stopping.monitor",
+          lambda v: v == "" or re.fullmatch(_MONITOR, v),
+          "'' or '<validation|test>[_ema]_<accuracy|balanced_accuracy|loss>'"),
+    Check("early_stopping.mode", lambda v: v in ("auto", "max", "min"), "'auto', 'max' or 'min'"),
+    Check("early_stopping.min_delta", lambda v: v >= 0, "a number >= 0"),
+    Check("early_stopping.start_epoch", lambda v: v >= 0, "a number of epochs >= 0"),
     Check("optimizer.learning_rate", lambda v: v >= 0, "a number >= 0"),
     Check("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     Check("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
@@ -237,9 +246,21 @@ def validate(config: mlc.ConfigDict) -> None:
             "config.training.num_epochs and config.training.num_steps are both 0: "
             "set one of them to say how long to train"
         )
+    check_monitor(config)
     if config.training.best_by_ema and not config.training.ema_decay:
         raise ConfigError("config.training.best_by_ema=True needs config.training.ema_decay > 0 "
                           "(e.g. 0.999)")
+
+
+def check_monitor(config: mlc.ConfigDict) -> None:
+    """``early_stopping.monitor`` must name a split and weights the run evaluates."""
+    monitor = config.early_stopping.monitor
+    if monitor.startswith("validation") and not config.dataset.validation_size:
+        raise ConfigError(f"config.early_stopping.monitor={monitor!r} needs a validation split: "
+                          "set config.dataset.validation_size (e.g. 5000)")
+    if "_ema_" in monitor and not config.training.ema_decay:
+        raise ConfigError(f"config.early_stopping.monitor={monitor!r} needs "
+                          "config.training.ema_decay > 0 (e.g. 0.999)")
 
 
 def parse_multipliers(spec: str) -> dict[str, float]:
@@ -382,6 +403,15 @@ def base_config() -> mlc.ConfigDict:
         best_mode="max",
         compute_dtype="float32",
         num_devices=0,  # 0 = every local device
+    ))
+    c.early_stopping = mlc.ConfigDict(dict(
+        patience=0,  # evaluations without improvement before training stops; 0 = off
+        # '<split>[_ema]_<accuracy|balanced_accuracy|loss>'; '' = the best-checkpoint metric
+        monitor="",
+        mode="auto",  # 'max' | 'min' | 'auto' (min for a loss, else max)
+        min_delta=0.0,  # an improvement must beat the best by more than this
+        start_epoch=0.0,  # evaluations before this epoch are ignored
+        restore_best=True,  # after stopping, report (and leave as 'best') the best weights
     ))
     c.eval = mlc.ConfigDict(dict(batch_size=1000, tta_flip=False))
     return c

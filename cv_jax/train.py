@@ -24,7 +24,17 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
-from cv_jax import checkpoint, configlib, losses, models, optim, schedules, sharding, steps
+from cv_jax import (
+    checkpoint,
+    configlib,
+    early_stopping,
+    losses,
+    models,
+    optim,
+    schedules,
+    sharding,
+    steps,
+)
 from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
@@ -248,6 +258,14 @@ def read_results(workdir: str) -> dict | None:
         return json.load(f)
 
 
+def is_finished(previous: dict | None, latest: int | None, plan: Plan) -> bool:
+    """Whether ``results.json`` belongs to a run that completed at the latest checkpoint:
+    all its planned steps, or stopped early."""
+    if not previous or not previous.get("finished") or previous.get("steps") != latest:
+        return False
+    return latest == plan.total_steps or bool(previous.get("stopped_early"))
+
+
 def check_finite(value: float, what: str, step: int, ckpt: checkpoint.Checkpoints) -> None:
     if not math.isfinite(value):
         last = ckpt.latest_step()
@@ -269,6 +287,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     configlib.validate(config)
     os.makedirs(workdir, exist_ok=True)
     log.info("Recipe %r: %s", config.recipe, config.recipe_reason)
+    if config.early_stopping.patience and checkpoint.selection(config)[0].startswith("test"):
+        log.warning("Early stopping watches the test split, so the reported test accuracy is "
+                    "selected on it; set config.dataset.validation_size to stop on a validation "
+                    "split instead.")
     mesh = sharding.make_mesh(config.training.num_devices)
     num_devices = mesh.devices.size
     check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
@@ -279,12 +301,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
     tx = optim.create_optimizer(config, schedule)
     settings = step_settings(config, data.train, plan, schedule)
-    ckpt = checkpoint.Checkpoints(workdir, keep=config.training.keep_checkpoints,
-                                  best_metric=checkpoint.selection_metric(config),
-                                  best_mode=config.training.best_mode)
+    ckpt = checkpoint.Checkpoints.for_run(workdir, config)
     latest = ckpt.latest_step()
     previous = read_results(workdir)
-    if previous is not None and previous.get("steps") == plan.total_steps == latest:
+    if is_finished(previous, latest, plan):
         log.info("Run in %s is finished: test accuracy %.4f (%d examples).", workdir,
                  previous["test_accuracy"], previous["test_examples"])
         ckpt.close()
@@ -321,10 +341,12 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     progress = Progress(plan.total_steps, step, config.training.batch_size)
     history, rates, last_eval = [], [], {}
     plateau = optim.plateau_updater(config)  # None unless schedule.name='reduce_on_plateau'
+    stopper = early_stopping.EarlyStopping.from_config(config, plan.steps_per_epoch)
+    stop = stopper is not None and stopper.replay(workdir, step, plan.is_eval_step)
     train_start = time.perf_counter()
     epoch = -1
     try:
-        while step < end:
+        while step < end and not stop:
             if step // plan.steps_per_epoch != epoch:
                 epoch = step // plan.steps_per_epoch
                 permutation = permute(epoch)
@@ -343,12 +365,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
             if plan.is_eval_step(step) or step == end:
                 jax.block_until_ready(state)  # finish queued steps before the clock stops
                 progress.pause()
-                last_eval = evaluate_all(evaluators, optim.eval_state(state), step, writer, ckpt)
-                if state.ema:
-                    last_eval |= evaluate_all(evaluators, ema_view(state), step, writer, ckpt,
-                                              suffix="_ema")
-                if plateau is not None and plan.is_eval_step(step):  # not at a mere stop
-                    state = plateau(state, last_eval)
+                last_eval = evaluate_weights(evaluators, state, step, writer, ckpt)
+                if plan.is_eval_step(step):  # not at a mere stop
+                    if plateau is not None:
+                        state = plateau(state, last_eval)
+                    stop = stopper is not None and stopper.update(step, last_eval)
                 ckpt.save(step, state, sig, metrics=last_eval)
                 progress.resume()
     finally:
@@ -356,17 +377,29 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
         ckpt.wait()
         writer.close()
     train_time = time.perf_counter() - train_start
-    if step < plan.total_steps:
+    if stop:
+        log.info("Early stopping at step %d: %s has not improved for %d evaluations (best %.4f "
+                 "at step %d).", step, stopper.monitor, stopper.wait, stopper.best,
+                 stopper.best_step)
+        if config.early_stopping.restore_best:
+            state = ckpt.restore(ckpt.best_step(), state, sig)
+            last_eval = {}
+    elif step < plan.total_steps:
         log.info("Stopped at step %d of %d; rerun with the same workdir to continue.", step,
                  plan.total_steps)
         ckpt.close()
         return {"steps": step, "finished": False, **last_eval}
 
+    if not last_eval:  # restored best weights, or resumed after the last eval was logged
+        last_eval = evaluate_weights(evaluators, state, step, None, ckpt)
     results = {
         **last_eval,
         "best_step": ckpt.best_step(),
-        "steps": plan.total_steps,
-        "epochs": plan.total_steps / plan.steps_per_epoch,
+        "steps": step,
+        "epochs": step / plan.steps_per_epoch,
+        "planned_steps": plan.total_steps,
+        "stopped_early": stop,
+        "restored_best": stop and config.early_stopping.restore_best,
         "train_time_s": train_time,
         "compile_time_s": compile_time,
         "images_per_sec": float(np.median(rates)) if rates else None,
@@ -382,21 +415,32 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     ckpt.close()
     log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
              "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
-             results["test_examples"], plan.total_steps, train_time, compile_time)
+             results["test_examples"], step, train_time, compile_time)
     return results
 
 
+def evaluate_weights(evaluators: dict[str, Evaluator], state: TrainState, step: int,
+                     writer: MetricWriter | None, ckpt: checkpoint.Checkpoints) -> dict[str, Any]:
+    """Evaluates the weights a run reports (schedule-free: the averaged ones) and, when the
+    run keeps an EMA, the EMA weights too (as '<split>_ema_*')."""
+    flat = evaluate_all(evaluators, optim.eval_state(state), step, writer, ckpt)
+    if state.ema:
+        flat |= evaluate_all(evaluators, ema_view(state), step, writer, ckpt, suffix="_ema")
+    return flat
+
+
 def evaluate_all(evaluators: dict[str, Evaluator], state: TrainState, step: int,
-                 writer: MetricWriter, ckpt: checkpoint.Checkpoints,
+                 writer: MetricWriter | None, ckpt: checkpoint.Checkpoints,
                  suffix: str = "") -> dict[str, Any]:
     """Runs every evaluator; returns ``{'<split><suffix>_accuracy': ..., ...}`` (suffix '_ema'
-    for the averaged weights)."""
+    for the averaged weights) and logs them with ``writer`` unless it is None."""
     flat = {}
     for split, evaluator in evaluators.items():
         name = split + suffix
         metrics = evaluator(state)
         check_finite(metrics["loss"], f"the {name} loss", step, ckpt)
-        writer.write(step, name, metrics)
+        if writer is not None:
+            writer.write(step, name, metrics)
         flat |= {f"{name}_{k}": v for k, v in metrics.items()}
     log.info("step %d: %s", step, "  ".join(
         f"{k} {v:.4f}" for k, v in flat.items() if k.endswith(("accuracy", "loss"))))
