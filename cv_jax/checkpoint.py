@@ -31,10 +31,6 @@ def selection(config) -> tuple[str, str]:
     return f"{split}{ema}_accuracy", config.training.best_mode
 
 
-def selection_metric(config) -> str:
-    return selection(config)[0]
-
-
 class CheckpointMismatch(ValueError):
     """The workdir holds a checkpoint of another model or shape."""
 

@@ -116,6 +116,15 @@ _CHECKS = (
     Check("training.num_devices", lambda v: v >= 0, "an integer >= 0 (0: every device)"),
     Check("training.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
     Check("training.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
+    Check("transfer.checkpoint", lambda v: v in ("best", "latest"), "'best' or 'latest'"),
+    Check("transfer.weights", lambda v: v in ("raw", "ema"), "'raw' or 'ema'"),
+    Check("transfer.mode",
+          lambda v: v in ("linear_probe", "finetune", "discriminative", "staged"),
+          "one of 'linear_probe', 'finetune', 'discriminative', 'staged'"),
+    Check("transfer.backbone_lr_multiplier", lambda v: v >= 0, "a number >= 0"),
+    Check("transfer.frozen_epochs", lambda v: v >= 0, "a number of epochs >= 0"),
+    Check("transfer.batch_norm", lambda v: v in ("auto", "train", "frozen"),
+          "'auto', 'train' or 'frozen'"),
     Check("early_stopping.patience", lambda v: v >= 0, "an integer >= 0 (0: off)"),
     Check("early_stopping.monitor",
           lambda v: v == "" or re.fullmatch(_MONITOR, v),
@@ -213,6 +222,13 @@ _CHECKS = (
     Check("dataset.balance", lambda v: v in ("", "oversample", "undersample"),
           "'', 'oversample' or 'undersample'"),
     Check("dataset.validation_size", lambda v: v >= 0, "an integer >= 0 (0: no validation)"),
+    Check("dataset.num_folds", lambda v: v == 0 or v >= 2, "0 (off) or a number of folds >= 2"),
+    Check("dataset.fold", lambda v: v >= 0, "a fold index in 0..num_folds-1"),
+    Check("dataset.num_labelled", lambda v: v >= 0,
+          "an integer >= 0 (0: every training example labelled)"),
+    Check("dataset.labelled_seed", lambda v: v >= 0, "an integer seed >= 0"),
+    Check("dataset.resample_seed", lambda v: v >= -1,
+          "-1 (off) or a seed >= 0 for the resampled training set"),
 )
 
 
@@ -247,6 +263,10 @@ def validate(config: mlc.ConfigDict) -> None:
             "set one of them to say how long to train"
         )
     check_monitor(config)
+    if config.transfer.mode != "finetune" and not config.transfer.init_from:
+        raise ConfigError(f"config.transfer.mode={config.transfer.mode!r} needs the weights to "
+                          "start from: set config.transfer.init_from to a run's workdir or a "
+                          ".msgpack file")
     if config.training.best_by_ema and not config.training.ema_decay:
         raise ConfigError("config.training.best_by_ema=True needs config.training.ema_decay > 0 "
                           "(e.g. 0.999)")
@@ -305,6 +325,23 @@ def base_config() -> mlc.ConfigDict:
         normalization="given",  # 'given': mean/std below; 'featurewise': from the train set
         mean=(0.4914, 0.4822, 0.4465),  # per-channel, of images scaled to [0, 1]
         std=(0.2470, 0.2435, 0.2616),
+        # k-fold cross-validation (cv_jax.crossval): fold `fold` of the training set (after
+        # max_train_examples) is the validation split, the other folds train; 0 = off.
+        num_folds=0,
+        fold=0,
+        stratified_folds=True,  # the same class mix in every fold (counts differ by <= 1)
+        # Semi-supervised (cv_jax.pseudo_label): train on a class-balanced labelled subset of
+        # this many examples (fixed by labelled_seed), plus the pseudo-labelled examples listed
+        # in the .npz `pseudo_labels` (indices into the training set, labels); 0 = all labelled.
+        num_labelled=0,
+        labelled_seed=0,
+        pseudo_labels="",
+        # Bagging / boosting (cv_jax.ensemble): >= 0 replaces the training set by as many draws
+        # with replacement, fixed by this seed; uniform (a bootstrap sample), or in proportion
+        # to the per-example weights in `resample_weights` (.npy, or .npz array 'weights').
+        # -1 = off.
+        resample_seed=-1,
+        resample_weights="",
     ))
     c.model = mlc.ConfigDict({"name": ""})
     c.optimizer = mlc.ConfigDict(dict(
@@ -412,6 +449,15 @@ def base_config() -> mlc.ConfigDict:
         min_delta=0.0,  # an improvement must beat the best by more than this
         start_epoch=0.0,  # evaluations before this epoch are ignored
         restore_best=True,  # after stopping, report (and leave as 'best') the best weights
+    ))
+    c.transfer = mlc.ConfigDict(dict(
+        init_from="",  # a run's workdir or a .msgpack of weights ('' = train from scratch)
+        checkpoint="best",  # of a workdir: 'best' | 'latest'
+        weights="raw",  # of a workdir: 'raw' | 'ema'
+        mode="finetune",  # linear_probe | finetune | discriminative | staged
+        backbone_lr_multiplier=0.1,  # discriminative, and staged once unfrozen
+        frozen_epochs=0.0,  # staged: epochs of linear probing before the backbone unfreezes
+        batch_norm="auto",  # 'auto' (frozen for linear_probe, staged) | 'train' | 'frozen'
     ))
     c.eval = mlc.ConfigDict(dict(batch_size=1000, tta_flip=False))
     return c

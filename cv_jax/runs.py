@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from cv_jax import checkpoint, configlib, models, optim, sharding
-from cv_jax.state import TrainState, create_train_state, init_variables
+from cv_jax import checkpoint, configlib, models, optim, sharding, transfer
+from cv_jax.state import TrainState, create_train_state, ema_view, init_variables
+
+CHECKPOINTS = ("latest", "best")
 
 
 @dataclasses.dataclass
@@ -22,10 +24,31 @@ class Run:
     state: TrainState
     signature: dict
     step: int
+    workdir: str = ""
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.signature["class_names"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.signature["image_shape"])
+
+    def eval_state(self, weights: str = "raw") -> TrainState:
+        """The state as evaluation sees it: ``'raw'`` weights (a schedule-free or SAM
+        optimizer's evaluation weights) or ``'ema'``, the moving average of weights and
+        BatchNorm statistics (needs ``training.ema_decay > 0``)."""
+        if weights == "raw":
+            return optim.eval_state(self.state)
+        if weights != "ema":
+            raise ValueError(f"weights={weights!r}: use 'raw' or 'ema'")
+        if not self.config.training.ema_decay:
+            raise ValueError(
+                f"the run in {self.workdir} kept no moving average of its weights "
+                "(config.training.ema_decay=0); use weights='raw', or train a run with "
+                "--config.training.ema_decay=0.999"
+            )
+        return ema_view(self.state)
 
 
 def read_config(workdir: str) -> mlc.ConfigDict:
@@ -42,19 +65,24 @@ def read_config(workdir: str) -> mlc.ConfigDict:
 
 def load_run(workdir: str, which: str = "latest", num_devices: int = 0) -> Run:
     """Restores the ``'latest'`` or ``'best'`` checkpoint of a run, replicated over the mesh."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"checkpoint {which!r} of {workdir}: use one of {CHECKPOINTS}")
     config = read_config(workdir)
-    ckpt = checkpoint.Checkpoints(workdir, keep=config.training.keep_checkpoints,
-                                  best_metric=checkpoint.selection_metric(config),
-                                  best_mode=config.training.best_mode)
+    ckpt = checkpoint.Checkpoints.for_run(workdir, config)
     step = ckpt.best_step() if which == "best" else ckpt.latest_step()
     if step is None:
-        raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint; the run never saved one")
+        raise FileNotFoundError(
+            f"{ckpt.directory} holds no checkpoint: the run in {workdir} has not saved one yet. "
+            f"Train it (python -m cv_jax.main --workdir={workdir} ...) or wait until it saves "
+            "its first evaluated checkpoint."
+        )
     sig = ckpt.signature(step)
     model = models.create_model(config.model.name, num_classes=len(sig["class_names"]),
                                 dtype=jnp.dtype(config.training.compute_dtype),
                                 **configlib.model_kwargs(config.model))
     # The optimizer only fixes the structure of opt_state; any schedule callable gives the same.
-    tx = optim.create_optimizer(config, lambda count: 0.0)
+    tx = transfer.run_optimizer(config, lambda count: 0.0, len(sig["class_names"]),
+                                tuple(sig["image_shape"]), steps_per_epoch=1)
 
     def skeleton():
         variables = init_variables(model, jax.random.key_data(jax.random.key(0)),
@@ -69,4 +97,4 @@ def load_run(workdir: str, which: str = "latest", num_devices: int = 0) -> Run:
         abstract)
     state = ckpt.restore(step, abstract, sig)
     ckpt.close()
-    return Run(config, model, state, sig, step)
+    return Run(config, model, state, sig, step, workdir)

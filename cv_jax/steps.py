@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import optax
 
-from cv_jax import augment, losses, mixup, optim
+from cv_jax import augment, losses, mixup, optim, transfer
+from cv_jax.models import layers
 from cv_jax.state import TrainState, update_ema
 
 
@@ -41,6 +42,7 @@ class StepSettings:
     input_noise_std: float = 0.0
     weight_noise_std: float = 0.0
     ema_decay: float = 0.0  # 0: no moving average of the weights
+    freeze_batch_norm: bool = False  # BatchNorm in inference mode while training (transfer)
 
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
@@ -66,6 +68,7 @@ class StepSettings:
             input_noise_std=config.noise.input_std,
             weight_noise_std=config.noise.weight_std,
             ema_decay=config.training.ema_decay,
+            freeze_batch_norm=transfer.freezes_batch_norm(config),
         )
 
 
@@ -125,11 +128,12 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[
         forward_params = params
         if settings.weight_noise_std:
             forward_params = _add_weight_noise(params, weight_noise_key, settings)
-        logits, updates = state.apply_fn(
-            {"params": forward_params, "batch_stats": state.batch_stats}, x, train=True,
-            mutable=["batch_stats", "aux_logits", "intermediates"], rngs={"dropout": dropout_key},
-            capture_intermediates=capture,
-        )
+        with layers.frozen_batch_norm(settings.freeze_batch_norm):
+            logits, updates = state.apply_fn(
+                {"params": forward_params, "batch_stats": state.batch_stats}, x, train=True,
+                mutable=["batch_stats", "aux_logits", "intermediates"],
+                rngs={"dropout": dropout_key}, capture_intermediates=capture,
+            )
         targets = losses.smooth_labels(batch["label"], logits.shape[-1], settings.label_smoothing)
         if partner is not None:
             targets = mixup.mix_targets(targets, partner, lam)

@@ -34,6 +34,7 @@ from cv_jax import (
     schedules,
     sharding,
     steps,
+    transfer,
 )
 from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
@@ -71,12 +72,23 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     test = load_split(source, cfg.test_split, image_size=size, cache_dir=cfg.cache_dir or None)
     check_same_classes(train, test, cfg.test_split)
     train, validation = pipeline.split_validation(train, cfg.validation_size)
-    train = pipeline.limit(train, cfg.max_train_examples)
-    train = pipeline.long_tailed(train, cfg.imbalance_ratio)
-    train = pipeline.rebalance(train, cfg.balance)
-    test = pipeline.limit(test, cfg.max_eval_examples)
     if validation is not None:
         validation = pipeline.limit(validation, cfg.max_eval_examples)
+    train = pipeline.limit(train, cfg.max_train_examples)
+    if cfg.num_folds:
+        if validation is not None or config.early_stopping.patience:
+            # checkpoint.selection reads validation_size: with folds it would pick on test.
+            raise configlib.ConfigError(
+                f"config.dataset.num_folds={cfg.num_folds} holds out a fold as the validation "
+                "split: set config.dataset.validation_size=0 and config.early_stopping.patience=0")
+        train, validation = pipeline.split_fold(train, cfg.num_folds, cfg.fold,
+                                                cfg.stratified_folds)
+    train = pipeline.long_tailed(train, cfg.imbalance_ratio)
+    train = pipeline.semi_supervised(train, cfg.num_labelled, cfg.labelled_seed,
+                                     cfg.pseudo_labels)
+    train = pipeline.rebalance(train, cfg.balance)
+    train = pipeline.resample(train, cfg.resample_seed, cfg.resample_weights)
+    test = pipeline.limit(test, cfg.max_eval_examples)
     resolve_normalization(config, train)
     return Datasets(train, test, validation)
 
@@ -224,6 +236,9 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Ste
     variables = models.data_dependent_init(
         config.model.name, variables, train.images[: config.model_init_examples],
         functools.partial(steps.normalize, settings=settings))
+    if transfer.enabled(config):
+        variables = transfer.initialize(config, variables, len(train.class_names),
+                                        train.images.shape[1:])
     ema = config.training.ema_decay > 0
     state = jax.jit(lambda v, k: create_train_state(model, tx, v, k, ema))(variables, state_key)
     return jax.device_put(state, sharding.replicated(mesh))
@@ -299,7 +314,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     data = load_datasets(config)
     plan = Plan.from_config(config, len(data.train))
     schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
-    tx = optim.create_optimizer(config, schedule)
+    tx = transfer.run_optimizer(config, schedule, len(data.train.class_names),
+                                data.train.images.shape[1:], plan.steps_per_epoch)
     settings = step_settings(config, data.train, plan, schedule)
     ckpt = checkpoint.Checkpoints.for_run(workdir, config)
     latest = ckpt.latest_step()

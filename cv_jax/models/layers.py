@@ -13,9 +13,11 @@ Conventions of every model: NHWC inputs, parameters in float32, computation in `
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -115,6 +117,21 @@ class AvgPool(nn.Module):
         return nn.avg_pool(x, window, strides, _pads(self.padding, window), count_include_pad=True)
 
 
+_FROZEN_BATCH_NORM = contextvars.ContextVar("frozen_batch_norm", default=False)
+
+
+@contextlib.contextmanager
+def frozen_batch_norm(frozen: bool = True) -> Iterator[None]:
+    """Within this context, models built with :func:`batch_norm` normalise with (and keep) their
+    running statistics even in training mode, while dropout and the rest still train (Keras'
+    frozen BatchNorm for transfer learning). It acts when the model is traced."""
+    token = _FROZEN_BATCH_NORM.set(frozen)
+    try:
+        yield
+    finally:
+        _FROZEN_BATCH_NORM.reset(token)
+
+
 def batch_norm(
     train: bool,
     *,
@@ -124,12 +141,13 @@ def batch_norm(
     epsilon: float = 1e-5,
     scale_init: Callable = nn.initializers.ones,
 ) -> nn.BatchNorm:
-    """BatchNorm using batch statistics when ``train`` and the running averages otherwise.
+    """BatchNorm using batch statistics when ``train`` and the running averages otherwise
+    (or always, inside :func:`frozen_batch_norm`).
 
     ``momentum`` is flax's decay of the running average (PyTorch's momentum 0.1 is 0.9 here).
     """
     return nn.BatchNorm(
-        use_running_average=not train,
+        use_running_average=not train or _FROZEN_BATCH_NORM.get(),
         momentum=momentum,
         epsilon=epsilon,
         dtype=dtype,
