@@ -125,6 +125,10 @@ _CHECKS = (
     Check("transfer.frozen_epochs", lambda v: v >= 0, "a number of epochs >= 0"),
     Check("transfer.batch_norm", lambda v: v in ("auto", "train", "frozen"),
           "'auto', 'train' or 'frozen'"),
+    Check("distill.checkpoint", lambda v: v in ("best", "latest"), "'best' or 'latest'"),
+    Check("distill.weights", lambda v: v in ("raw", "ema"), "'raw' or 'ema'"),
+    Check("distill.alpha", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    Check("distill.temperature", lambda v: v > 0, "a positive number"),
     Check("early_stopping.patience", lambda v: v >= 0, "an integer >= 0 (0: off)"),
     Check("early_stopping.monitor",
           lambda v: v == "" or re.fullmatch(_MONITOR, v),
@@ -458,6 +462,13 @@ def base_config() -> mlc.ConfigDict:
         backbone_lr_multiplier=0.1,  # discriminative, and staged once unfrozen
         frozen_epochs=0.0,  # staged: epochs of linear probing before the backbone unfreezes
         batch_norm="auto",  # 'auto' (frozen for linear_probe, staged) | 'train' | 'frozen'
+    ))
+    c.distill = mlc.ConfigDict(dict(
+        teacher="",  # a trained run's workdir ('' = no distillation)
+        checkpoint="best",  # 'best' | 'latest'
+        weights="raw",  # 'raw' | 'ema'
+        alpha=0.9,  # weight of the distillation term; 1 - alpha on the label cross-entropy
+        temperature=4.0,
     ))
     c.eval = mlc.ConfigDict(dict(batch_size=1000, tta_flip=False))
     return c

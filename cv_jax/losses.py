@@ -89,3 +89,14 @@ def activity_penalty(activations: Sequence[jax.Array], l1: float, l2: float) -> 
         a = a.astype(jnp.float32).reshape(a.shape[0], -1)
         total += jnp.mean(l1 * jnp.sum(jnp.abs(a), axis=1) + l2 * jnp.sum(a * a, axis=1))
     return total
+
+
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+                      temperature: float) -> jax.Array:
+    """Per-example ``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` (Hinton et al. 2015;
+    the T^2 keeps its gradients on the scale of the hard-label loss as T changes)."""
+    t = temperature
+    teacher_log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t)
+    student_log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
+    kl = jnp.sum(jnp.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
+    return t * t * kl

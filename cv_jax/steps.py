@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import optax
 
-from cv_jax import augment, losses, mixup, optim, transfer
+from cv_jax import augment, distill, losses, mixup, optim, transfer
 from cv_jax.models import layers
 from cv_jax.state import TrainState, update_ema
 
@@ -100,12 +100,14 @@ def _captures(settings: StepSettings):
         method == "__call__" and bool(regex.search("/".join(module.scope.path))))
 
 
-def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, settings: StepSettings,
+               teacher: distill.Teacher | None = None) -> tuple[TrainState, dict]:
     """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]}.
 
     Loss = class-weighted soft-target cross-entropy (smoothed, then mixed by mixup/cutmix)
-    + ``aux_weight`` x the same for each auxiliary classifier (GoogLeNet's heads sow their logits
-    into ``aux_logits`` in train mode) + the L2 weight penalty + activity penalties.
+    — with a ``teacher``, ``(1 - alpha)`` x that plus ``alpha`` x the distillation loss —
+    + ``aux_weight`` x the cross-entropy of each auxiliary classifier (GoogLeNet's heads sow
+    their logits into ``aux_logits`` in train mode) + the L2 weight penalty + activity penalties.
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     aug_key, dropout_key = jax.random.split(step_key)
@@ -119,6 +121,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[
     if settings.mixup is not None and mixup.enabled(settings.mixup):
         epoch = state.step / settings.steps_per_epoch
         x, partner, lam = mixup.mix_images(x, mix_key, settings.mixup, epoch)
+    teacher_logits = None if teacher is None else teacher.logits(x, settings.mean, settings.std)
     if settings.input_noise_std:
         noise = jax.random.normal(input_noise_key, x.shape, jnp.float32)
         x = (x + settings.input_noise_std * noise).astype(x.dtype)
@@ -138,7 +141,11 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings) -> tuple[
         if partner is not None:
             targets = mixup.mix_targets(targets, partner, lam)
         weights = losses.example_weights(targets, settings.class_weights)
-        loss = jnp.mean(weights * losses.soft_cross_entropy(logits, targets))
+        per_example = losses.soft_cross_entropy(logits, targets)
+        if teacher is not None:
+            per_example = (1.0 - teacher.alpha) * per_example + teacher.alpha * (
+                losses.distillation_loss(logits, teacher_logits, teacher.temperature))
+        loss = jnp.mean(weights * per_example)
         for aux in jax.tree.leaves(updates.get("aux_logits", {})):
             aux_loss = jnp.mean(weights * losses.soft_cross_entropy(aux, targets))
             loss = loss + settings.aux_weight * aux_loss

@@ -27,6 +27,7 @@ import optax
 from cv_jax import (
     checkpoint,
     configlib,
+    distill,
     early_stopping,
     losses,
     models,
@@ -185,14 +186,15 @@ def summarize(outputs: dict[str, np.ndarray], dataset: ArrayDataset) -> dict[str
 
 
 def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
-    """The jitted step: slice the epoch permutation, gather the batch, update the state."""
+    """The jitted step: slice the epoch permutation, gather the batch, update the state.
+    Its last argument is the distillation teacher, or None."""
     repl = sharding.replicated(mesh)
 
-    def run(state, images, labels, permutation, index):
+    def run(state, images, labels, permutation, index, teacher=None):
         idx = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size, batch_size)
         batch = {"image": images[idx], "label": labels[idx]}
         batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
-        return steps.train_step(state, batch, settings)
+        return steps.train_step(state, batch, settings, teacher)
 
     return jax.jit(run, donate_argnums=0, out_shardings=(repl, repl))
 
@@ -344,7 +346,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     compile_start = time.perf_counter()
     train_step = make_train_step(settings, config.training.batch_size, mesh)
     permutation = permute(0)
-    train_step = train_step.lower(state, images, labels, permutation, 0).compile()
+    teacher = distill.load_teacher(config, data.train.class_names, mesh)
+    train_step = train_step.lower(state, images, labels, permutation, 0, teacher).compile()
     for evaluator in evaluators.values():
         evaluator.compile(state)
     compile_time = time.perf_counter() - compile_start
@@ -367,7 +370,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
                 epoch = step // plan.steps_per_epoch
                 permutation = permute(epoch)
             state, metrics = train_step(state, images, labels, permutation,
-                                        step % plan.steps_per_epoch)
+                                        step % plan.steps_per_epoch, teacher)
             history.append(metrics)
             step += 1
             if step % config.training.log_every_steps == 0 or step == end:

@@ -82,14 +82,11 @@ def source_variables(config: mlc.ConfigDict) -> dict[str, Any]:
             f"config.transfer.init_from={path!r} holds a {source.model.name!r} but this run "
             f"builds {config.model.name!r}; use the same model (config.model.name)")
     run = runs.load_run(path, cfg.checkpoint, num_devices=1)
-    state = jax.device_get(run.state)
-    if cfg.weights == "ema":
-        if not state.ema:
-            raise TransferError(f"config.transfer.weights='ema' but the run in {path} kept no "
-                                "EMA (its training.ema_decay is 0); use weights='raw'")
-        return dict(state.ema)
-    return {"params": optim.eval_params(state.opt_state, state.params),
-            "batch_stats": state.batch_stats}
+    try:
+        state = run.eval_state(cfg.weights)
+    except ValueError as e:
+        raise TransferError(f"config.transfer.weights={cfg.weights!r}: {e}") from None
+    return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
 
 
 def init_backbone(variables: dict, source: dict, head: frozenset[str],

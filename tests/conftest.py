@@ -72,3 +72,13 @@ def tiny_config(data_dir, cache_dir, **training):
     config.training.update({"batch_size": 16, "log_every_steps": 1, "num_epochs": 2.0, **training})
     config.eval.batch_size = 16
     return config
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_folder, cache_dir, tmp_path_factory):
+    """``(workdir, results)`` of the tiny smoke run (12 steps, 2 epochs, on 8 devices), shared by
+    the tests that need a finished run; they must not write into it."""
+    from cv_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("trained_run"))
+    return workdir, train.train_and_evaluate(tiny_config(tiny_folder, cache_dir), workdir)

@@ -22,11 +22,9 @@ def assert_trees_equal(a, b, **tolerance):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tiny_folder, cache_dir, tmp_path_factory):
+def straight_run(trained_run):
     """12 steps (2 epochs of 96 images at batch 16) in one go, on 8 devices."""
-    workdir = str(tmp_path_factory.mktemp("straight"))
-    config = tiny_config(tiny_folder, cache_dir)
-    return workdir, train.train_and_evaluate(config, workdir)
+    return trained_run
 
 
 def test_smoke_run_writes_results_checkpoints_and_metrics(straight_run):

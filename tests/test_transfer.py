@@ -12,10 +12,8 @@ from cv_jax import configlib, runs, train, transfer
 
 
 @pytest.fixture(scope="module")
-def source_run(tiny_folder, cache_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("source"))
-    train.train_and_evaluate(tiny_config(tiny_folder, cache_dir), workdir)
-    return workdir
+def source_run(trained_run):
+    return trained_run[0]
 
 
 def variables_of(workdir):
@@ -89,7 +87,7 @@ def test_a_source_of_another_model_or_without_checkpoint_is_refused(source_run, 
         transfer.source_variables(config)
     config = load_config("smoke")
     config.transfer.update(init_from=source_run, weights="ema")
-    with pytest.raises(transfer.TransferError, match="kept no EMA"):
+    with pytest.raises(transfer.TransferError, match="kept no moving average"):
         transfer.source_variables(config)
 
 
