@@ -1,0 +1,10 @@
+"""cv_jax: CNN image classification in JAX/Flax. ``cv_jax.load(workdir)`` loads a trained run
+for prediction (see cv_jax.inference); the package import itself stays light."""
+
+
+def __getattr__(name: str):
+    if name == "load":
+        from cv_jax.inference import load
+
+        return load
+    raise AttributeError(f"module 'cv_jax' has no attribute {name!r}")

@@ -52,7 +52,8 @@ class Run:
 
 
 def read_config(workdir: str) -> mlc.ConfigDict:
-    """The resolved config a run saved in ``workdir/config.json``."""
+    """The resolved config a run saved in ``workdir/config.json``, laid over today's defaults
+    (so a run saved before a config key existed reads it at its neutral default)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -60,7 +61,18 @@ def read_config(workdir: str) -> mlc.ConfigDict:
             "(train one with python -m cv_jax.main --workdir=...)"
         )
     with open(path) as f:
-        return mlc.ConfigDict(json.load(f))
+        saved = json.load(f)
+    return mlc.ConfigDict(_overlay(configlib.base_config().to_dict(), saved))
+
+
+def _overlay(defaults: dict, saved: dict) -> dict:
+    """``saved`` with the keys it lacks filled from ``defaults``, section by section."""
+    merged = dict(defaults)
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            value = _overlay(defaults[key], value)
+        merged[key] = value
+    return merged
 
 
 def load_run(workdir: str, which: str = "latest", num_devices: int = 0) -> Run:

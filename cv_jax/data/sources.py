@@ -131,6 +131,16 @@ def _decode_one(payload: Payload, image_size: tuple[int, int] | None) -> Decoded
         return f"{type(e).__name__}: {e}"
 
 
+def decode_image(path: str, image_size: Sequence[int] | None = None) -> np.ndarray:
+    """One image file as RGB uint8 [H, W, 3], converted and resized as :func:`load_split`
+    does; DataError naming the file if it cannot be decoded."""
+    decoded = _decode_one(os.fspath(path), _normalize_size(image_size))
+    if isinstance(decoded, str):
+        raise DataError(f"cannot decode {path} as an image ({decoded}); give a readable image "
+                        f"file ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    return decoded
+
+
 def _decode_chunk(payloads: list[Payload],
                   image_size: tuple[int, int] | None) -> np.ndarray | list[Decoded]:
     """Decode a chunk of images (runs in a worker process).
@@ -321,6 +331,13 @@ def _list_dir(root: str) -> _Listing:
             if not _is_ignored(name):
                 listing.add_file(posixpath.join(rel_folder, name))
     return listing
+
+
+def list_images(root: str) -> list[str]:
+    """Paths of every image file below folder ``root``, recursively, sorted by relative path
+    (names starting with '.' and __MACOSX folders skipped, as in a dataset tree)."""
+    listing = _list_dir(root)
+    return [listing.display(rel) for rel in sorted(listing.files) if _is_image(rel)]
 
 
 # --------------------------------------------------------------------------- planning
