@@ -31,3 +31,38 @@ evaluate: install
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Workflows of several runs; CONFIG may be a config file or an experiments/ definition (whose
+# crossval / ensemble / pseudo_label section sets the defaults that K, MEMBERS, ... override).
+# Results go to runs/<target>/<config file name>/ unless WORKDIR is given.
+.PHONY: cv ensemble pseudo-label
+WORKFLOW_DIR = $(if $(filter file,$(origin WORKDIR)),runs/$@/$(basename $(notdir $(CONFIG))),$(WORKDIR))
+
+cv: install
+	$(PY) -m cv_jax.crossval --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) $(if $(K),--folds=$(K))
+
+ensemble: install
+	$(PY) -m cv_jax.ensemble --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
+		$(if $(METHOD),--method=$(METHOD)) $(if $(MEMBERS),--members=$(MEMBERS))
+
+pseudo-label: install
+	$(PY) -m cv_jax.pseudo_label --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
+		$(if $(ROUNDS),--rounds=$(ROUNDS)) $(if $(THRESHOLD),--threshold=$(THRESHOLD)) \
+		$(if $(TOP_K),--top_k=$(TOP_K))
+
+# Sweeps and ablations: each point of an experiments/ definition in its own workdir under
+# runs/sweeps/<name>/ (finished runs are skipped, unfinished ones resume), then the report in
+# runs/sweeps/<name>/report/. PARALLEL=N runs N at a time. Reports over any run folders:
+# make report RUNS="runs/a runs/b" [REPORT_DIR=runs/report].
+.PHONY: sweep ablation report
+PARALLEL ?= 1
+REPORT_DIR ?= runs/report
+
+sweep: install
+	$(PY) -m cv_jax.sweep --sweep=$(SWEEP) --parallel=$(PARALLEL)
+
+ablation: install
+	$(PY) -m cv_jax.sweep --sweep=$(ABLATION) --parallel=$(PARALLEL)
+
+report: install
+	$(PY) -m cv_jax.report $(RUNS) --out=$(REPORT_DIR)

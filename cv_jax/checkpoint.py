@@ -26,7 +26,8 @@ def selection(config) -> tuple[str, str]:
     monitor, mode = config.early_stopping.monitor, config.early_stopping.mode
     if monitor:
         return monitor, mode if mode != "auto" else ("min" if monitor.endswith("loss") else "max")
-    split = "validation" if config.dataset.validation_size else "test"
+    held_out = config.dataset.validation_size or config.dataset.num_folds
+    split = "validation" if held_out else "test"
     ema = "_ema" if config.training.best_by_ema else ""
     return f"{split}{ema}_accuracy", config.training.best_mode
 

@@ -4,6 +4,7 @@ epoch permutations and padded evaluation arrays. All deterministic."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -116,3 +117,149 @@ def pad_to_multiple(dataset: ArrayDataset, multiple: int) -> tuple[np.ndarray, n
                                                       dataset.images.dtype)])
     labels = np.concatenate([dataset.labels, np.zeros((pad,), dataset.labels.dtype)])
     return images, labels
+
+
+# ---------------------------------------------------------- folds, resampling, semi-supervised
+
+
+def fold_ids(labels: np.ndarray, num_folds: int, stratified: bool = True,
+             seed: int = 0) -> np.ndarray:
+    """The fold (0..num_folds-1) of every example, fixed by ``seed``. Examples are shuffled
+    (within each class when ``stratified``) and dealt round-robin, so fold sizes differ by at
+    most 1, and so do a class's counts in any two folds when stratified."""
+    if num_folds < 2 or num_folds > len(labels):
+        raise ValueError(f"config.dataset.num_folds={num_folds}: use 2..{len(labels)} folds "
+                         f"for a training set of {len(labels)} examples")
+    order = shuffled_order(len(labels), seed)
+    if stratified:
+        order = order[np.argsort(labels[order], kind="stable")]  # class by class, shuffled
+    folds = np.empty(len(labels), np.int64)
+    folds[order] = np.arange(len(labels)) % num_folds
+    return folds
+
+
+def split_fold(dataset: ArrayDataset, num_folds: int, fold: int, stratified: bool = True,
+               seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """``(train, validation)``: fold ``fold`` of ``num_folds`` held out, the rest to train on."""
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"config.dataset.fold={fold} is not a fold of "
+                         f"config.dataset.num_folds={num_folds}; use 0..{num_folds - 1}")
+    held_out = fold_ids(dataset.labels, num_folds, stratified, seed) == fold
+    return take(dataset, np.flatnonzero(~held_out)), take(dataset, np.flatnonzero(held_out))
+
+
+def resample_indices(n: int, seed: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """``n`` draws with replacement from range(n), sorted: a bootstrap sample, or with
+    ``weights`` (>= 0, any scale) each example drawn with probability proportional to its
+    weight. Fixed by ``seed``."""
+    p = None
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (n,) or np.any(weights < 0) or not weights.sum() > 0:
+            raise ValueError(f"resampling weights must be {n} numbers >= 0 with a positive sum "
+                             f"(one per training example), got shape {weights.shape}")
+        p = weights / weights.sum()
+    return np.sort(np.random.default_rng(seed).choice(n, n, replace=True, p=p))
+
+
+def resample(dataset: ArrayDataset, seed: int, weights_path: str = "") -> ArrayDataset:
+    """``config.dataset.resample_seed`` / ``resample_weights``: the training set replaced by
+    ``resample_indices`` of it (weights from an .npy, or an .npz's array 'weights'; '' =
+    uniform); seed < 0: unchanged."""
+    if seed < 0:
+        if weights_path:
+            raise ValueError(f"config.dataset.resample_weights={weights_path!r} needs "
+                             "config.dataset.resample_seed >= 0 to draw the sample with")
+        return dataset
+    weights = None
+    if weights_path:
+        weights = _read_arrays(weights_path, "resample_weights", ("weights",))["weights"]
+    try:
+        return take(dataset, resample_indices(len(dataset), seed, weights))
+    except ValueError as e:
+        raise ValueError(f"config.dataset.resample_weights={weights_path!r}: {e}") from None
+
+
+def labelled_indices(labels: np.ndarray, num_labelled: int, num_classes: int,
+                     seed: int = 0) -> np.ndarray:
+    """A class-balanced labelled subset, fixed by ``seed``: ``num_labelled // K`` examples of
+    every class, one more for the first ``num_labelled % K`` classes. Sorted indices."""
+    if not 0 < num_labelled <= len(labels):
+        raise ValueError(f"config.dataset.num_labelled={num_labelled}: use 1..{len(labels)} "
+                         f"(the training set has {len(labels)} examples)")
+    order = shuffled_order(len(labels), seed)
+    chosen = []
+    for k in range(num_classes):
+        quota = num_labelled // num_classes + (k < num_labelled % num_classes)
+        members = order[labels[order] == k]
+        if len(members) < quota:
+            raise ValueError(f"config.dataset.num_labelled={num_labelled} needs {quota} "
+                             f"examples of class {k}, which has {len(members)}; use at most "
+                             f"{len(members) * num_classes}")
+        chosen.append(members[:quota])
+    return np.sort(np.concatenate(chosen))
+
+
+def semi_supervised(pool: ArrayDataset, num_labelled: int, seed: int = 0,
+                    pseudo_labels: str = "") -> ArrayDataset:
+    """The labelled subset of ``pool`` (``labelled_indices``), then the examples of the .npz
+    ``pseudo_labels`` (``indices`` into ``pool``, ``labels`` replacing theirs). The other
+    examples of ``pool`` are the unlabelled ones. num_labelled 0: ``pool`` unchanged."""
+    if not num_labelled:
+        if pseudo_labels:
+            raise ValueError(f"config.dataset.pseudo_labels={pseudo_labels!r} needs a labelled "
+                             "subset: set config.dataset.num_labelled (e.g. 4000)")
+        return pool
+    labelled = labelled_indices(pool.labels, num_labelled, len(pool.class_names), seed)
+    if not pseudo_labels:
+        return take(pool, labelled)
+    indices, labels = read_pseudo_labels(pseudo_labels)
+    check_pseudo_labels(indices, labels, labelled, len(pool), len(pool.class_names),
+                        pseudo_labels)
+    return dataclasses.replace(
+        pool, images=np.concatenate([pool.images[labelled], pool.images[indices]]),
+        labels=np.concatenate([pool.labels[labelled], labels.astype(np.int32)]))
+
+
+def check_pseudo_labels(indices: np.ndarray, labels: np.ndarray, labelled: np.ndarray,
+                        pool_size: int, num_classes: int, path: str) -> None:
+    """ValueError naming ``path`` unless the pseudo-labels are distinct unlabelled examples
+    with valid class labels."""
+    problem = ""
+    if indices.shape != labels.shape or indices.ndim != 1:
+        problem = f"indices {indices.shape} and labels {labels.shape} must be equal-length 1-D"
+    elif len(indices) and (indices.min() < 0 or indices.max() >= pool_size):
+        problem = f"indices must lie in 0..{pool_size - 1}"
+    elif len(np.unique(indices)) != len(indices):
+        problem = "indices repeat"
+    elif np.intersect1d(indices, labelled).size:
+        problem = "some indices are labelled examples (pseudo-label only the unlabelled ones)"
+    elif len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        problem = f"labels must lie in 0..{num_classes - 1}"
+    if problem:
+        raise ValueError(f"config.dataset.pseudo_labels={path!r}: {problem}; give the "
+                         "pseudo_labels.npz that cv_jax.pseudo_label wrote for this training set")
+
+
+def read_pseudo_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, labels)`` of a ``dataset.pseudo_labels`` .npz."""
+    data = _read_arrays(path, "pseudo_labels", ("indices", "labels"))
+    return data["indices"], data["labels"]
+
+
+def _read_arrays(path: str, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays of the .npz at ``config.dataset.<key>`` (an .npy: the array ``names[0]``),
+    which must include ``names``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.dataset.{key}={path!r} does not exist; give the path "
+                                "of a file written by a previous run")
+    data = np.load(path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            data = dict(data)
+    else:
+        data = {names[0]: data}
+    if not set(names) <= set(data):
+        raise ValueError(f"config.dataset.{key}={path!r} holds arrays {sorted(data)}; it needs "
+                         f"{list(names)}")
+    return data
