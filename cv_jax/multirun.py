@@ -28,7 +28,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from cv_jax import configlib, inference, train
+from cv_jax import configlib, inference, report, train
 from cv_jax.data.sources import ArrayDataset
 from cv_jax.metrics import classification_metrics
 
@@ -148,9 +148,7 @@ def provenance_line(info: dict[str, Any]) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(report.table(header, rows))
 
 
 def write_report(workdir: str, name: str, report: dict, markdown: str) -> None:
