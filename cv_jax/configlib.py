@@ -321,6 +321,7 @@ def base_config() -> mlc.ConfigDict:
         train_split="train",
         test_split="test",
         image_size=(),  # () = keep the source size; (H, W) resizes every image
+        classes="",  # a subset, relabelled 0..k-1: '0-4', '5,7' or 'cat,dog'; '' = all
         validation_size=0,  # examples carved from train (same ones every run) for model selection
         max_train_examples=0,  # 0 = all; else a fixed random subset (quick runs)
         max_eval_examples=0,

@@ -72,6 +72,7 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     train = load_split(source, cfg.train_split, image_size=size, cache_dir=cfg.cache_dir or None)
     test = load_split(source, cfg.test_split, image_size=size, cache_dir=cfg.cache_dir or None)
     check_same_classes(train, test, cfg.test_split)
+    train, test = (pipeline.select_classes(split, cfg.classes) for split in (train, test))
     train, validation = pipeline.split_validation(train, cfg.validation_size)
     if validation is not None:
         validation = pipeline.limit(validation, cfg.max_eval_examples)

@@ -71,3 +71,21 @@ def test_featurewise_normalisation_uses_training_statistics() -> None:
     config.dataset.normalization = "featurewise"
     train.resolve_normalization(config, data)
     assert tuple(config.dataset.mean) == mean and tuple(config.dataset.std) == std
+
+
+def test_select_classes_keeps_and_relabels_the_named_classes():
+    parse_classes, select_classes = pipeline.parse_classes, pipeline.select_classes
+    names = ("a", "b", "c", "d", "e")
+    labels = np.array([0, 1, 2, 3, 4, 4, 3, 2], np.int32)
+    images = np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1).repeat(3, -1)
+    data = ArrayDataset(images, labels, names)
+    assert parse_classes("1-3", names) == [1, 2, 3] and parse_classes("", names) == [0, 1, 2, 3, 4]
+    assert parse_classes("e,0", names) == [4, 0]
+    subset = select_classes(data, "e,2")
+    assert subset.class_names == ("e", "c")
+    np.testing.assert_array_equal(subset.labels, [1, 0, 0, 1])
+    np.testing.assert_array_equal(subset.images[:, 0, 0, 0], [2, 4, 5, 7])
+    for spec, message in [("2-7", "use distinct indices in 0..4"), ("x", "'x' is neither"),
+                          ("1,1", "distinct")]:
+        with pytest.raises(ValueError, match=message):
+            select_classes(data, spec)

@@ -18,6 +18,43 @@ def take(dataset: ArrayDataset, indices: np.ndarray) -> ArrayDataset:
                                labels=dataset.labels[indices])
 
 
+def parse_classes(spec: str, class_names: tuple[str, ...]) -> list[int]:
+    """``dataset.classes``: '0-4', '5,7,9' or 'cat,dog' (indices, ranges or folder names) ->
+    the chosen class indices, in the order given; '' = every class."""
+    if not spec:
+        return list(range(len(class_names)))
+    chosen: list[int] = []
+    for item in (part.strip() for part in spec.split(",")):
+        start, dash, end = item.partition("-")
+        if item in class_names:
+            chosen.append(class_names.index(item))
+        elif dash and start.isdigit() and end.isdigit():
+            chosen.extend(range(int(start), int(end) + 1))
+        elif item.isdigit():
+            chosen.append(int(item))
+        else:
+            raise ValueError(f"config.dataset.classes={spec!r}: {item!r} is neither a class "
+                             f"index nor one of {list(class_names)}")
+    bad = [k for k in chosen if k >= len(class_names)]
+    if bad or len(set(chosen)) != len(chosen):
+        raise ValueError(f"config.dataset.classes={spec!r}: use distinct indices in "
+                         f"0..{len(class_names) - 1} (got {chosen})")
+    return chosen
+
+
+def select_classes(dataset: ArrayDataset, spec: str) -> ArrayDataset:
+    """The examples of the classes ``spec`` names (see :func:`parse_classes`), relabelled
+    0..k-1 in that order, with those class names."""
+    chosen = parse_classes(spec, dataset.class_names)
+    if chosen == list(range(len(dataset.class_names))):
+        return dataset
+    relabel = np.full(len(dataset.class_names), -1, np.int32)
+    relabel[chosen] = np.arange(len(chosen), dtype=np.int32)
+    kept = take(dataset, np.flatnonzero(relabel[dataset.labels] >= 0))
+    return dataclasses.replace(kept, labels=relabel[kept.labels],
+                               class_names=tuple(dataset.class_names[k] for k in chosen))
+
+
 def shuffled_order(n: int, seed: int) -> np.ndarray:
     """A fixed permutation of range(n) (numpy, independent of JAX versions)."""
     return np.random.default_rng(seed).permutation(n)
