@@ -66,3 +66,20 @@ ablation: install
 
 report: install
 	$(PY) -m cv_jax.report $(RUNS) --out=$(REPORT_DIR)
+
+# Studies whose second stage starts from the first stage's runs; SIZE=cpu|full. The reports
+# are copied to experiments/results/ (committed).
+.PHONY: transfer-study distill-study
+SIZE ?= cpu
+
+transfer-study: install
+	$(PY) -m cv_jax.sweep --sweep=experiments/transfer_source.py:$(SIZE)
+	$(PY) -m cv_jax.sweep --sweep=experiments/transfer.py:$(SIZE)
+	mkdir -p experiments/results && rm -rf experiments/results/transfer_$(SIZE)
+	cp -r runs/sweeps/transfer_$(SIZE)/report experiments/results/transfer_$(SIZE)
+
+distill-study: install
+	$(PY) -m cv_jax.sweep --sweep=experiments/distill_teacher.py:$(SIZE)
+	$(PY) -m cv_jax.sweep --sweep=experiments/distill.py:$(SIZE)
+	mkdir -p experiments/results && rm -rf experiments/results/distill_$(SIZE)
+	cp -r runs/sweeps/distill_$(SIZE)/report experiments/results/distill_$(SIZE)
