@@ -22,14 +22,21 @@ from cv_jax.data.sources import DataError, list_images
 from cv_jax.inference import LoadedModel, load
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A run directory written by cv_jax.main.")
-flags.DEFINE_integer("top_k", 5, "Classes shown per image (at most the number of classes).",
-                     lower_bound=1)
-flags.DEFINE_alias("top-k", "top_k")
-flags.DEFINE_bool("json", False, "Print a JSON list of {file, top_k: [{class, probability}]}.")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to use.")
-flags.DEFINE_enum("weights", "raw", ["raw", "ema"], "Raw weights or their moving average.")
-flags.DEFINE_integer("batch_size", 0, "Images per forward pass (0: the run's eval.batch_size).")
+
+
+def define_flags() -> None:
+    """The command-line flags, defined only when run as a program (other CLIs of the package
+    define flags of the same names)."""
+    flags.DEFINE_string("workdir", None, "A run directory written by cv_jax.main.")
+    flags.DEFINE_integer("top_k", 5, "Classes shown per image (at most the number of classes).",
+                         lower_bound=1)
+    flags.DEFINE_alias("top-k", "top_k")
+    flags.DEFINE_bool("json", False,
+                      "Print a JSON list of {file, top_k: [{class, probability}]}.")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to use.")
+    flags.DEFINE_enum("weights", "raw", ["raw", "ema"], "Raw weights or their moving average.")
+    flags.DEFINE_integer("batch_size", 0,
+                         "Images per forward pass (0: the run's eval.batch_size).")
 
 
 def expand(paths: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -101,5 +108,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

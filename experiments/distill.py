@@ -6,7 +6,12 @@ distilled from the full-width teacher of experiments/distill_teacher.py
 """
 
 from cv_jax.sweep import Point, Sweep, choose
-from experiments.distill_teacher import SIZES, VARIANTS
+
+VARIANTS = ("cpu", "full")
+SIZES = {  # the teacher's (experiments/distill_teacher.py)
+    "cpu": {"dataset.max_train_examples": 10000, "training.num_epochs": 4.0},
+    "full": {"training.num_epochs": 10.0},
+}
 
 TEACHER = "runs/sweeps/distill_teacher_{size}/airbench_32_64_64"
 

@@ -10,7 +10,8 @@ training images of dog, frog, horse, ship and truck (`dataset.num_labelled`), 8 
 """
 
 from cv_jax.sweep import Point, Sweep, choose
-from experiments.transfer_source import VARIANTS
+
+VARIANTS = ("cpu", "full")
 
 SOURCE = "runs/sweeps/transfer_source_{size}/classes_0-4"
 TARGET = {"dataset.classes": "5-9", "dataset.num_labelled": 2500,
