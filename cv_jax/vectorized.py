@@ -1,0 +1,418 @@
+"""Several seeds of one config trained as one program: N models, one jitted step, one stream
+of batches.
+
+    python -m cv_jax.vectorized --config=configs/cifar10.py:cpu --workdir=runs/seeds \\
+        --seeds=0,1,2,3 [--mode=vmap|unroll]
+
+The members share everything but ``config.seed``: the stream of batches (ordered by
+``config.data_seed``, or by ``config.seed`` when that is -1), the optimizer, the schedule and the
+step settings. Each member has its own initialisation and augmentation/dropout keys
+(``train.seed_keys``). Their states are stacked on a leading member axis, replicated over the
+mesh; the batch is split on the mesh's 'data' axis exactly as in a single run, and one jitted
+step runs ``train.make_train_step`` for every member: vmapped over the member axis (the batch is
+shared, not mapped), or with ``mode='unroll'`` as one copy per member. Member ``s`` is
+``train.train_and_evaluate`` with ``seed=s`` and the same ``data_seed``, up to the order of
+XLA's floating-point sums (tests/test_vectorized.py checks it).
+
+vmap pays off where one run leaves an accelerator idle (small models, small batches). On CPU,
+XLA lowers a vmapped convolution to a grouped one, which is many times slower than separate
+convolutions: use ``unroll`` there (or separate runs); benchmarks/vectorized_seeds.py measures.
+
+Each member is written as a complete run in ``workdir/seed_<s>/`` (config.json with its seed and
+the shared data_seed, metrics.jsonl, tensorboard/, checkpoints/, results.json), so
+``cv_jax.evaluate``, ``cv_jax.runs`` and ``cv_jax.curves`` read it as if it had been trained
+alone. Checkpoints are saved at every evaluation; rerunning the command resumes every member
+from their latest common checkpoint, and a finished run only reports. Early stopping (a per-run
+decision) is not supported; nor are per-member hyper-parameters (only the seed differs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from cv_jax import (
+    checkpoint,
+    configlib,
+    distill,
+    optim,
+    schedules,
+    sharding,
+    steps,
+    train,
+    transfer,
+)
+from cv_jax.data.sources import ArrayDataset
+from cv_jax.metrics import MetricWriter, Progress, mean_metrics
+from cv_jax.state import TrainState
+
+log = logging.getLogger("cv_jax")
+
+
+def parse_seeds(text: str | Sequence[str | int]) -> tuple[int, ...]:
+    """``'0,1,2'`` (or a list of them) -> ``(0, 1, 2)``; at least one seed, no repeats."""
+    items = text.split(",") if isinstance(text, str) else text
+    try:
+        seeds = tuple(int(str(s).strip()) for s in items if str(s).strip())
+    except ValueError:
+        raise configlib.ConfigError(f"--seeds={text!r}: write integers, e.g. 0,1,2,3") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise configlib.ConfigError(f"--seeds={text!r}: give one or more distinct integer seeds")
+    return seeds
+
+
+def member_config(config: mlc.ConfigDict, seed: int) -> mlc.ConfigDict:
+    """``config`` with ``seed`` and an explicit ``data_seed`` (the shared example order): what a
+    separate ``train.train_and_evaluate`` run of this member would be given."""
+    member = config.copy_and_resolve_references()
+    member.data_seed = config.data_seed if config.data_seed >= 0 else config.seed
+    member.seed = seed
+    return member
+
+
+def member_dir(workdir: str, seed: int) -> str:
+    return os.path.join(workdir, f"seed_{seed}")
+
+
+def stack(trees: Sequence[Any], mesh: jax.sharding.Mesh) -> Any:
+    """Stacks same-shaped pytrees on a new leading (member) axis, replicated over ``mesh``.
+
+    The tree structure (with its static fields, e.g. ``apply_fn``) is the first tree's. Leaves
+    get strong dtypes (a fresh state's step is weakly typed, a restored one's is not), so a fresh
+    and a resumed run compile the same step.
+    """
+    treedef = jax.tree.structure(trees[0])
+    leaves = [jnp.stack(column).astype(column[0].dtype)
+              for column in zip(*map(jax.tree.leaves, trees), strict=True)]
+    return jax.device_put(jax.tree.unflatten(treedef, leaves), sharding.replicated(mesh))
+
+
+def member(tree: Any, i: int) -> Any:
+    """Member ``i`` of a stacked pytree."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def member_getter(mesh: jax.sharding.Mesh):
+    """``take(stacked, i)``: member ``i`` of a stacked pytree, replicated like a single run's."""
+    return jax.jit(member, out_shardings=sharding.replicated(mesh))
+
+
+MODES = ("vmap", "unroll")
+
+
+def make_vectorized_step(settings: steps.StepSettings, batch_size: int,
+                         mesh: jax.sharding.Mesh, mode: str = "vmap"):
+    """One jitted step of every member: ``train.make_train_step`` vmapped over the member axis
+    of the state (``mode='vmap'``), or repeated once per member (``'unroll'``: N copies of
+    the single-run step in one program; XLA:CPU runs a vmapped convolution, which becomes a
+    grouped one, far slower than separate ones). The training set, the permutation, the batch
+    index (so the batch) and the distillation teacher are shared."""
+    repl = sharding.replicated(mesh)
+    single = train.make_train_step(settings, batch_size, mesh)
+
+    def unrolled(state, *shared):
+        count = jax.tree.leaves(state)[0].shape[0]
+        outputs = [single(member(state, i), *shared) for i in range(count)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+    step = {"vmap": jax.vmap(single, in_axes=(0, None, None, None, None, None)),
+            "unroll": unrolled}[mode]
+    return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+
+
+def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
+                  settings: steps.StepSettings, tx, mesh: jax.sharding.Mesh) -> list[TrainState]:
+    """A fresh state per member config (each with its own seed), as ``train.build_state``."""
+    return [train.build_state(c, data, settings, tx, mesh) for c in configs]
+
+
+def per_member(history: list[dict], count: int) -> list[dict[str, float]]:
+    """Per-step metrics of shape [members] -> each member's mean over the steps."""
+    fetched = jax.device_get(history)
+    return [mean_metrics([{k: v[i] for k, v in m.items()} for m in fetched])
+            for i in range(count)]
+
+
+@dataclasses.dataclass
+class Member:
+    """One seed of the vectorised run: its config and its run directory's writers."""
+
+    seed: int
+    config: mlc.ConfigDict
+    workdir: str
+    ckpt: checkpoint.Checkpoints
+    writer: MetricWriter | None = None
+
+    @classmethod
+    def create(cls, config: mlc.ConfigDict, workdir: str, seed: int) -> Member:
+        mconfig = member_config(config, seed)
+        directory = member_dir(workdir, seed)
+        os.makedirs(directory, exist_ok=True)
+        return cls(seed, mconfig, directory, checkpoint.Checkpoints.for_run(directory, mconfig))
+
+    def close(self) -> None:
+        self.ckpt.wait()
+        if self.writer is not None:
+            self.writer.close()
+        self.ckpt.close()
+
+
+def check_supported(config: mlc.ConfigDict, mode: str) -> None:
+    if mode not in MODES:
+        raise configlib.ConfigError(f"mode={mode!r}: use one of {MODES}")
+    if config.early_stopping.patience:
+        raise configlib.ConfigError(
+            "config.early_stopping.patience > 0: early stopping decides per run and is not "
+            "supported by the vectorised run; train the seeds separately (cv_jax.main)")
+
+
+def resume_step(members: Sequence[Member]) -> int | None:
+    """The latest step every member has a checkpoint of (None: start afresh)."""
+    latest = [m.ckpt.latest_step() for m in members]
+    return None if None in latest else min(latest)
+
+
+def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.StepSettings,
+                  tx, plan: train.Plan, mesh: jax.sharding.Mesh) -> tuple[TrainState, dict]:
+    """The stacked state of the members (fresh, or restored from their latest common
+    checkpoint) and the model signature of their checkpoints."""
+    states = build_members([m.config for m in members], data, settings, tx, mesh)
+    sig = checkpoint.signature(members[0].config.model.to_dict(), states[0].params,
+                               data.class_names, data.images.shape[1:])
+    start = resume_step(members)
+    if start is not None:
+        states = [m.ckpt.restore(start, s, sig) for m, s in zip(members, states, strict=True)]
+        log.info("Resuming %d members from step %d of %d.", len(members), start,
+                 plan.total_steps)
+    return stack(states, mesh), sig
+
+
+def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
+                max_steps_this_run: int | None = None, mode: str = "vmap") -> list[dict]:
+    """Trains one member per seed of ``config`` in one program (``mode``: see
+    :func:`make_vectorized_step`); returns the members' results (each also written to
+    ``workdir/seed_<s>/results.json``)."""
+    seeds = parse_seeds(seeds)
+    configlib.validate(config)
+    check_supported(config, mode)
+    mesh = sharding.make_mesh(config.training.num_devices)
+    num_devices = mesh.devices.size
+    train.check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
+    eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
+    members = [Member.create(config, workdir, s) for s in seeds]
+    lead = members[0].config
+    try:
+        data = train.load_datasets(lead)
+        plan = train.Plan.from_config(lead, len(data.train))
+        previous = [train.read_results(m.workdir) for m in members]
+        if all(train.is_finished(p, m.ckpt.latest_step(), plan)
+               for p, m in zip(previous, members, strict=True)):
+            log.info("Vectorised run in %s is finished.", workdir)
+            return previous
+        schedule = schedules.create_schedule(lead, plan.steps_per_epoch, plan.total_steps)
+        tx = transfer.run_optimizer(lead, schedule, len(data.train.class_names),
+                                    data.train.images.shape[1:], plan.steps_per_epoch)
+        settings = train.step_settings(lead, data.train, plan, schedule)
+        state, sig = initial_state(members, data.train, settings, tx, plan, mesh)
+        for m in members:
+            train.save_config(m.config, m.workdir)
+            m.writer = MetricWriter(m.workdir)
+        log.info("%d seeds %s: %d train / %d test examples; %d steps (%d per epoch) on %s.",
+                 len(seeds), list(seeds), len(data.train), len(data.test), plan.total_steps,
+                 plan.steps_per_epoch, train.describe_devices(mesh))
+        program = Program.build(lead, data, settings, state, mesh, eval_batch, mode)
+        return _train(lead, members, plan, program, state, sig, mesh, max_steps_this_run)
+    finally:
+        for m in members:
+            m.close()
+
+
+@dataclasses.dataclass
+class Program:
+    """The device data and compiled functions of a vectorised run."""
+
+    train_step: Any  # (stacked state, images, labels, permutation, index, teacher)
+    evaluators: dict[str, train.Evaluator]
+    take: Any  # (stacked tree, i) -> member i
+    images: jax.Array
+    labels: jax.Array
+    permute: Any  # epoch -> permutation
+    teacher: Any
+    compile_time: float
+
+    @classmethod
+    def build(cls, config: mlc.ConfigDict, data: train.Datasets, settings: steps.StepSettings,
+              state: TrainState, mesh: jax.sharding.Mesh, eval_batch: int,
+              mode: str) -> Program:
+        images, labels, permute = train.device_train_set(data.train, config, mesh)
+        evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh)
+                      for name, ds in data.eval_sets().items()}
+        take = member_getter(mesh)
+        start = time.perf_counter()
+        teacher = distill.load_teacher(config, data.train.class_names, mesh)
+        step_fn = make_vectorized_step(settings, config.training.batch_size, mesh, mode)
+        step_fn = step_fn.lower(state, images, labels, permute(0), 0, teacher).compile()
+        for evaluator in evaluators.values():
+            evaluator.compile(take(state, 0))
+        compile_time = time.perf_counter() - start
+        log.info("Compiled in %.1f s.", compile_time)
+        return cls(step_fn, evaluators, take, images, labels, permute, teacher, compile_time)
+
+
+def log_train(members: Sequence[Member], history: list[dict], step: int, epoch: float,
+              progress: Progress) -> float:
+    """Writes each member's mean train metrics since the last call; returns images/s."""
+    summaries = per_member(history, len(members))
+    rate = progress.update(step, mean_metrics(summaries))
+    for m, summary in zip(members, summaries, strict=True):
+        train.check_finite(summary["loss"], f"the training loss of seed {m.seed}", step, m.ckpt)
+        m.writer.write(step, "train", summary | {"images_per_sec": rate, "epoch": epoch})
+    return rate
+
+
+def evaluate_members(members: Sequence[Member], program: Program, state: TrainState,
+                     step: int, sig: dict, plateau, scheduled: bool,
+                     mesh: jax.sharding.Mesh) -> tuple[TrainState, list[dict]]:
+    """Evaluates and checkpoints each member as ``train_and_evaluate`` does a run (with the
+    reduce-on-plateau update after a ``scheduled`` evaluation); returns the stacked state and
+    each member's eval metrics."""
+    singles = [program.take(state, i) for i in range(len(members))]
+    evals = []
+    for i, m in enumerate(members):
+        log.info("seed %d:", m.seed)
+        evals.append(train.evaluate_weights(program.evaluators, singles[i], step, m.writer,
+                                            m.ckpt))
+        if plateau is not None and scheduled:
+            singles[i] = plateau(singles[i], evals[i])
+        m.ckpt.save(step, singles[i], sig, metrics=evals[i])
+    return (stack(singles, mesh) if plateau is not None else state), evals
+
+
+def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, program: Program,
+           state: TrainState, sig: dict, mesh: jax.sharding.Mesh,
+           max_steps_this_run: int | None) -> list[dict]:
+    """The loop of ``train_seeds`` from a stacked state."""
+    step = int(state.step[0])
+    end = plan.total_steps if max_steps_this_run is None else min(
+        plan.total_steps, step + max_steps_this_run)
+    progress = Progress(plan.total_steps, step, config.training.batch_size)
+    plateau = optim.plateau_updater(config)
+    history, rates, last_eval = [], [], [{} for _ in members]
+    train_start, epoch, permutation = time.perf_counter(), -1, None
+    try:
+        while step < end:
+            if step // plan.steps_per_epoch != epoch:
+                epoch = step // plan.steps_per_epoch
+                permutation = program.permute(epoch)
+            state, metrics = program.train_step(state, program.images, program.labels,
+                                                permutation, step % plan.steps_per_epoch,
+                                                program.teacher)
+            history.append(metrics)
+            step += 1
+            if step % config.training.log_every_steps == 0 or step == end:
+                rates.append(log_train(members, history, step, step / plan.steps_per_epoch,
+                                       progress))
+                history = []
+            if plan.is_eval_step(step) or step == end:
+                jax.block_until_ready(state)
+                progress.pause()
+                state, last_eval = evaluate_members(members, program, state, step, sig, plateau,
+                                                    plan.is_eval_step(step), mesh)
+                progress.resume()
+    finally:
+        progress.close()
+    if step < plan.total_steps:
+        log.info("Stopped at step %d of %d; rerun with the same workdir to continue.", step,
+                 plan.total_steps)
+        return [{"steps": step, "finished": False, **e} for e in last_eval]
+    timing = {"train_time_s": time.perf_counter() - train_start,
+              "compile_time_s": program.compile_time,
+              "images_per_sec": float(np.median(rates)) if rates else None}
+    return [finish(m, program, program.take(state, i), last_eval[i], plan, timing, mesh,
+                   [x.seed for x in members]) for i, m in enumerate(members)]
+
+
+def finish(member: Member, program: Program, state: TrainState, last_eval: dict,
+           plan: train.Plan, timing: dict, mesh: jax.sharding.Mesh, seeds: list[int]) -> dict:
+    """Writes a finished member's results.json and returns the results. A member this process
+    did not evaluate (it resumed at the last step) keeps its results.json, or is evaluated
+    when it has none (a crash before it was written)."""
+    member.ckpt.wait()
+    if not last_eval:
+        previous = train.read_results(member.workdir)
+        if train.is_finished(previous, member.ckpt.latest_step(), plan):
+            return previous
+        last_eval = train.evaluate_weights(program.evaluators, state, plan.total_steps, None,
+                                           member.ckpt)
+    results = member_results(member, plan, state, last_eval, timing, mesh, seeds)
+    train.write_results(member.workdir, results)
+    log.info("seed %d: final test accuracy %.4f (%d / %d examples).", member.seed,
+             results["test_accuracy"], results["test_correct"], results["test_examples"])
+    return results
+
+
+def member_results(member: Member, plan: train.Plan, state: TrainState, last_eval: dict,
+                   timing: dict, mesh: jax.sharding.Mesh, seeds: list[int]) -> dict:
+    """A finished member's results.json, with the keys of ``train.train_and_evaluate``'s.
+
+    ``images_per_sec`` is each member's rate (the program processes members x that);
+    ``vectorized_seeds`` lists the members trained together.
+    """
+    return {
+        **last_eval,
+        "best_step": member.ckpt.best_step(),
+        "steps": plan.total_steps,
+        "epochs": plan.total_steps / plan.steps_per_epoch,
+        "planned_steps": plan.total_steps,
+        "stopped_early": False,
+        "restored_best": False,
+        **timing,
+        "device": train.describe_devices(mesh),
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+        "recipe": member.config.recipe,
+        "model": member.config.model.name,
+        "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+        "finished": True,
+        "vectorized_seeds": seeds,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import sys
+
+    from absl import app, flags
+    from absl import logging as absl_logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file (and :variant).",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory of the members' run directories.")
+    flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "Seeds to train together, e.g. 0,1,2,3.")
+    flags.DEFINE_enum("mode", "vmap", MODES, "vmap: one batched step (GPU/TPU); unroll: one "
+                      "copy of the step per member (CPU, where a vmapped convolution is slow).")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(args):
+        if len(args) > 1:
+            raise app.UsageError(f"Unexpected arguments: {args[1:]}")
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("cv_jax").setLevel(logging.INFO)
+        train_seeds(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.seeds,
+                    mode=flags.FLAGS.mode)
+
+    app.run(run, argv=argv or sys.argv)
+
+
+if __name__ == "__main__":
+    main()
