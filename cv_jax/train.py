@@ -412,17 +412,32 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
 
     if not last_eval:  # restored best weights, or resumed after the last eval was logged
         last_eval = evaluate_weights(evaluators, state, step, None, ckpt)
-    results = {
+    timing = {"train_time_s": train_time, "compile_time_s": compile_time,
+              "images_per_sec": float(np.median(rates)) if rates else None}
+    results = results_record(config, plan, step, state, last_eval, ckpt.best_step(), timing,
+                             mesh, stopped_early=stop)
+    write_results(workdir, results)
+    ckpt.close()
+    log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
+             "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
+             results["test_examples"], step, train_time, compile_time)
+    return results
+
+
+def results_record(config: mlc.ConfigDict, plan: Plan, step: int, state: TrainState,
+                   last_eval: dict, best_step: int | None, timing: dict,
+                   mesh: jax.sharding.Mesh, stopped_early: bool = False) -> dict:
+    """What ``results.json`` holds for a finished run: the last evaluation, how long it trained
+    (``timing``: train/compile seconds, images/s), and where and what it ran."""
+    return {
         **last_eval,
-        "best_step": ckpt.best_step(),
+        "best_step": best_step,
         "steps": step,
         "epochs": step / plan.steps_per_epoch,
         "planned_steps": plan.total_steps,
-        "stopped_early": stop,
-        "restored_best": stop and config.early_stopping.restore_best,
-        "train_time_s": train_time,
-        "compile_time_s": compile_time,
-        "images_per_sec": float(np.median(rates)) if rates else None,
+        "stopped_early": stopped_early,
+        "restored_best": stopped_early and config.early_stopping.restore_best,
+        **timing,
         "device": describe_devices(mesh),
         "jax_version": jax.__version__,
         "python": platform.python_version(),
@@ -431,12 +446,6 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
         "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
         "finished": True,
     }
-    write_results(workdir, results)
-    ckpt.close()
-    log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
-             "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
-             results["test_examples"], step, train_time, compile_time)
-    return results
 
 
 def evaluate_weights(evaluators: dict[str, Evaluator], state: TrainState, step: int,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import platform
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -368,24 +367,9 @@ def member_results(member: Member, plan: train.Plan, state: TrainState, last_eva
     ``images_per_sec`` is each member's rate (the program processes members x that);
     ``vectorized_seeds`` lists the members trained together.
     """
-    return {
-        **last_eval,
-        "best_step": member.ckpt.best_step(),
-        "steps": plan.total_steps,
-        "epochs": plan.total_steps / plan.steps_per_epoch,
-        "planned_steps": plan.total_steps,
-        "stopped_early": False,
-        "restored_best": False,
-        **timing,
-        "device": train.describe_devices(mesh),
-        "jax_version": jax.__version__,
-        "python": platform.python_version(),
-        "recipe": member.config.recipe,
-        "model": member.config.model.name,
-        "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
-        "finished": True,
-        "vectorized_seeds": seeds,
-    }
+    return train.results_record(member.config, plan, plan.total_steps, state, last_eval,
+                                member.ckpt.best_step(), timing, mesh) | {
+        "vectorized_seeds": seeds}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
