@@ -42,6 +42,13 @@ cv_jax/configlib.py base_config, cv_jax/optim.py, schedules.py, augment.py, loss
       start_epoch, restore_best; monitor '' = the best-checkpoint metric)
   --config.training.ema_decay=0.999 --config.training.best_by_ema=True
   --config.data_seed=0   (the example order, fixed while config.seed changes init/augmentation)
+  --config.dataset.classes=0-4   (a subset of the classes, relabelled; or 'cat,dog')
+  --config.transfer.init_from=runs/source --config.transfer.mode=linear_probe|finetune|
+      discriminative|staged  (backbone_lr_multiplier, frozen_epochs, checkpoint, weights)
+  --config.distill.teacher=runs/teacher --config.distill.alpha=0.9 --config.distill.temperature=4
+  --config.dataset.num_folds=5 --config.dataset.fold=0   (k-fold; make cv runs every fold)
+  --config.dataset.num_labelled=4000   (class-balanced labelled subset; make pseudo-label)
+  --config.dataset.resample_seed=0     (bootstrap resample; make ensemble)
   python -m cv_jax.schedules --config=configs/cifar10.py:cpu --out=lr.png   (plot, no training)
   python -m cv_jax.lr_find --config=configs/cifar10.py:cpu                  (LR range test)
   python -m cv_jax.augment --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
