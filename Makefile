@@ -38,17 +38,24 @@ clean:
 .PHONY: cv ensemble pseudo-label
 WORKFLOW_DIR = $(if $(filter file,$(origin WORKDIR)),runs/$@/$(basename $(notdir $(CONFIG))),$(WORKDIR))
 
+# The markdown report of a workflow, copied to experiments/results/<config name>.md (committed).
+keep_result = mkdir -p experiments/results && \
+	cp $(WORKFLOW_DIR)/$(1).md experiments/results/$(basename $(notdir $(CONFIG))).md
+
 cv: install
 	$(PY) -m cv_jax.crossval --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) $(if $(K),--folds=$(K))
+	$(call keep_result,crossval)
 
 ensemble: install
 	$(PY) -m cv_jax.ensemble --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
 		$(if $(METHOD),--method=$(METHOD)) $(if $(MEMBERS),--members=$(MEMBERS))
+	$(call keep_result,ensemble)
 
 pseudo-label: install
 	$(PY) -m cv_jax.pseudo_label --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
 		$(if $(ROUNDS),--rounds=$(ROUNDS)) $(if $(THRESHOLD),--threshold=$(THRESHOLD)) \
 		$(if $(TOP_K),--top_k=$(TOP_K))
+	$(call keep_result,pseudo_label)
 
 # Sweeps and ablations: each point of an experiments/ definition in its own workdir under
 # runs/sweeps/<name>/ (finished runs are skipped, unfinished ones resume), then the report in
