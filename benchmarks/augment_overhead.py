@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cv_jax import schedules, sharding, train, transfer
+from cv_jax import sharding, train
 from cv_jax.data.sources import ArrayDataset
 
 FLAGS = flags.FLAGS
@@ -52,10 +52,7 @@ def time_variant(config, steps: int) -> float:
     batch = config.training.batch_size
     data = synthetic_train_set(batch * 4)
     plan = train.Plan.from_config(config, len(data))
-    schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
-    tx = transfer.run_optimizer(config, schedule, len(data.class_names), data.images.shape[1:],
-                                plan.steps_per_epoch)
-    settings = train.step_settings(config, data, plan, schedule)
+    _, tx, settings = train.optimizer_and_settings(config, data, plan)
     state = train.build_state(config, data, settings, tx, mesh)
     images, labels, permute = train.device_train_set(data, config, mesh)
     permutation = permute(0)

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from augment_overhead import synthetic_train_set
 
-from cv_jax import schedules, sharding, train, transfer, vectorized
+from cv_jax import sharding, train, vectorized
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("members", ["1", "4", "8"], "Member (seed) counts to time.")
@@ -53,10 +53,7 @@ def main(argv):
     mesh = sharding.make_mesh(config.training.num_devices)
     data = synthetic_train_set(batch * 4)
     plan = train.Plan.from_config(config, len(data))
-    schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
-    tx = transfer.run_optimizer(config, schedule, len(data.class_names), data.images.shape[1:],
-                                plan.steps_per_epoch)
-    settings = train.step_settings(config, data, plan, schedule)
+    _, tx, settings = train.optimizer_and_settings(config, data, plan)
     images, labels, permute = train.device_train_set(data, config, mesh)
     args = (images, labels, permute(0), 0, None)
 

@@ -113,6 +113,15 @@ def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
     return steps.StepSettings.from_config(config, schedule, plan.steps_per_epoch, weights)
 
 
+def optimizer_and_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan):
+    """``(schedule, tx, settings)`` of a run: the LR schedule over its plan, the optimizer
+    (split by the transfer mode) and the step settings."""
+    schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
+    tx = transfer.run_optimizer(config, schedule, len(train.class_names), train.images.shape[1:],
+                                plan.steps_per_epoch)
+    return schedule, tx, step_settings(config, train, plan, schedule)
+
+
 def check_batch_size(batch_size: int, num_devices: int, key: str) -> None:
     if batch_size % num_devices:
         nearest = max(num_devices, batch_size // num_devices * num_devices)
@@ -316,10 +325,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
 
     data = load_datasets(config)
     plan = Plan.from_config(config, len(data.train))
-    schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
-    tx = transfer.run_optimizer(config, schedule, len(data.train.class_names),
-                                data.train.images.shape[1:], plan.steps_per_epoch)
-    settings = step_settings(config, data.train, plan, schedule)
+    schedule, tx, settings = optimizer_and_settings(config, data.train, plan)
     ckpt = checkpoint.Checkpoints.for_run(workdir, config)
     latest = ckpt.latest_step()
     previous = read_results(workdir)

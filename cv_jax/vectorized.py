@@ -45,11 +45,9 @@ from cv_jax import (
     configlib,
     distill,
     optim,
-    schedules,
     sharding,
     steps,
     train,
-    transfer,
 )
 from cv_jax.data.sources import ArrayDataset
 from cv_jax.metrics import MetricWriter, Progress, mean_metrics
@@ -218,10 +216,7 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
                for p, m in zip(previous, members, strict=True)):
             log.info("Vectorised run in %s is finished.", workdir)
             return previous
-        schedule = schedules.create_schedule(lead, plan.steps_per_epoch, plan.total_steps)
-        tx = transfer.run_optimizer(lead, schedule, len(data.train.class_names),
-                                    data.train.images.shape[1:], plan.steps_per_epoch)
-        settings = train.step_settings(lead, data.train, plan, schedule)
+        _, tx, settings = train.optimizer_and_settings(lead, data.train, plan)
         state, sig = initial_state(members, data.train, settings, tx, plan, mesh)
         for m in members:
             train.save_config(m.config, m.workdir)
