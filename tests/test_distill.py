@@ -51,19 +51,25 @@ def test_alpha_zero_is_plain_training_and_alpha_one_uses_only_the_teacher():
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, 8)}
-    plain, plain_metrics = steps.train_step(state, batch, settings)
+    step = jax.jit(lambda s, b, t: steps.train_step(s, b, settings, t))
+    plain, plain_metrics = step(state, batch, None)
     _, teacher_vars, _ = small_model_state(config, seed=1)
     off = teacher_from(model, teacher_vars, config, alpha=0.0)
-    same, same_metrics = steps.train_step(state, batch, settings, off)
+    same, same_metrics = step(state, batch, off)
     assert float(same_metrics["loss"]) == pytest.approx(float(plain_metrics["loss"]), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  same.params, plain.params)
     only = teacher_from(model, teacher_vars, config, alpha=1.0, temperature=2.0)
-    _, metrics = steps.train_step(state, batch, settings, only)
-    x = steps.normalize(batch["image"], settings)
-    student = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-    expected = losses.distillation_loss(student, only.logits(x, settings.mean, settings.std), 2.0)
-    assert float(metrics["loss"]) == pytest.approx(float(jnp.mean(expected)), rel=1e-5)
+    _, metrics = step(state, batch, only)
+
+    @jax.jit
+    def expected_loss(x):
+        student = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+        return losses.distillation_loss(student, only.logits(x, settings.mean, settings.std), 2.0)
+
+    expected = expected_loss(steps.normalize(batch["image"], settings))
+    # Two separately compiled programs: float32 sums in another order (the KL is ~4e-3 here).
+    assert float(metrics["loss"]) == pytest.approx(float(jnp.mean(expected)), rel=1e-4)
 
 
 def test_teacher_sees_the_images_at_its_own_size_and_normalisation():
@@ -75,8 +81,9 @@ def test_teacher_sees_the_images_at_its_own_size_and_normalisation():
     x_student = np.broadcast_to((pixels - student_mean) / student_std, (2, 16, 16, 3))
     x_teacher = np.broadcast_to((pixels - np.array(config.dataset.mean)) /
                                 np.array(config.dataset.std), (2, 24, 24, 3))
-    np.testing.assert_allclose(teacher.logits(jnp.asarray(x_student), student_mean, student_std),
-                               model.apply(variables, x_teacher, train=False), rtol=1e-4,
+    logits = jax.jit(lambda x: teacher.logits(x, student_mean, student_std))
+    direct = jax.jit(lambda x: model.apply(variables, x, train=False))
+    np.testing.assert_allclose(logits(jnp.asarray(x_student)), direct(x_teacher), rtol=1e-4,
                                atol=1e-5)
 
 
