@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cv_jax import curves
-from cv_jax.train import read_results
+from cv_jax.train import read_json, read_results
 
 MISSING = "—"
 # Never a column: the seed is what a row averages over; the others are bookkeeping.
@@ -83,14 +82,6 @@ class Record:
         return tuple(self.config.get(k, MISSING) for k in DATASET_KEYS)
 
 
-def read_config(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def checkpoint_signature(workdir: str) -> dict | None:
     """The latest checkpoint's signature (model, class names, parameter shapes), if any."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -141,7 +132,7 @@ def load_record(workdir: str, exit_code: int | None = None,
                 config: Mapping[str, Any] | None = None) -> Record:
     """Reads a run; ``config`` stands in for a missing config.json (a run that failed early)."""
     results = read_results(workdir)
-    saved = read_config(workdir)
+    saved = read_json(workdir, "config.json")
     tree = saved if saved is not None else as_tree(config)
     status, note = status_of(workdir, results, exit_code)
     signature = checkpoint_signature(workdir)

@@ -277,12 +277,17 @@ def write_results(workdir: str, results: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def read_results(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "results.json")
+def read_json(workdir: str, name: str) -> dict | None:
+    """``workdir/name`` parsed, or None when the run has not written it."""
+    path = os.path.join(workdir, name)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def read_results(workdir: str) -> dict | None:
+    return read_json(workdir, "results.json")
 
 
 def is_finished(previous: dict | None, latest: int | None, plan: Plan) -> bool:
