@@ -1,9 +1,11 @@
 """On-disk cache of decoded datasets.
 
-A decoded split is stored as an uncompressed ``.npz`` (``images``, ``labels``, ``class_names``)
-named after the SHA-256 of its key parts. The key includes a :func:`fingerprint` of the source,
-so editing, adding or touching a source file produces a new key and the split is rebuilt; old
-entries are left in place (delete the cache folder to reclaim space).
+A decoded split is stored as an uncompressed ``.npz`` (``images``, ``labels``, ``class_names``,
+``skipped``) named after the SHA-256 of its key parts. The key includes a :func:`fingerprint`
+of the source, so editing, adding or touching a source file produces a new key and the split
+is rebuilt; old entries are left in place (delete the cache folder to reclaim space). It also
+includes the bad-file policy, so a split built with bad files skipped never serves a strict
+load.
 
 The cache folder is, in order of precedence: the ``cache_dir`` argument, ``$CV_JAX_CACHE``,
 ``~/.cache/cv_jax``.
@@ -17,10 +19,12 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from cv_jax.data.walk import walk
 
 if TYPE_CHECKING:
     from cv_jax.data.sources import ArrayDataset
@@ -29,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "CV_JAX_CACHE"
 # Bump when the decoding or the stored layout changes, so old cache entries are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: 16-bit images scaled, not clipped; `skipped` stored
 _HASH_BLOCK = 1 << 20
 # What np.load and ArrayDataset validation raise on a truncated or otherwise damaged file.
 _CORRUPT_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
@@ -38,21 +42,6 @@ _CORRUPT_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 def default_cache_dir() -> str:
     """Return ``$CV_JAX_CACHE`` if set, else ``~/.cache/cv_jax``."""
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cv_jax")
-
-
-def _walk_files(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
-    """Yield ``(relative posix path, stat)`` for every file under ``root``, in sorted order."""
-    with os.scandir(os.path.join(root, rel) if rel else root) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        child = f"{rel}/{entry.name}" if rel else entry.name
-        if entry.is_dir():
-            yield from _walk_files(root, child)
-        else:
-            try:
-                yield child, entry.stat()
-            except FileNotFoundError:  # dangling symlink
-                continue
 
 
 def _sha256_file(path: str) -> str:
@@ -74,8 +63,13 @@ def fingerprint(path: str) -> str:
     digest = hashlib.sha256()
     if os.path.isdir(path):
         digest.update(b"dir\n")
-        for rel, st in _walk_files(path):
-            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        for rel, is_dir, entry in walk(path):
+            try:
+                st = entry.stat()
+            except OSError:  # a dangling or self-referencing symlink
+                continue
+            if not is_dir:  # fsencode: file names need not be valid UTF-8
+                digest.update(os.fsencode(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n"))
     else:
         st = os.stat(path)
         digest.update(f"file\n{st.st_size}\0{st.st_mtime_ns}\0{_sha256_file(path)}\n".encode())
@@ -100,6 +94,7 @@ def _read(path: str) -> ArrayDataset:
             images=npz["images"],
             labels=npz["labels"],
             class_names=tuple(str(name) for name in npz["class_names"]),
+            skipped=tuple((str(name), str(reason)) for name, reason in npz["skipped"]),
         )
 
 
@@ -115,6 +110,7 @@ def _write(path: str, dataset: ArrayDataset) -> None:
                 images=dataset.images,
                 labels=dataset.labels,
                 class_names=np.array(dataset.class_names, dtype=str),
+                skipped=np.array(dataset.skipped, dtype=str).reshape(-1, 2),
             )
             f.flush()
             os.fsync(f.fileno())

@@ -35,7 +35,9 @@ def _looks_like_dataset(path: str) -> bool:
         return path.lower().endswith(ARCHIVE_SUFFIXES)
     if any(os.path.exists(os.path.join(path, marker)) for marker in _DATASET_MARKERS):
         return True
-    subdirs = [e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+    # os.path.isdir, not DirEntry.is_dir: False (not OSError) for a symlink to itself.
+    subdirs = [e.path for e in os.scandir(path)
+               if not e.name.startswith(".") and os.path.isdir(e.path)]
     return len(subdirs) == 1 and any(
         os.path.exists(os.path.join(subdirs[0], marker)) for marker in _DATASET_MARKERS)
 

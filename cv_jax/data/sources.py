@@ -13,13 +13,27 @@ Supported sources (see :func:`load_split`):
 
 Conventions:
 
-* Images are always RGB: grayscale, RGBA/LA (alpha dropped, not composited), CMYK, palette
-  and other modes are converted with PIL ``.convert('RGB')``; animated images use frame 0.
-* Files and folders whose name starts with ``.`` and ``__MACOSX`` folders are ignored, as are
-  files without an image extension (:data:`IMAGE_EXTENSIONS`, case-insensitive). Images must
-  sit directly in their class folder; deeper sub-folders are not searched.
+* Images are always RGB: grayscale, RGBA/LA (alpha dropped, not composited, as torchvision's
+  and Keras' loaders do), CMYK, palette and other modes are converted with PIL
+  ``.convert('RGB')``; 16-bit grayscale (PIL modes ``I;16``/``I``) is first scaled from
+  0..65535 to 0..255 (value / 257, rounded; PIL alone would clip); animated images use
+  frame 0. With ``image_size`` every image is resized to it (bilinear); without it, images of
+  different sizes are an error naming two of them, whatever the bad-file policy.
+* Files and folders whose name starts with ``.`` (``.DS_Store``, macOS ``._*`` files) and
+  ``__MACOSX`` folders are ignored, as are files without an image extension
+  (:data:`IMAGE_EXTENSIONS`, case-insensitive). Images must sit directly in their class folder;
+  deeper sub-folders are not searched. Folder symlinks are followed, except one leading back to
+  a folder above it (a loop), which is logged and left out.
 * Class names are the sorted class-folder names (torchvision ImageFolder / Keras order), the
   label is the index into them; examples are ordered by (class, file name).
+* Bad files (undecodable, truncated, unreadable, not a regular file, or more pixels than PIL's
+  ``Image.MAX_IMAGE_PIXELS`` decompression-bomb limit) follow ``bad_files``: ``'strict'`` stops
+  with one DataError listing them and every class folder without images (torchvision
+  ImageFolder's default); ``'skip'`` leaves them out, logs them and records them in
+  ``ArrayDataset.skipped``, and keeps a class folder without images as a class with 0 examples
+  (Keras' behaviour, so labels still line up with other splits), with a warning. File names
+  that are not valid UTF-8 are shown with ``\\xNN`` escapes. CIFAR and TFDS sources have no
+  per-file policy.
 
 Decoding runs in a process pool while a tar archive is still being read. PIL's per-image work
 for small images (header parsing, mode conversion) is mostly Python and holds the GIL, so a
@@ -41,8 +55,10 @@ import multiprocessing
 import os
 import pickle
 import posixpath
+import stat
 import tarfile
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -50,16 +66,20 @@ import numpy as np
 from PIL import Image
 
 from cv_jax.data.cache import cached, fingerprint
+from cv_jax.data.walk import walk
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 TFDS_PREFIX = "tfds:"
+BAD_FILES_POLICIES = ("strict", "skip")
 _IGNORED_DIRS = frozenset({"__MACOSX"})
 _CHUNK_SIZE = 1024  # images per decode task; also the threshold for starting the pool
 _MAX_WORKERS = 8
 _MAX_LISTED = 20  # bad files named in one error message
+# PIL modes of 16-bit grayscale (a 16-bit PNG opens as I;16, in older Pillow as I).
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _SIZE_HINT = "set config.dataset.image_size=(H, W) to resize every image"
 _LOCATION_HINT = (
     "Fix: point --config.dataset.data_dir (or CV_JAX_DATA) at an ImageFolder tree "
@@ -76,6 +96,19 @@ Decoded = np.ndarray | str
 class DataError(ValueError):
     """Bad dataset input; the message names the offending file or path and how to fix it."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of non-UTF-8 file names (``os.fsdecode``'s surrogate
+    escapes) shown as ``\\xNN``, so that it can be logged, printed and written as UTF-8."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
@@ -84,6 +117,7 @@ class ArrayDataset:
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (file, reason) left out under bad_files='skip'
 
     def __post_init__(self) -> None:
         """Check dtypes and shapes so that malformed data fails here, not in training."""
@@ -104,6 +138,9 @@ class ArrayDataset:
 
 def _to_rgb_array(image: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
     """Convert a PIL image to RGB, resize it bilinearly to ``image_size`` (H, W) if given."""
+    if image.mode in _SIXTEEN_BIT_MODES:  # .convert() would clip 0..65535 to 0..255
+        wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image_size is not None and image.size != (image_size[1], image_size[0]):
@@ -122,11 +159,19 @@ def _array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.n
 
 
 def _decode_one(payload: Payload, image_size: tuple[int, int] | None) -> Decoded:
-    """Decode one encoded image (bytes or a file path); return the error text on failure."""
+    """Decode one encoded image (bytes or a file path); return the error text on failure.
+
+    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression-bomb guard, which PIL only
+    warns about below twice the limit) are refused before their pixels are read.
+    """
     try:
+        if isinstance(payload, str) and not stat.S_ISREG(os.stat(payload).st_mode):
+            raise OSError("not a regular file (opening a FIFO or device could block)")
         source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
-        with Image.open(source) as image:
-            return _to_rgb_array(image, image_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                return _to_rgb_array(image, image_size)
     except Exception as e:  # any decoder failure means "bad file"
         return f"{type(e).__name__}: {e}"
 
@@ -252,15 +297,30 @@ def _stack_images(arrays: Sequence[np.ndarray], names: Sequence[str], where: str
     return np.stack(arrays)
 
 
-def _bad_files_error(bad: Sequence[tuple[str, str]], where: str) -> DataError:
-    """One DataError naming the first ``_MAX_LISTED`` undecodable files and the total count."""
+def _listed(bad: Sequence[tuple[str, str]]) -> str:
+    """``  file: reason`` lines for the first ``_MAX_LISTED`` files, then the count left out."""
     lines = [f"  {name}: {reason}" for name, reason in bad[:_MAX_LISTED]]
     if len(bad) > _MAX_LISTED:
         lines.append(f"  ... and {len(bad) - _MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+def _bad_files_error(bad: Sequence[tuple[str, str]], empty: Sequence[str], where: str,
+                     bad_files: str) -> DataError:
+    """One DataError naming the undecodable files (see :func:`_listed`) and every class
+    folder without images; under 'strict' it points at 'skip'."""
+    parts = []
+    if bad:
+        parts.append(f"{len(bad)} file(s) in {where} could not be decoded as images:\n"
+                     + _listed(bad))
+    if empty:
+        parts.append(f"class folder(s) without images: {', '.join(empty)}")
+    skip = "; or set --config.dataset.bad_files=skip (load_split(bad_files='skip')) to leave " \
+        "bad files out and keep empty classes" if bad_files == "strict" else ""
     return DataError(
-        f"{len(bad)} file(s) in {where} could not be decoded as images:\n" + "\n".join(lines)
-        + "\nFix: delete or replace these files (names starting with '.' and files without an "
-        f"image extension {sorted(IMAGE_EXTENSIONS)} are ignored).")
+        "\n".join(parts) + "\nFix: delete or replace the bad files, and add images to or remove "
+        f"the empty class folders (images need an extension in {sorted(IMAGE_EXTENSIONS)}; "
+        f"names starting with '.' are ignored){skip}.")
 
 
 # --------------------------------------------------------------------------- tree listing
@@ -319,17 +379,20 @@ def _class_image_split_dir(rel: str) -> str | None:
     return parts[0] if len(parts) == 3 and _is_image(rel) else None
 
 
+def _warn_loop(path: str) -> None:
+    """Log a folder symlink that is not followed because it loops."""
+    logger.warning("Not following %s: a symlink back to a folder above it (a loop).",
+                   printable(path))
+
+
 def _list_dir(root: str) -> _Listing:
-    """List a directory tree (following symlinks), skipping ignored names."""
+    """List a directory tree (following symlinks, but not round loops), skipping ignored names."""
     listing = _Listing(where=root, display=lambda rel: os.path.join(root, *rel.split("/")))
-    for folder, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _is_ignored(d)]
-        rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
-        rel_folder = "" if rel_folder == "." else rel_folder
-        listing.add_dir(rel_folder)
-        for name in filenames:
-            if not _is_ignored(name):
-                listing.add_file(posixpath.join(rel_folder, name))
+    for rel, is_dir, _ in walk(root, skip=_is_ignored, on_loop=_warn_loop):
+        if is_dir:
+            listing.add_dir(rel)
+        else:
+            listing.add_file(rel)
     return listing
 
 
@@ -350,6 +413,7 @@ class _FolderPlan:
     split_dir: str
     class_names: tuple[str, ...]
     entries: tuple[tuple[int, str], ...]
+    empty_classes: tuple[str, ...]  # class folders without image files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,7 +462,7 @@ def _find_cifar(listing: _Listing) -> _CifarPlan | None:
 
 
 def _plan_folder(listing: _Listing, split_dir: str) -> _FolderPlan:
-    """Collect classes and images of one split folder, checking for empty folders."""
+    """Collect classes and images of one split folder."""
     shown = listing.display(split_dir)
     classes = sorted(posixpath.basename(d) for d in listing.dirs
                      if _parent(d) == split_dir)
@@ -413,15 +477,10 @@ def _plan_folder(listing: _Listing, split_dir: str) -> _FolderPlan:
         class_dir = _parent(rel)
         if _parent(class_dir) == split_dir and _is_image(rel):
             by_class[posixpath.basename(class_dir)].append(rel)
-    empty = [listing.display(posixpath.join(split_dir, c)) for c in classes if not by_class[c]]
-    if empty:
-        raise DataError(
-            f"class folder(s) without images: {', '.join(empty)}. Images must sit directly in "
-            f"the class folder with an extension in {sorted(IMAGE_EXTENSIONS)} (names starting "
-            "with '.' are ignored). Fix: add images or remove the empty folder(s).")
     entries = tuple((label, rel) for label, name in enumerate(classes)
                     for rel in sorted(by_class[name], key=posixpath.basename))
-    return _FolderPlan(split_dir, tuple(classes), entries)
+    empty = tuple(c for c in classes if not by_class[c])
+    return _FolderPlan(split_dir, tuple(classes), entries, empty)
 
 
 def _missing_split_error(listing: _Listing, split: str) -> DataError:
@@ -460,17 +519,24 @@ def _plan(listing: _Listing, split: str) -> _FolderPlan | _CifarPlan:
 # --------------------------------------------------------------------------- assembling
 
 
-def _assemble(plan: _FolderPlan, decoded: dict[str, Decoded], listing: _Listing) -> ArrayDataset:
-    """Turn decode results into an ArrayDataset; one DataError listing every bad file."""
-    bad = [(listing.display(rel), decoded[rel]) for _, rel in plan.entries
-           if isinstance(decoded[rel], str)]
-    if bad:
-        raise _bad_files_error(bad, listing.where)
-    names = [listing.display(rel) for _, rel in plan.entries]
-    images = _stack_images([decoded[rel] for _, rel in plan.entries], names,
+def _assemble(plan: _FolderPlan, decoded: dict[str, Decoded], listing: _Listing,
+              bad_files: str) -> ArrayDataset:
+    """Turn decode results into an ArrayDataset under the ``bad_files`` policy: 'strict' raises
+    one DataError listing every bad file and empty class folder; 'skip' leaves bad files out
+    (recorded in ``skipped``) unless none is good."""
+    bad = [(printable(listing.display(rel)), printable(decoded[rel]))
+           for _, rel in plan.entries if isinstance(decoded[rel], str)]
+    kept = [(label, rel) for label, rel in plan.entries if not isinstance(decoded[rel], str)]
+    if bad_files == "strict" and (bad or plan.empty_classes):
+        empty = [listing.display(posixpath.join(plan.split_dir, c)) for c in plan.empty_classes]
+        raise _bad_files_error(bad, empty, listing.where, bad_files)
+    if bad and not kept:  # 'skip' with nothing left: the reasons say more than "no images"
+        raise _bad_files_error(bad, [], listing.where, bad_files)
+    names = [listing.display(rel) for _, rel in kept]
+    images = _stack_images([decoded[rel] for _, rel in kept], names,
                            listing.display(plan.split_dir))
-    labels = np.array([label for label, _ in plan.entries], dtype=np.int32)
-    return ArrayDataset(images, labels, plan.class_names)
+    labels = np.array([label for label, _ in kept], dtype=np.int32)
+    return ArrayDataset(images, labels, plan.class_names, skipped=tuple(bad))
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -551,7 +617,8 @@ def _load_cifar(plan: _CifarPlan, split: str, read: Callable[[str], bytes],
 # --------------------------------------------------------------------------- sources
 
 
-def _build_from_dir(root: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
+def _build_from_dir(root: str, split: str, image_size: tuple[int, int] | None,
+                    bad_files: str) -> ArrayDataset:
     """Decode a split from a directory (ImageFolder tree or CIFAR batches)."""
     listing = _list_dir(root)
     plan = _plan(listing, split)
@@ -564,7 +631,7 @@ def _build_from_dir(root: str, split: str, image_size: tuple[int, int] | None) -
         for _, rel in plan.entries:
             decoder.add(rel, listing.display(rel))
         decoded = decoder.results()
-    return _assemble(plan, decoded, listing)
+    return _assemble(plan, decoded, listing, bad_files)
 
 
 def _is_archive(path: str) -> bool:
@@ -572,8 +639,8 @@ def _is_archive(path: str) -> bool:
     return path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _build_from_archive(path: str, split: str,
-                        image_size: tuple[int, int] | None) -> ArrayDataset:
+def _build_from_archive(path: str, split: str, image_size: tuple[int, int] | None,
+                        bad_files: str) -> ArrayDataset:
     """Decode a split from a tar archive in one streaming pass.
 
     Members that look like ``.../<split>/<class>/<image>`` are decoded in the background while
@@ -601,7 +668,7 @@ def _build_from_archive(path: str, split: str,
         if isinstance(plan, _CifarPlan):
             return _load_cifar(plan, split, blobs.__getitem__, listing, image_size)
         decoded = decoder.results()
-    return _assemble(plan, decoded, listing)
+    return _assemble(plan, decoded, listing, bad_files)
 
 
 def _stash_member(archive: tarfile.TarFile, member: tarfile.TarInfo, rel: str, split: str,
@@ -669,7 +736,7 @@ def _feature_key(features, feature_type: type, preferred: str, where: str) -> st
 
 
 def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
-               cache_dir: str | None = None) -> ArrayDataset:
+               cache_dir: str | None = None, bad_files: str = "strict") -> ArrayDataset:
     """Load one split of a dataset fully into memory (see the module docstring for formats).
 
     Args:
@@ -680,11 +747,17 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
         must already have the same size.
       cache_dir: folder for decoded-split caches (default $CV_JAX_CACHE or ~/.cache/cv_jax).
         File sources are cached; tfds sources are read directly (they are already prepared).
+      bad_files: 'strict' (undecodable files or class folders without images are one
+        DataError listing them all) or 'skip' (bad files left out, logged and listed in the
+        result's ``skipped``; empty classes kept with 0 examples); part of the cache key.
 
     Raises:
-      DataError: the source is missing, malformed or contains undecodable images.
+      DataError: the source is missing or malformed, or (strict) has bad files.
     """
     size = _normalize_size(image_size)
+    if bad_files not in BAD_FILES_POLICIES:
+        raise DataError(f"bad_files must be one of {BAD_FILES_POLICIES}, got {bad_files!r}; "
+                        "Fix: set config.dataset.bad_files='strict' or 'skip'.")
     source = os.fspath(source)
     if source.startswith(TFDS_PREFIX):
         return _load_tfds(source[len(TFDS_PREFIX):], split, size)
@@ -698,13 +771,29 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
     def build() -> ArrayDataset:
         start = time.perf_counter()
-        dataset = build_fn(path, split, size)
+        dataset = build_fn(path, split, size, bad_files)
         logger.info("Decoded %d images of split %r from %s in %.1f s", len(dataset), split,
                     path, time.perf_counter() - start)
         return dataset
 
-    key = {"fingerprint": fingerprint(path), "split": split, "image_size": size}
-    return cached(key, cache_dir, build)
+    key = {"fingerprint": fingerprint(path), "split": split, "image_size": size,
+           "bad_files": bad_files}
+    dataset = cached(key, cache_dir, build)
+    _report_gaps(dataset, f"split {split!r} of {printable(path)}")
+    return dataset
+
+
+def _report_gaps(dataset: ArrayDataset, what: str) -> None:
+    """Warn about skipped files and classes without examples (on cache hits too)."""
+    if dataset.skipped:
+        logger.warning("Skipped %d bad file(s) in %s (bad_files='skip'):\n%s",
+                       len(dataset.skipped), what, _listed(dataset.skipped))
+    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
+    empty = [name for name, count in zip(dataset.class_names, counts, strict=True) if not count]
+    if empty:
+        logger.warning("Class folder(s) %s in %s have no images; kept as classes with 0 "
+                       "examples so that labels match other splits.",
+                       ", ".join(printable(name) for name in empty), what)
 
 
 def check_same_classes(train: ArrayDataset, other: ArrayDataset, other_name: str) -> None:
