@@ -6,14 +6,31 @@ classes, every parameter's shape), so a workdir is never restored into a differe
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from cv_jax import checkpoint_integrity
 from cv_jax.optim import param_path
+
+
+class _NoMetricsNotice(logging.Filter):
+    """Drops Orbax's warning at each save without eval metrics: periodic and preemption
+    checkpoints have none on purpose (they never count as the best)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsNotice())
 
 
 def selection(config) -> tuple[str, str]:
@@ -34,6 +51,23 @@ def selection(config) -> tuple[str, str]:
 
 class CheckpointMismatch(ValueError):
     """The workdir holds a checkpoint of another model or shape."""
+
+
+class CheckpointWriteError(OSError):
+    """The workdir or its checkpoints cannot be written (permissions, a full disk)."""
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and checks that a file can be written in it."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"Cannot write to the workdir {os.path.abspath(workdir)}: {e.strerror or e}. Pass a "
+            "--workdir that can be created and written (check its permissions and free space)."
+        ) from e
 
 
 def signature(model_config: dict, params: Any, class_names: tuple[str, ...],
@@ -64,11 +98,23 @@ def first_mismatch(saved: dict, current: dict) -> str | None:
 
 
 class Checkpoints:
-    """A CheckpointManager over ``workdir/checkpoints``."""
+    """A CheckpointManager over ``workdir/checkpoints``; every step it saves is sealed with a
+    SHA-256 manifest (cv_jax.checkpoint_integrity).
 
-    def __init__(self, workdir: str, *, keep: int, best_metric: str, best_mode: str):
+    With ``resume=True`` (the run that trains in ``workdir``), damaged steps are first moved to
+    ``checkpoints/damaged/`` and unfinished writes of an earlier process are removed.
+    """
+
+    def __init__(self, workdir: str, *, keep: int, best_metric: str, best_mode: str,
+                 resume: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.best_metric = best_metric
+        self._saving: int | None = None  # the step being written
+        if resume and jax.process_index() == 0 and os.path.isdir(self.directory):
+            checkpoint_integrity.remove_unfinished(self.directory)
+            checkpoint_integrity.set_aside_damaged(self.directory)
+        if resume and jax.process_count() > 1:  # every process then lists the same steps
+            multihost_utils.sync_global_devices("cv_jax: checkpoints checked")
 
         def metric(metrics: dict) -> float:
             return metrics[best_metric]
@@ -82,15 +128,38 @@ class Checkpoints:
                                keep_checkpoints_without_metrics=False),
             ]),
             create=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     @classmethod
-    def for_run(cls, workdir: str, config) -> Checkpoints:
+    def for_run(cls, workdir: str, config, resume: bool = False) -> Checkpoints:
         """The checkpoints of a run of ``config``: keep and best-by as the config says."""
         metric, mode = selection(config)
         return cls(workdir, keep=config.training.keep_checkpoints, best_metric=metric,
-                   best_mode=mode)
+                   best_mode=mode, resume=resume)
+
+    def _seal(self) -> None:
+        """Called by Orbax's save thread once step ``_saving`` is written, just before its
+        temporary directory is renamed to the step."""
+        if jax.process_index() != 0:
+            return
+        final = os.path.join(self.directory, str(self._saving))
+        temporary = final + ocp.path.step.TMP_DIR_SUFFIX
+        checkpoint_integrity.seal(temporary if os.path.isdir(temporary) else final)
+
+    @contextlib.contextmanager
+    def _reporting_write_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            latest = self.latest_step()
+            kept = "none yet" if latest is None else f"latest: step {latest}"
+            raise CheckpointWriteError(
+                f"Could not write checkpoint step {self._saving} to {self.directory}: {e}. "
+                f"Earlier checkpoints are kept ({kept}); free disk space or fix the "
+                "directory's permissions, then rerun with the same --workdir to resume."
+            ) from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -99,16 +168,21 @@ class Checkpoints:
         return self.manager.best_step()
 
     def save(self, step: int, state: Any, sig: dict, metrics: dict | None = None) -> None:
-        """Saves asynchronously; ``wait()`` before reading it back."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    signature=ocp.args.JsonSave(sig)),
-            metrics=metrics,
-        )
+        """Saves asynchronously; ``wait()`` before reading it back. A failed write raises
+        CheckpointWriteError here or at the next ``save``/``wait``."""
+        with self._reporting_write_errors():
+            self.manager.wait_until_finished()  # the previous step is sealed before this starts
+            self._saving = step
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        signature=ocp.args.JsonSave(sig)),
+                metrics=metrics,
+            )
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reporting_write_errors():
+            self.manager.wait_until_finished()
 
     def signature(self, step: int) -> dict:
         return self.manager.restore(
@@ -134,4 +208,5 @@ class Checkpoints:
         return restored["state"]
 
     def close(self) -> None:
-        self.manager.close()
+        with self._reporting_write_errors():
+            self.manager.close()

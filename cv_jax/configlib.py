@@ -8,6 +8,9 @@ into a recipe name (a bare word) and typed ``key=value`` shortcuts, big_vision s
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
+import numbers
 import re
 from typing import Any
 
@@ -104,18 +107,25 @@ class Check:
 _MONITOR = r"(validation|test)(_ema)?_(balanced_accuracy|accuracy|loss)"
 
 _CHECKS = (
+    Check("seed", lambda v: v >= 0, "an integer >= 0"),
     Check("data_seed", lambda v: v >= -1, "an integer >= 0, or -1 for the same as seed"),
+    Check("model_init_examples", lambda v: v >= 1, "a positive number of training images"),
     Check("training.batch_size", lambda v: v > 0, "a positive integer"),
     Check("training.num_epochs", lambda v: v >= 0, "a number >= 0"),
     Check("training.num_steps", lambda v: v >= 0, "an integer >= 0 (0: use num_epochs)"),
     Check("training.eval_every_epochs", lambda v: v > 0, "a positive number of epochs"),
     Check("training.log_every_steps", lambda v: v > 0, "a positive integer"),
     Check("training.keep_checkpoints", lambda v: v >= 1, "an integer >= 1"),
+    Check("training.checkpoint_every_steps", lambda v: v >= 0 and v == int(v),
+          "an integer >= 0 (0: only at evaluations)"),
     Check("training.compute_dtype", lambda v: v in ("float32", "bfloat16", "float16"),
           "'float32', 'bfloat16' or 'float16'"),
     Check("training.num_devices", lambda v: v >= 0, "an integer >= 0 (0: every device)"),
     Check("training.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
     Check("training.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
+    Check("training.nonfinite", lambda v: v in ("stop", "skip"),
+          "'stop' (raise at a non-finite loss or gradient) or 'skip' (leave that step out)"),
+    Check("training.max_consecutive_skips", lambda v: v >= 1, "an integer >= 1"),
     Check("transfer.checkpoint", lambda v: v in ("best", "latest"), "'best' or 'latest'"),
     Check("transfer.weights", lambda v: v in ("raw", "ema"), "'raw' or 'ema'"),
     Check("transfer.mode",
@@ -181,9 +191,6 @@ _CHECKS = (
     Check("augment.crop_padding", lambda v: v >= 0, "an integer >= 0 (0: off)"),
     Check("augment.padding_mode", lambda v: v in ("reflect", "constant", "edge"),
           "'reflect', 'constant' or 'edge'"),
-    # Unknown keys (a config file's update() adds them silently): the error lists valid ones.
-    Check("augment", lambda v: __import__("cv_jax.augment", fromlist=["_"]).check_keys(v),
-          "only the keys of base_config().augment"),
     Check("augment.rotation_range", lambda v: 0 <= v <= 180, "degrees in [0, 180] (0: off)"),
     Check("augment.width_shift_range", lambda v: 0 <= v <= 1,
           "a fraction of the width in [0, 1] (0: off)"),
@@ -223,9 +230,21 @@ _CHECKS = (
     Check("dataset.normalization", lambda v: v in ("given", "featurewise"),
           "'given' (dataset.mean/std) or 'featurewise' (computed from the training set)"),
     Check("dataset.imbalance_ratio", lambda v: v >= 1, "a number >= 1 (1: as is)"),
+    Check("dataset.bad_files",
+          lambda v: v in __import__("cv_jax.data.sources", fromlist=["_"]).BAD_FILES_POLICIES,
+          "'strict' (stop, listing every bad file) or 'skip' (leave them out and report them)"),
     Check("dataset.balance", lambda v: v in ("", "oversample", "undersample"),
           "'', 'oversample' or 'undersample'"),
     Check("dataset.validation_size", lambda v: v >= 0, "an integer >= 0 (0: no validation)"),
+    Check("dataset.name", lambda v: v != "", "a dataset name, e.g. 'cifar10'"),
+    Check("dataset.image_size", lambda v: len(v) == 0 or (len(v) == 2 and min(v) > 0),
+          "() (keep the source size) or (height, width) in pixels > 0"),
+    Check("dataset.max_train_examples", lambda v: v >= 0, "an integer >= 0 (0: all)"),
+    Check("dataset.max_eval_examples", lambda v: v >= 0, "an integer >= 0 (0: all)"),
+    Check("dataset.mean", lambda v: len(v) > 0 and all(0 <= m <= 1 for m in v),
+          "per-channel means of images scaled to [0, 1], e.g. (0.491, 0.482, 0.447)"),
+    Check("dataset.std", lambda v: len(v) > 0 and all(s > 0 for s in v),
+          "per-channel standard deviations > 0, e.g. (0.247, 0.243, 0.262)"),
     Check("dataset.num_folds", lambda v: v == 0 or v >= 2, "0 (off) or a number of folds >= 2"),
     Check("dataset.fold", lambda v: v >= 0, "a fold index in 0..num_folds-1"),
     Check("dataset.num_labelled", lambda v: v >= 0,
@@ -244,16 +263,119 @@ def lookup(config: mlc.ConfigDict, dotted: str) -> Any:
     return value
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# A value must have its default's type (ConfigDict lets a bool into an int field, and a
+# section replaced wholesale or built from a dict is not type-checked at all).
+_TYPES = {
+    bool: (lambda v: isinstance(v, bool), "True or False"),
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a finite number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    tuple: (lambda v: isinstance(v, (tuple, list)), "a tuple"),
+}
+# Top-level sections read by the multirun workflows, which check their own keys.
+WORKFLOW_SECTIONS = ("crossval", "ensemble", "pseudo_label")
+
+
+def _lib(name: str) -> Any:
+    """``cv_jax.<name>``, imported on first use (the library imports this module)."""
+    return importlib.import_module(f"cv_jax.{name}")
+
+
+def _check_value(key: str, value: Any, default: Any, check: Check | None) -> None:
+    """Raises ConfigError unless ``value`` has the type of ``default`` and passes ``check``."""
+    has_type, type_name = _TYPES.get(type(default), (lambda v: True, ""))
+    try:
+        good = has_type(value) and (check is None or bool(check.ok(value)))
+    except TypeError:
+        good = False
+    if not good:
+        allowed = check.allowed if check else type_name
+        raise ConfigError(f"config.{key}={value!r} is invalid: use {allowed}")
+
+
+def _check_keys(section: Any, defaults: mlc.ConfigDict, path: str) -> None:
+    """Unknown and missing keys of one section (``path`` '' for the top level), recursively."""
+    where = f"config.{path}" if path else "the config"
+    if not isinstance(section, mlc.ConfigDict):
+        raise ConfigError(f"{where}={section!r} is invalid: use a section with the keys "
+                          f"{sorted(defaults)}")
+    unknown = sorted(set(section) - set(defaults) - set(() if path else WORKFLOW_SECTIONS))
+    if unknown and path == "augment":
+        _lib("augment").check_keys(section)  # its message maps Keras names to these keys
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: "
+                          f"{', '.join(sorted(defaults))}")
+    missing = sorted(set(defaults) - set(section))
+    if missing:
+        raise ConfigError(f"{where} lacks the key(s) {missing}: start from "
+                          "configlib.base_config() and override values")
+    for key, default in defaults.items():
+        if isinstance(default, mlc.ConfigDict) and key != "model":  # see check_model
+            _check_keys(section[key], default, f"{path}.{key}".lstrip("."))
+
+
+def _leaves(section: mlc.ConfigDict, path: str = ""):
+    """``(dotted key, value)`` of every non-section value, in order."""
+    for key, value in section.items():
+        if isinstance(value, mlc.ConfigDict):
+            yield from _leaves(value, f"{path}{key}.")
+        else:
+            yield path + key, value
+
+
+def check_model(model: mlc.ConfigDict) -> None:
+    """``config.model`` names a registered model and holds only its fields, with their types."""
+    models = _lib("models")
+    if model.name not in models.model_names():
+        raise ConfigError(f"config.model.name={model.name!r} is unknown; choose one of "
+                          f"{', '.join(models.model_names())}")
+    fields = {"name": model.name, **models.model_fields(model.name)}
+    unknown = sorted(set(model) - set(fields))
+    if unknown:
+        raise ConfigError(f"model {model.name!r} has no field(s) {unknown} in config.model; its "
+                          f"fields are {sorted(fields)}")
+    for key in model:
+        _check_value(f"model.{key}", model[key], fields[key], None)
+
+
+def check_run_length(config: mlc.ConfigDict) -> None:
+    """Durations in epochs must fit in a run given in epochs (``num_steps`` runs, whose length
+    in epochs depends on the data, clamp the warmup instead)."""
+    t = config.training
+    if t.num_steps:
+        return
+    if config.schedule.warmup_epochs > t.num_epochs:
+        raise ConfigError(
+            f"config.schedule.warmup_epochs={config.schedule.warmup_epochs} is longer than the "
+            f"run (config.training.num_epochs={t.num_epochs}): use a warmup <= num_epochs")
+    periodic = [name for name, on in (
+        ("config.early_stopping.patience > 0", config.early_stopping.patience),
+        ("config.schedule.name='reduce_on_plateau'", config.schedule.name == "reduce_on_plateau"),
+    ) if on]
+    if periodic and t.eval_every_epochs >= t.num_epochs:
+        raise ConfigError(
+            f"config.training.eval_every_epochs={t.eval_every_epochs} leaves only the final "
+            f"evaluation of a {t.num_epochs}-epoch run, but {periodic[0]} acts on evaluations "
+            "during the run: use eval_every_epochs < num_epochs")
+
+
 def validate(config: mlc.ConfigDict) -> None:
-    """Raises ConfigError naming the first key whose value cannot work."""
-    for check in _CHECKS:
-        value = lookup(config, check.key)
-        try:
-            good = check.ok(value)
-        except TypeError:
-            good = False
-        if not good:
-            raise ConfigError(f"config.{check.key}={value!r} is invalid: use {check.allowed}")
+    """Raises ConfigError naming the first key whose value cannot work: an unknown or missing
+    key, a value of the wrong type or out of range, or an inconsistent combination."""
+    defaults = base_config()
+    _check_keys(config, defaults, "")
+    checks = {check.key: check for check in _CHECKS}
+    for key, default in _leaves(defaults):
+        if not key.startswith("model."):
+            _check_value(key, lookup(config, key), default, checks.get(key))
     for key in ("optimizer.freeze", "optimizer.decay_mask"):
         pattern = lookup(config, key)
         try:
@@ -274,6 +396,13 @@ def validate(config: mlc.ConfigDict) -> None:
     if config.training.best_by_ema and not config.training.ema_decay:
         raise ConfigError("config.training.best_by_ema=True needs config.training.ema_decay > 0 "
                           "(e.g. 0.999)")
+    check_run_length(config)
+    d = config.dataset
+    if len(d.mean) != len(d.std):
+        raise ConfigError(f"config.dataset.mean={tuple(d.mean)} and config.dataset.std="
+                          f"{tuple(d.std)} differ in length: give one value per channel in each")
+    _lib("optim").check_names(config.optimizer)
+    check_model(config.model)
 
 
 def check_monitor(config: mlc.ConfigDict) -> None:
@@ -321,6 +450,9 @@ def base_config() -> mlc.ConfigDict:
         train_split="train",
         test_split="test",
         image_size=(),  # () = keep the source size; (H, W) resizes every image
+        # Undecodable/truncated/oversized image files: 'strict' stops with one error listing
+        # them (and empty class folders); 'skip' leaves them out and lists them in results.json.
+        bad_files="strict",
         classes="",  # a subset, relabelled 0..k-1: '0-4', '5,7' or 'cat,dog'; '' = all
         validation_size=0,  # examples carved from train (same ones every run) for model selection
         max_train_examples=0,  # 0 = all; else a fixed random subset (quick runs)
@@ -440,11 +572,18 @@ def base_config() -> mlc.ConfigDict:
         eval_every_epochs=1.0,
         log_every_steps=50,
         keep_checkpoints=2,  # latest K, plus the best by <eval split>_accuracy
+        checkpoint_every_steps=0,  # also checkpoint every N steps between evals; 0 = at evals
         ema_decay=0.0,  # > 0: also keep (and evaluate, as <split>_ema_*) an EMA of the weights
         best_by_ema=False,  # pick the best checkpoint by the EMA weights' accuracy
         best_mode="max",
         compute_dtype="float32",
         num_devices=0,  # 0 = every local device
+        # A step whose gradients are not all finite: 'stop' the run (naming the step and the
+        # last good checkpoint), or 'skip' it: weights, optimizer state, BatchNorm statistics
+        # and EMA stay as they were, the step counter and the data position advance, and
+        # results.json counts it (skipped_steps). 'skip' still stops after this many in a row.
+        nonfinite="stop",
+        max_consecutive_skips=10,
     ))
     c.early_stopping = mlc.ConfigDict(dict(
         patience=0,  # evaluations without improvement before training stops; 0 = off

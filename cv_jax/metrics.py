@@ -50,6 +50,35 @@ class MetricWriter:
             self.tensorboard.close()
 
 
+def drop_records_after(workdir: str, step: int) -> int:
+    """Rewrites workdir/metrics.jsonl without the records of steps after ``step`` (a run that
+    resumes from the checkpoint of ``step`` logs them again) and without a last line cut short
+    by a crash; returns how many lines it dropped. Only process 0 rewrites."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path} line {number} is not JSON: {line[:80]!r}; fix or remove "
+                             "that line to resume") from None
+        if record["step"] <= step and line.endswith("\n"):
+            kept.append(line)
+    if len(kept) < len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+    return len(lines) - len(kept)
+
+
 def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray,
                        class_names: Sequence[str]) -> dict[str, float]:
     """Accuracy within each true class (recall); classes without examples are left out."""

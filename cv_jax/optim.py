@@ -9,7 +9,8 @@ Order of the chain (each part optional; a key at its "off" value removes the par
       -> [L2-style weight decay] -> update rule(lr schedule) -> [reduce-on-plateau scale]
       -> per-group LR multipliers
   (sam wraps everything after the clipping, which acts on the gradients of both of its steps;
-  schedule_free_* wrap the whole inner chain.)
+  schedule_free_* wrap the whole inner chain.) With ``training.nonfinite='skip'`` the run's
+  whole optimizer is wrapped in ``optax.apply_if_finite`` (:func:`skip_nonfinite`).
 
 Update rules (``optimizer.name``): sgd (momentum, nesterov), adam, adamw, rmsprop, adagrad,
 adadelta, lamb, lars, lion from optax; and three wrappers from ``optax.contrib``:
@@ -121,7 +122,8 @@ OPTIMIZERS = ("adadelta", "adagrad", "adam", "adamw", "lamb", "lars", "lion", "r
               "schedule_free_adamw", "schedule_free_sgd", "sgd")
 
 
-def _check_names(cfg: mlc.ConfigDict) -> None:
+def check_names(cfg: mlc.ConfigDict) -> None:
+    """The optimizer names are known and SAM wraps a plain rule; nesterov has momentum."""
     if cfg.name not in OPTIMIZERS:
         raise ConfigError(
             f"config.optimizer.name={cfg.name!r} is unknown; choose one of {list(OPTIMIZERS)}"
@@ -211,7 +213,7 @@ def create_optimizer(config: mlc.ConfigDict,
                      learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
     """The full optax chain of ``config.optimizer`` for a learning rate/schedule in train steps."""
     cfg = config.optimizer
-    _check_names(cfg)
+    check_names(cfg)
     if cfg.accumulate_steps < 1:
         raise ConfigError(f"config.optimizer.accumulate_steps={cfg.accumulate_steps} is invalid: "
                           "use an integer >= 1 (1: off)")
@@ -249,6 +251,42 @@ def create_optimizer(config: mlc.ConfigDict,
     if cfg.accumulate_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps).gradient_transformation()
     return tx
+
+
+# --- Non-finite gradients -------------------------------------------------------------------
+
+# optax.apply_if_finite applies a non-finite update after this many in a row; never, here: the
+# training loop stops the run after training.max_consecutive_skips instead.
+_NEVER = int(jnp.iinfo(jnp.int32).max)
+
+
+def skip_nonfinite(config: mlc.ConfigDict,
+                   tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` wrapped, for ``training.nonfinite='skip'``, in ``optax.apply_if_finite``: a step
+    whose gradients are not all finite gives zero updates and leaves ``tx``'s state (moments,
+    update count, schedule position) as it was; the wrapper counts such steps. So after k
+    skipped steps the optimizer's LR schedule runs k steps behind the train step (and the
+    logged ``learning_rate``).
+
+    Wrap the whole optimizer of a run, once (one verdict for every parameter group).
+    """
+    if config.training.nonfinite != "skip":
+        return tx
+    return optax.apply_if_finite(tx, max_consecutive_errors=_NEVER)
+
+
+def nonfinite_guard(opt_state: PyTree) -> optax.ApplyIfFiniteState | None:
+    """The counters of :func:`skip_nonfinite` in an optimizer state (``last_finite``: whether
+    the last step was applied; ``notfinite_count``: skipped in a row; ``total_notfinite``),
+    or None when the run stops at a non-finite step instead."""
+    found = _find(opt_state, optax.ApplyIfFiniteState)
+    return found[0] if found else None
+
+
+def skipped_steps(opt_state: PyTree) -> int:
+    """How many steps :func:`skip_nonfinite` has skipped so far (0 without it)."""
+    guard = nonfinite_guard(opt_state)
+    return 0 if guard is None else int(guard.total_notfinite)
 
 
 # --- Evaluation parameters (schedule-free, SAM) -------------------------------------------

@@ -10,12 +10,21 @@ DATA_AXIS = "data"
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (0: all of them) on a 'data' axis."""
-    devices = jax.devices()
+    """A 1-D mesh over the first ``num_devices`` devices (0: all of them) on a 'data' axis.
+
+    In a multi-process job the mesh spans every process's devices, process by process, so
+    each process drives a contiguous slice of every batch.
+    """
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     if num_devices > len(devices):
         raise ValueError(
             f"config.training.num_devices={num_devices} but only {len(devices)} "
             f"{devices[0].platform} device(s) exist; use 0 for all of them"
+        )
+    if jax.process_count() > 1 and num_devices not in (0, len(devices)):
+        raise ValueError(
+            f"config.training.num_devices={num_devices} would leave processes without devices "
+            f"in this {jax.process_count()}-process job; use 0 for all {len(devices)} devices"
         )
     return Mesh(np.array(devices[: num_devices or len(devices)]), (DATA_AXIS,))
 

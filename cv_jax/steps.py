@@ -163,6 +163,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         "learning_rate": settings.schedule(state.step),
+        "grad_norm": optax.tree.norm(grads),  # of the loss gradients, before any clipping
     }
     new_state = state.apply_gradients(
         grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
@@ -170,7 +171,26 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
     if settings.ema_decay:
         new_state = new_state.replace(ema=update_ema(
             state.ema, new_state.params, new_state.batch_stats, settings.ema_decay))
+    guard = optim.nonfinite_guard(new_state.opt_state)
+    if guard is not None:  # training.nonfinite='skip'
+        metrics["skipped"] = jnp.logical_not(guard.last_finite)
+        new_state = keep_if_skipped(state, new_state, metrics["skipped"])
     return new_state, metrics
+
+
+def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> TrainState:
+    """``new``, with the weights, BatchNorm statistics and EMA of ``old`` when ``skipped``.
+
+    A skipped step (non-finite gradients, ``optim.skip_nonfinite``) still advances the step
+    counter, so the next step takes the next batch and a resumed run the same one; its
+    optimizer state is the one optax kept, plus the wrapper's counters.
+    """
+    def keep(before, after):
+        return jax.tree.map(lambda b, a: jnp.where(skipped, b, a), before, after)
+
+    return new.replace(params=keep(old.params, new.params),
+                       batch_stats=keep(old.batch_stats, new.batch_stats),
+                       ema=keep(old.ema, new.ema))
 
 
 def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings) -> jax.Array:

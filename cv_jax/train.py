@@ -32,6 +32,7 @@ from cv_jax import (
     losses,
     models,
     optim,
+    preemption,
     schedules,
     sharding,
     steps,
@@ -40,7 +41,13 @@ from cv_jax import (
 from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
-from cv_jax.metrics import MetricWriter, Progress, classification_metrics, mean_metrics
+from cv_jax.metrics import (
+    MetricWriter,
+    Progress,
+    classification_metrics,
+    drop_records_after,
+    mean_metrics,
+)
 from cv_jax.state import TrainState, create_train_state, ema_view, init_variables
 
 log = logging.getLogger("cv_jax")
@@ -55,6 +62,7 @@ class Datasets:
     train: ArrayDataset
     test: ArrayDataset
     validation: ArrayDataset | None = None  # carved from train when dataset.validation_size > 0
+    skipped: tuple[tuple[str, str], ...] = ()  # (file, reason) under dataset.bad_files='skip'
 
     def eval_sets(self) -> dict[str, ArrayDataset]:
         """The splits evaluated during training, by the name used in metrics."""
@@ -69,8 +77,10 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     cfg = config.dataset
     source = find_dataset(cfg.name, cfg.data_dir or None)
     size = tuple(cfg.image_size) or None
-    train = load_split(source, cfg.train_split, image_size=size, cache_dir=cfg.cache_dir or None)
-    test = load_split(source, cfg.test_split, image_size=size, cache_dir=cfg.cache_dir or None)
+    train, test = (load_split(source, split, image_size=size, cache_dir=cfg.cache_dir or None,
+                              bad_files=cfg.bad_files)
+                   for split in (cfg.train_split, cfg.test_split))
+    skipped = train.skipped + test.skipped
     check_same_classes(train, test, cfg.test_split)
     train, test = (pipeline.select_classes(split, cfg.classes) for split in (train, test))
     train, validation = pipeline.split_validation(train, cfg.validation_size)
@@ -92,7 +102,7 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     train = pipeline.resample(train, cfg.resample_seed, cfg.resample_weights)
     test = pipeline.limit(test, cfg.max_eval_examples)
     resolve_normalization(config, train)
-    return Datasets(train, test, validation)
+    return Datasets(train, test, validation, skipped)
 
 
 def resolve_normalization(config: mlc.ConfigDict, train: ArrayDataset) -> None:
@@ -138,6 +148,7 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     eval_every_steps: int
+    checkpoint_every_steps: int = 0  # between evaluations; 0 = only at evaluations
 
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, num_train: int) -> Plan:
@@ -149,10 +160,14 @@ class Plan:
                 f"({num_train} examples); lower it"
             )
         total = t.num_steps or math.ceil(t.num_epochs * spe)
-        return cls(spe, total, max(1, round(t.eval_every_epochs * spe)))
+        return cls(spe, total, max(1, round(t.eval_every_epochs * spe)), t.checkpoint_every_steps)
 
     def is_eval_step(self, step: int) -> bool:
         return step % self.eval_every_steps == 0 or step == self.total_steps
+
+    def is_checkpoint_step(self, step: int) -> bool:
+        every = self.checkpoint_every_steps
+        return self.is_eval_step(step) or bool(every and step % every == 0)
 
 
 class Evaluator:
@@ -257,8 +272,11 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Ste
 
 
 def describe_devices(mesh: jax.sharding.Mesh) -> str:
+    """E.g. '8 x cpu (cpu)', or '16 x H100 (gpu) in 2 processes' for a multi-process job."""
     devices = mesh.devices.flatten()
-    return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
+    processes = len({d.process_index for d in devices})
+    across = f" in {processes} processes" if processes > 1 else ""
+    return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}){across}"
 
 
 def save_config(config: mlc.ConfigDict, workdir: str) -> None:
@@ -298,15 +316,50 @@ def is_finished(previous: dict | None, latest: int | None, plan: Plan) -> bool:
     return latest == plan.total_steps or bool(previous.get("stopped_early"))
 
 
+def diverged(problem: str, ckpt: checkpoint.Checkpoints) -> TrainingDiverged:
+    """The error that stops a run: ``problem``, the last good checkpoint, and what to change."""
+    last = ckpt.latest_step()
+    where = f"step {last} in {ckpt.directory}" if last is not None else "none yet"
+    return TrainingDiverged(
+        f"{problem}; training stopped. Last good checkpoint: {where}. "
+        "Lower config.optimizer.learning_rate, add warmup (config.schedule.warmup_epochs) "
+        "or clipping (config.optimizer.grad_clip_norm)."
+    )
+
+
 def check_finite(value: float, what: str, step: int, ckpt: checkpoint.Checkpoints) -> None:
     if not math.isfinite(value):
-        last = ckpt.latest_step()
-        where = f"step {last} in {ckpt.directory}" if last is not None else "none yet"
-        raise TrainingDiverged(
-            f"{what} is {value} at step {step}; training stopped. Last good checkpoint: {where}. "
-            "Lower config.optimizer.learning_rate, add warmup (config.schedule.warmup_epochs) "
-            "or clipping (config.optimizer.grad_clip_norm)."
-        )
+        raise diverged(f"{what} is {value} at step {step}", ckpt)
+
+
+def train_summary(history: list[dict], state: TrainState, step: int, config: mlc.ConfigDict,
+                  ckpt: checkpoint.Checkpoints) -> dict[str, float]:
+    """The mean of the per-step training metrics in ``history`` (the steps up to ``step``)
+    over the steps that were applied; with ``training.nonfinite='skip'`` also the run's
+    ``skipped_steps`` so far.
+
+    Raises TrainingDiverged at the first applied step whose loss or gradient norm is not
+    finite, or once ``training.max_consecutive_skips`` steps in a row were skipped.
+    """
+    fetched = jax.device_get(history)
+    skipped = [bool(m.pop("skipped", False)) for m in fetched]
+    first = step - len(fetched) + 1
+    for offset, (metrics, skip) in enumerate(zip(fetched, skipped, strict=True)):
+        if not skip:
+            check_finite(float(metrics["loss"]), "the training loss", first + offset, ckpt)
+            check_finite(float(metrics["grad_norm"]), "the gradient norm (grad_norm)",
+                         first + offset, ckpt)
+    summary = mean_metrics([m for m, skip in zip(fetched, skipped, strict=True) if not skip]
+                           or fetched)  # all skipped: their own non-finite values
+    guard = optim.nonfinite_guard(state.opt_state)
+    if guard is not None:
+        summary["skipped_steps"] = optim.skipped_steps(state.opt_state)
+        in_a_row, limit = int(guard.notfinite_count), config.training.max_consecutive_skips
+        if in_a_row >= limit:
+            raise diverged(f"the last {in_a_row} steps up to step {step} had non-finite "
+                           f"gradients and were skipped (config.training.max_consecutive_skips="
+                           f"{limit})", ckpt)
+    return summary
 
 
 def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
@@ -317,7 +370,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     a long run can be split across jobs; calling again continues it.
     """
     configlib.validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    checkpoint.prepare_workdir(workdir)
     log.info("Recipe %r: %s", config.recipe, config.recipe_reason)
     if config.early_stopping.patience and checkpoint.selection(config)[0].startswith("test"):
         log.warning("Early stopping watches the test split, so the reported test accuracy is "
@@ -331,7 +384,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     data = load_datasets(config)
     plan = Plan.from_config(config, len(data.train))
     schedule, tx, settings = optimizer_and_settings(config, data.train, plan)
-    ckpt = checkpoint.Checkpoints.for_run(workdir, config)
+    ckpt = checkpoint.Checkpoints.for_run(workdir, config, resume=True)
     latest = ckpt.latest_step()
     previous = read_results(workdir)
     if is_finished(previous, latest, plan):
@@ -345,6 +398,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     if latest is not None:
         state = ckpt.restore(latest, state, sig)
         log.info("Resuming from step %d of %d.", latest, plan.total_steps)
+    if drop_records_after(workdir, latest or 0):
+        log.info("Dropped the metrics logged after step %d; they are logged again.", latest or 0)
     save_config(config, workdir)  # only once the workdir is known to belong to this config
     log.info("%d train / %d validation / %d test examples, %d classes; %d steps (%d per epoch) "
              "on %s.", len(data.train), len(data.validation or ()), len(data.test),
@@ -376,8 +431,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     stop = stopper is not None and stopper.replay(workdir, step, plan.is_eval_step)
     train_start = time.perf_counter()
     epoch = -1
+    stop_requests, interrupted = preemption.StopRequests(), False  # SIGTERM/SIGINT
     try:
-        while step < end and not stop:
+        stop_requests.install()
+        while step < end and not stop and not interrupted:
             if step // plan.steps_per_epoch != epoch:
                 epoch = step // plan.steps_per_epoch
                 permutation = permute(epoch)
@@ -385,15 +442,18 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
                                         step % plan.steps_per_epoch, teacher)
             history.append(metrics)
             step += 1
-            if step % config.training.log_every_steps == 0 or step == end:
-                summary = mean_metrics(history)
+            interrupted = stop_requests.requested(step)
+            evaluate = plan.is_eval_step(step) or step == end
+            # A train record ends at every checkpoint, so a resumed run logs the same records.
+            save = evaluate or plan.is_checkpoint_step(step) or interrupted
+            if step % config.training.log_every_steps == 0 or save:
+                summary = train_summary(history, state, step, config, ckpt)
                 history = []
-                check_finite(summary["loss"], "the training loss", step, ckpt)
                 summary["images_per_sec"] = progress.update(step, summary)
                 summary["epoch"] = step / plan.steps_per_epoch
                 rates.append(summary["images_per_sec"])
                 writer.write(step, "train", summary)
-            if plan.is_eval_step(step) or step == end:
+            if evaluate:
                 jax.block_until_ready(state)  # finish queued steps before the clock stops
                 progress.pause()
                 last_eval = evaluate_weights(evaluators, state, step, writer, ckpt)
@@ -403,7 +463,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
                     stop = stopper is not None and stopper.update(step, last_eval)
                 ckpt.save(step, state, sig, metrics=last_eval)
                 progress.resume()
+            elif save:  # periodic, or a stop request: no evaluation
+                ckpt.save(step, state, sig)
     finally:
+        stop_requests.uninstall()
         progress.close()
         ckpt.wait()
         writer.close()
@@ -416,8 +479,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
             state = ckpt.restore(ckpt.best_step(), state, sig)
             last_eval = {}
     elif step < plan.total_steps:
-        log.info("Stopped at step %d of %d; rerun with the same workdir to continue.", step,
-                 plan.total_steps)
+        log.info("Stopped %sat step %d of %d with a checkpoint in %s; rerun with the same "
+                 "workdir to continue.", f"by {stop_requests.reason} " if interrupted else "",
+                 step, plan.total_steps, ckpt.directory)
         ckpt.close()
         return {"steps": step, "finished": False, **last_eval}
 
@@ -426,7 +490,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     timing = {"train_time_s": train_time, "compile_time_s": compile_time,
               "images_per_sec": float(np.median(rates)) if rates else None}
     results = results_record(config, plan, step, state, last_eval, ckpt.best_step(), timing,
-                             mesh, stopped_early=stop)
+                             mesh, stopped_early=stop, skipped=data.skipped)
     write_results(workdir, results)
     ckpt.close()
     log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
@@ -437,9 +501,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
 
 def results_record(config: mlc.ConfigDict, plan: Plan, step: int, state: TrainState,
                    last_eval: dict, best_step: int | None, timing: dict,
-                   mesh: jax.sharding.Mesh, stopped_early: bool = False) -> dict:
+                   mesh: jax.sharding.Mesh, stopped_early: bool = False,
+                   skipped: tuple[tuple[str, str], ...] = ()) -> dict:
     """What ``results.json`` holds for a finished run: the last evaluation, how long it trained
-    (``timing``: train/compile seconds, images/s), and where and what it ran."""
+    (``timing``: train/compile seconds, images/s), where and what it ran, and the data files
+    ``skipped`` under dataset.bad_files='skip' (file -> reason)."""
     return {
         **last_eval,
         "best_step": best_step,
@@ -455,6 +521,9 @@ def results_record(config: mlc.ConfigDict, plan: Plan, step: int, state: TrainSt
         "recipe": config.recipe,
         "model": config.model.name,
         "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+        "skipped_steps": optim.skipped_steps(state.opt_state),  # training.nonfinite='skip'
+        "num_skipped_files": len(skipped),
+        "skipped_files": dict(skipped),
         "finished": True,
     }
 

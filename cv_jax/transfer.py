@@ -175,11 +175,11 @@ def run_optimizer(config: mlc.ConfigDict, schedule: optax.Schedule, num_classes:
                   image_shape: tuple[int, ...],
                   steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer of a run: ``optim.create_optimizer``, split by the transfer mode when the
-    run starts from other weights."""
+    run starts from other weights, and skipping non-finite steps if the config says so."""
     if not enabled(config) or config.transfer.mode == "finetune":
-        return optim.create_optimizer(config, schedule)
+        return optim.skip_nonfinite(config, optim.create_optimizer(config, schedule))
     head = head_paths(config, num_classes, image_shape)
-    return create_optimizer(config, schedule, head, steps_per_epoch)
+    return optim.skip_nonfinite(config, create_optimizer(config, schedule, head, steps_per_epoch))
 
 
 def initialize(config: mlc.ConfigDict, variables: dict, num_classes: int,
