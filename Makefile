@@ -90,3 +90,21 @@ distill-study: install
 	$(PY) -m cv_jax.sweep --sweep=experiments/distill.py:$(SIZE)
 	mkdir -p experiments/results && rm -rf experiments/results/distill_$(SIZE)
 	cp -r runs/sweeps/distill_$(SIZE)/report experiments/results/distill_$(SIZE)
+
+# Speed: the train-step throughput table against PyTorch (make bench MODELS=resnet20,resnet50
+# BATCH=256 DTYPE=bfloat16 BENCH_FLAGS=--torch_compile), and the headline recipe timed over
+# seeds (make speedrun SEEDS=25), whose report goes to runs/speedrun/speedrun.md.
+.PHONY: bench speedrun
+MODELS ?= resnet20
+BATCH ?= 128
+DTYPE ?= float32
+SEEDS ?= 25
+SPEEDRUN_CONFIG ?= configs/cifar10.py:headline
+
+bench: install
+	$(PY) -m cv_jax.bench --models=$(MODELS) --batch_size=$(BATCH) --dtype=$(DTYPE) --torch \
+		$(BENCH_FLAGS)
+
+speedrun: install
+	$(PY) -m cv_jax.speedrun --config=$(SPEEDRUN_CONFIG) --seeds=$(SEEDS) \
+		--workdir=$(if $(filter file,$(origin WORKDIR)),runs/speedrun,$(WORKDIR))

@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cv_jax import sharding, train
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.bench import synthetic_train_set
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar10.py:headline", "Config (and :variant).",
@@ -37,13 +37,6 @@ VARIANTS = {
                    "augment": dict(auto_augment="randaugment", randaugment_num_ops=2,
                                    randaugment_magnitude=9)},
 }
-
-
-def synthetic_train_set(num_examples: int, image_shape=(32, 32, 3), classes: int = 10):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (num_examples, *image_shape), dtype=np.uint8)
-    labels = rng.integers(0, classes, num_examples).astype(np.int32)
-    return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(classes)))
 
 
 def time_variant(config, steps: int) -> float:

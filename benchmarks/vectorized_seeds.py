@@ -8,8 +8,7 @@ uint8 images: first the plain single-run step (``train.make_train_step``), then 
 every member count in each mode of ``vectorized.make_vectorized_step`` (vmap, unroll). Prints
 per row the compile time, the median step time, the images/s each member trains on, the images/s
 of all members together, and that total against the plain run's: the speed-up over training
-the N seeds one after another. ``--config``, ``--steps`` and ``--batch_size`` are the flags of
-augment_overhead.py, whose synthetic training set this script shares.
+the N seeds one after another.
 """
 
 from __future__ import annotations
@@ -20,11 +19,16 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
-from augment_overhead import synthetic_train_set
+from ml_collections import config_flags
 
 from cv_jax import sharding, train, vectorized
+from cv_jax.bench import synthetic_train_set
 
 FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/cifar10.py:headline", "Config (and :variant).",
+                                lock_config=False)
+flags.DEFINE_integer("steps", 20, "Timed steps per row (after one compile and warm-up).")
+flags.DEFINE_integer("batch_size", 0, "Global batch size (0: the config's).")
 flags.DEFINE_list("members", ["1", "4", "8"], "Member (seed) counts to time.")
 flags.DEFINE_list("modes", ["vmap", "unroll"], "cv_jax.vectorized step modes to time.")
 
