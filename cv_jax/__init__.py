@@ -1,5 +1,10 @@
 """cv_jax: CNN image classification in JAX/Flax. ``cv_jax.load(workdir)`` loads a trained run
-for prediction (see cv_jax.inference); the package import itself stays light."""
+for prediction (see cv_jax.inference); the package import itself stays light, and adds
+cv_jax's measured XLA:CPU flags (cv_jax.xla_flags) before JAX's backend starts."""
+
+from cv_jax import xla_flags
+
+xla_flags.apply_defaults()
 
 
 def __getattr__(name: str):

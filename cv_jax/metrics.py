@@ -21,6 +21,21 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def summary_writer(logdir: str):
+    """A tensorboardX ``SummaryWriter`` for ``logdir``. tensorboardX imports PyTorch, when it is
+    installed, only to accept torch tensors, which cv_jax never passes; that import costs
+    seconds per process, so it is blocked while tensorboardX loads (unless torch is loaded)."""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir)
+
+
 class MetricWriter:
     """Appends ``{"step": s, "split": ..., **metrics}`` lines to workdir/metrics.jsonl and writes
     the same scalars to TensorBoard (workdir/tensorboard). Only process 0 writes."""
@@ -29,10 +44,8 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter
-
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.tensorboard = summary_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from cv_jax import curves, figures, inference, steps
+from cv_jax import curves, figures, inference, metrics, steps
 from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
@@ -229,9 +229,7 @@ def plot_training_curves(workdir: str, out: str) -> dict[str, str]:
 
 def write_tensorboard(workdir: str, paths: Mapping[str, str], step: int) -> None:
     """Adds each PNG as an image ``visualize/<name>`` at ``step`` to ``workdir/tensorboard``."""
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    writer = metrics.summary_writer(os.path.join(workdir, "tensorboard"))
     try:
         for name, path in paths.items():
             with Image.open(path) as image:
