@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
+
+
+def jsonl_records(path: str) -> Iterator[tuple[str, dict]]:
+    """``(line, record)`` for each JSON line of ``path``, blank lines left out. A last line cut
+    short by a crash is skipped; an unreadable line elsewhere raises ValueError naming it."""
+    with open(path) as f:
+        lines = f.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                return
+            raise ValueError(f"{path} line {number} is not JSON: {line[:80]!r}; fix or remove "
+                             "that line") from None
+        yield line, record
 
 
 def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
@@ -19,17 +37,7 @@ def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
     if not os.path.exists(path):
         return []
     latest: dict[tuple[str, int], dict] = {}
-    with open(path) as f:
-        lines = f.read().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # a last line cut short by a crash
-                break
-            raise ValueError(f"{path} line {number} is not JSON: {line[:80]!r}") from None
+    for _, record in jsonl_records(path):
         if up_to_step is None or record["step"] <= up_to_step:
             latest[(record["split"], record["step"])] = record
     return sorted(latest.values(), key=lambda r: r["step"])

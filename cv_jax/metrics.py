@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from cv_jax import curves
+
 log = logging.getLogger("cv_jax")
 
 
@@ -72,19 +74,8 @@ def drop_records_after(workdir: str, step: int) -> int:
         return 0
     with open(path) as f:
         lines = f.readlines()
-    kept = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path} line {number} is not JSON: {line[:80]!r}; fix or remove "
-                             "that line to resume") from None
-        if record["step"] <= step and line.endswith("\n"):
-            kept.append(line)
+    kept = [line for line, record in curves.jsonl_records(path)
+            if record["step"] <= step and line.endswith("\n")]
     if len(kept) < len(lines):
         with open(path + ".tmp", "w") as f:
             f.writelines(kept)
