@@ -25,7 +25,7 @@ INGREDIENTS = {
 }
 
 SIZES = {
-    "cpu": dict(config="configs/cifar10.py:cpu", seeds=(0, 1, 2),
+    "cpu": dict(config="configs/cifar10.py:cpu,epochs=1.6", seeds=(0, 1, 2),
                 common={"dataset.max_train_examples": 10000}),
     "full": dict(config="configs/cifar10.py:headline", seeds=(0, 1, 2, 3, 4), common={}),
 }

@@ -18,6 +18,8 @@ TARGET = {"dataset.classes": "5-9", "dataset.num_labelled": 2500,
           "training.eval_every_epochs": 2.0, "transfer.checkpoint": "latest"}
 EPOCHS = {"cpu": 8.0, "full": 30.0}
 
+# The cpu recipe pinned to its 1.6-epoch schedule (warmup 0.368 epochs), as the results were run.
+CONFIGS = {"cpu": "configs/cifar10.py:cpu,epochs=1.6", "full": "configs/cifar10.py:headline"}
 
 def get_sweep(arg=None):
     size = choose(arg, VARIANTS)
@@ -27,7 +29,7 @@ def get_sweep(arg=None):
         for mode in ("linear_probe", "finetune", "discriminative")]
     return Sweep(
         name=f"transfer_{size}",
-        config="configs/cifar10.py:cpu" if size == "cpu" else "configs/cifar10.py:headline",
+        config=CONFIGS[size],
         points=modes,
         common={**TARGET, "training.num_epochs": EPOCHS[size]},
         description=f"Classes 5-9 with 2,500 labels; backbone from {source} (classes 0-4).",

@@ -202,13 +202,13 @@ def test_schedules_cli_prints_and_plots_a_config(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    # 50000 / 256 = 195 steps per epoch; 1.6 epochs = 312 steps; warmup 0.368 epochs = 72.
-    assert "195 steps per epoch, 312 steps (1.6 epochs)" in text
+    # 50000 / 256 = 195 steps per epoch; 4 epochs = 780 steps; warmup 0.92 epochs = 179.
+    assert "195 steps per epoch, 780 steps (4 epochs)" in text
     assert re.search(r"^\s+0\s+0\.000\s+0\.2$", text, re.M)
-    assert re.search(r"^\s+72\s+0\.369\s+1$", text, re.M)
-    assert "peak  1 at step 72 (epoch 0.369)" in text
-    last = 0.07 + 0.93 * (312 - 311) / (312 - 72)
-    final = re.search(r"^final (\S+) at step 311 \(the last update\)$", text, re.M)
+    assert re.search(r"^\s+179\s+0\.918\s+1$", text, re.M)
+    assert "peak  1 at step 179 (epoch 0.918)" in text
+    last = 0.07 + 0.93 * (780 - 779) / (780 - 179)
+    final = re.search(r"^final (\S+) at step 779 \(the last update\)$", text, re.M)
     assert float(final.group(1)) == pytest.approx(last, rel=1e-5)
     assert out.stat().st_size > 1000
 
