@@ -85,6 +85,14 @@ transfer-study: install
 	mkdir -p experiments/results && rm -rf experiments/results/transfer_$(SIZE)
 	cp -r runs/sweeps/transfer_$(SIZE)/report experiments/results/transfer_$(SIZE)
 
+# One study of experiments/ (optimizers, schedules, batch_size, regularization, architectures):
+# make study STUDY=optimizers SIZE=cpu; its report is copied to experiments/results/<STUDY>_<SIZE>.
+.PHONY: study
+study: install
+	$(PY) -m cv_jax.sweep --sweep=experiments/$(STUDY).py:$(SIZE) --parallel=$(PARALLEL)
+	mkdir -p experiments/results && rm -rf experiments/results/$(STUDY)_$(SIZE)
+	cp -r runs/sweeps/$(STUDY)_$(SIZE)/report experiments/results/$(STUDY)_$(SIZE)
+
 distill-study: install
 	$(PY) -m cv_jax.sweep --sweep=experiments/distill_teacher.py:$(SIZE)
 	$(PY) -m cv_jax.sweep --sweep=experiments/distill.py:$(SIZE)
