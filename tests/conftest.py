@@ -79,6 +79,20 @@ def tiny_config(data_dir, cache_dir, **training):
     return config
 
 
+def convnet_config(data_dir, cache_dir, **training):
+    """``tiny_config`` with a one-layer convnet (no BatchNorm), no augmentation and no TTA:
+    seconds per run."""
+    from cv_jax import configlib
+
+    config = tiny_config(data_dir, cache_dir, **training)
+    config.model = configlib.model_section("convnet", layers="conv:8,pool:max:2", fc="",
+                                           batch_norm=False)
+    config.optimizer.update(freeze="", lr_multipliers="", learning_rate=0.05)
+    config.augment.update(crop_padding=0, flip=False)
+    config.eval.tta_flip = False
+    return config
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_folder, cache_dir, tmp_path_factory):
     """``(workdir, results)`` of the tiny smoke run (12 steps, 2 epochs, on 8 devices), shared by

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REPO, load_config, tiny_config
+from conftest import REPO, convnet_config, load_config, tiny_config
 
 from cv_jax import configlib, ensemble, multirun, train
 from cv_jax.data import pipeline
@@ -90,13 +90,7 @@ def test_samme_update_matches_hand_computation() -> None:
 
 def quick_config(tiny_folder, cache_dir):
     """A one-layer convnet for one epoch (6 steps), no augmentation: seconds per member."""
-    config = tiny_config(tiny_folder, cache_dir, num_steps=6, eval_every_epochs=100.0)
-    config.model = configlib.model_section("convnet", layers="conv:8,pool:max:2", fc="",
-                                           batch_norm=False)
-    config.optimizer.update(freeze="", lr_multipliers="", learning_rate=0.05)
-    config.augment.update(crop_padding=0, flip=False)
-    config.eval.tta_flip = False
-    return config
+    return convnet_config(tiny_folder, cache_dir, num_steps=6, eval_every_epochs=100.0)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import ml_collections as mlc
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_config
+from conftest import convnet_config
 
 from cv_jax import configlib, optim, runs, steps, train
 from cv_jax.state import create_train_state
@@ -178,14 +178,8 @@ def nan_input_at(step: int):
 
 def quick_config(tiny_folder, cache_dir, nonfinite: str) -> mlc.ConfigDict:
     """Six steps of a one-layer convnet, logged at each step, evaluated at the end."""
-    config = tiny_config(tiny_folder, cache_dir, num_steps=6, eval_every_epochs=1.0,
-                         nonfinite=nonfinite)
-    config.model = configlib.model_section("convnet", layers="conv:8,pool:max:2", fc="",
-                                           batch_norm=False)
-    config.optimizer.update(freeze="", lr_multipliers="", learning_rate=0.05)
-    config.augment.update(crop_padding=0, flip=False)
-    config.eval.tta_flip = False
-    return config
+    return convnet_config(tiny_folder, cache_dir, num_steps=6, eval_every_epochs=1.0,
+                          nonfinite=nonfinite)
 
 
 def test_stop_run_names_the_step(tiny_folder, cache_dir, tmp_path, monkeypatch) -> None:
