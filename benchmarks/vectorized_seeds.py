@@ -5,7 +5,7 @@
 
 Times the jitted train step of the config's model on device-resident synthetic CIFAR-sized
 uint8 images: first the plain single-run step (``train.make_train_step``), then the step of
-every member count in each mode of ``vectorized.make_vectorized_step`` (vmap, unroll). Prints
+every member count in each mode of ``members.make_vectorized_step`` (vmap, unroll). Prints
 per row the compile time, the median step time, the images/s each member trains on, the images/s
 of all members together, and that total against the plain run's: the speed-up over training
 the N seeds one after another.
@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cv_jax import sharding, train, vectorized
+from cv_jax import members, sharding, train, vectorized
 from cv_jax.bench import synthetic_train_set
 
 FLAGS = flags.FLAGS
@@ -72,9 +72,9 @@ def main(argv):
     rows = [("1 plain", 1, train.make_train_step(settings, batch, mesh), lambda: plain)]
     for mode in FLAGS.modes:
         for count in map(int, FLAGS.members):
-            configs = [vectorized.member_config(config, seed) for seed in range(count)]
+            configs = [members.member_config(config, seed) for seed in range(count)]
             rows.append((f"{count} {mode}", count,
-                         vectorized.make_vectorized_step(settings, batch, mesh, mode),
+                         members.make_vectorized_step(configs, [], data, plan, mesh, mode),
                          lambda c=configs: vectorized.stack(
                              vectorized.build_members(c, data, settings, tx, mesh), mesh)))
     reference = None

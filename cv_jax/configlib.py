@@ -263,6 +263,12 @@ def lookup(config: mlc.ConfigDict, dotted: str) -> Any:
     return value
 
 
+def is_off(value: Any) -> bool:
+    """Whether a config number switches its part of the step off (is 0). A traced value (one
+    per member of a vectorised run, ``cv_jax.members``, which refuses 0s) is on."""
+    return isinstance(value, numbers.Number) and value == 0
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 

@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
+from cv_jax.configlib import is_off
+
 
 def enabled(cfg: mlc.ConfigDict) -> bool:
-    return cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+    return not (is_off(cfg.mixup_alpha) and is_off(cfg.cutmix_alpha))
 
 
 def cutmix_box(key: jax.Array, height: int, width: int, lam: jax.Array) -> jax.Array:
@@ -42,7 +44,7 @@ def cutmix_box(key: jax.Array, height: int, width: int, lam: jax.Array) -> jax.A
 
 
 def _beta(key: jax.Array, alpha: float) -> jax.Array:
-    return jax.random.beta(key, alpha, alpha) if alpha > 0 else jnp.float32(1.0)
+    return jnp.float32(1.0) if is_off(alpha) else jax.random.beta(key, alpha, alpha)
 
 
 def mix_images(
@@ -57,12 +59,12 @@ def mix_images(
     k_apply, k_switch, k_mix, k_cut, k_box, k_perm = jax.random.split(key, 6)
     partner = jax.random.permutation(k_perm, batch)
     apply = jax.random.bernoulli(k_apply, cfg.prob)
-    if cfg.off_epoch > 0:
+    if not is_off(cfg.off_epoch):
         apply = apply & (epoch < cfg.off_epoch)
-    if cfg.mixup_alpha > 0 and cfg.cutmix_alpha > 0:
+    if not (is_off(cfg.mixup_alpha) or is_off(cfg.cutmix_alpha)):
         use_cutmix = jax.random.bernoulli(k_switch, cfg.switch_prob)
     else:
-        use_cutmix = jnp.bool_(cfg.cutmix_alpha > 0)
+        use_cutmix = jnp.bool_(not is_off(cfg.cutmix_alpha))
 
     lam_mixup = _beta(k_mix, cfg.mixup_alpha)
     mixed = lam_mixup.astype(images.dtype) * images + (1 - lam_mixup).astype(images.dtype) * (

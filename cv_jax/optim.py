@@ -59,7 +59,7 @@ import ml_collections as mlc
 import optax
 from optax import contrib
 
-from cv_jax.configlib import ConfigError, parse_multipliers
+from cv_jax.configlib import ConfigError, is_off, parse_multipliers
 
 PyTree = Any
 log = logging.getLogger("cv_jax")
@@ -86,7 +86,7 @@ def path_mask(pattern: str) -> Callable[[PyTree], PyTree]:
 def _rules(cfg: mlc.ConfigDict,
            lr: optax.ScalarOrSchedule) -> dict[str, Callable[[], optax.GradientTransformation]]:
     """The plain update rules, by name."""
-    m = cfg.momentum or None
+    m = None if is_off(cfg.momentum) else cfg.momentum
     decay_mask = path_mask(cfg.decay_mask)
     return {
         "sgd": lambda: optax.sgd(lr, momentum=m, nesterov=cfg.nesterov),
@@ -135,7 +135,7 @@ def check_names(cfg: mlc.ConfigDict) -> None:
             f"choose one of {plain}"
         )
     rule = cfg.sam_base if cfg.name == "sam" else cfg.name
-    if cfg.nesterov and not cfg.momentum and rule in ("sgd", "rmsprop", "lars"):
+    if cfg.nesterov and is_off(cfg.momentum) and rule in ("sgd", "rmsprop", "lars"):
         raise ConfigError("config.optimizer.nesterov=True needs config.optimizer.momentum > 0")
     if cfg.name.startswith("schedule_free") and cfg.b1 <= 0:
         raise ConfigError(f"config.optimizer.b1={cfg.b1} is invalid for {cfg.name}: "
@@ -146,7 +146,7 @@ def _rule_with_decay(cfg: mlc.ConfigDict, name: str,
                      lr: optax.ScalarOrSchedule) -> list[optax.GradientTransformation]:
     """[L2 weight decay,] the update rule ``name``."""
     parts = []
-    if cfg.weight_decay > 0 and name not in DECOUPLED_DECAY:
+    if not is_off(cfg.weight_decay) and name not in DECOUPLED_DECAY:
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=path_mask(cfg.decay_mask)))
     parts.append(_rules(cfg, lr)[name]())
     return parts

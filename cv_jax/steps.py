@@ -15,6 +15,7 @@ import ml_collections as mlc
 import optax
 
 from cv_jax import augment, distill, losses, mixup, optim, transfer
+from cv_jax.configlib import is_off
 from cv_jax.models import layers
 from cv_jax.state import TrainState, update_ema
 
@@ -93,7 +94,8 @@ def _add_weight_noise(params: Any, key: jax.Array, settings: StepSettings) -> An
 
 def _captures(settings: StepSettings):
     """``capture_intermediates`` filter: outputs of the modules whose path matches."""
-    if not (settings.activity_layers and (settings.activity_l1 or settings.activity_l2)):
+    if not settings.activity_layers or (is_off(settings.activity_l1)
+                                        and is_off(settings.activity_l2)):
         return False
     regex = re.compile(settings.activity_layers)
     return lambda module, method: (
@@ -122,14 +124,14 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
         epoch = state.step / settings.steps_per_epoch
         x, partner, lam = mixup.mix_images(x, mix_key, settings.mixup, epoch)
     teacher_logits = None if teacher is None else teacher.logits(x, settings.mean, settings.std)
-    if settings.input_noise_std:
+    if not is_off(settings.input_noise_std):
         noise = jax.random.normal(input_noise_key, x.shape, jnp.float32)
         x = (x + settings.input_noise_std * noise).astype(x.dtype)
     capture = _captures(settings)
 
     def loss_fn(params):
         forward_params = params
-        if settings.weight_noise_std:
+        if not is_off(settings.weight_noise_std):
             forward_params = _add_weight_noise(params, weight_noise_key, settings)
         with layers.frozen_batch_norm(settings.freeze_batch_norm):
             logits, updates = state.apply_fn(
@@ -149,7 +151,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
         for aux in jax.tree.leaves(updates.get("aux_logits", {})):
             aux_loss = jnp.mean(weights * losses.soft_cross_entropy(aux, targets))
             loss = loss + settings.aux_weight * aux_loss
-        if settings.l2_penalty:
+        if not is_off(settings.l2_penalty):
             mask = optim.path_mask(settings.decay_mask)(params)
             loss = loss + settings.l2_penalty * losses.l2_penalty(params, mask)
         if capture:
@@ -168,7 +170,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
     new_state = state.apply_gradients(
         grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
     )
-    if settings.ema_decay:
+    if not is_off(settings.ema_decay):
         new_state = new_state.replace(ema=update_ema(
             state.ema, new_state.params, new_state.batch_stats, settings.ema_decay))
     guard = optim.nonfinite_guard(new_state.opt_state)

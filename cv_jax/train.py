@@ -18,6 +18,7 @@ import platform
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -210,10 +211,9 @@ def summarize(outputs: dict[str, np.ndarray], dataset: ArrayDataset) -> dict[str
                                   dataset.class_names)
 
 
-def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
-    """The jitted step: slice the epoch permutation, gather the batch, update the state.
+def train_step_fn(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
+    """The step, not jitted: slice the epoch permutation, gather the batch, update the state.
     Its last argument is the distillation teacher, or None."""
-    repl = sharding.replicated(mesh)
 
     def run(state, images, labels, permutation, index, teacher=None):
         idx = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size, batch_size)
@@ -221,7 +221,14 @@ def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sha
         batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
         return steps.train_step(state, batch, settings, teacher)
 
-    return jax.jit(run, donate_argnums=0, out_shardings=(repl, repl))
+    return run
+
+
+def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
+    """:func:`train_step_fn`, jitted (the state is donated, outputs replicated)."""
+    repl = sharding.replicated(mesh)
+    return jax.jit(train_step_fn(settings, batch_size, mesh), donate_argnums=0,
+                   out_shardings=(repl, repl))
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -249,15 +256,20 @@ def device_train_set(train: ArrayDataset, config: mlc.ConfigDict, mesh: jax.shar
     return images, labels, lambda epoch: permute(key, epoch)
 
 
+def create_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
+    """The run's model (``config.model``) for the classes of ``train``."""
+    return models.create_model(config.model.name, num_classes=len(train.class_names),
+                               dtype=jnp.dtype(config.training.compute_dtype),
+                               **configlib.model_kwargs(config.model))
+
+
 def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.StepSettings,
                 tx, mesh: jax.sharding.Mesh) -> TrainState:
     """A fresh state: model init, data-dependent init, replicated over the mesh."""
     advice = models.input_size_advice(config.model.name, train.images.shape[1:3])
     if advice:
         log.warning("%s", advice)
-    model = models.create_model(config.model.name, num_classes=len(train.class_names),
-                                dtype=jnp.dtype(config.training.compute_dtype),
-                                **configlib.model_kwargs(config.model))
+    model = create_model(config, train)
     init_key, state_key = seed_keys(config.seed)
     variables = jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key)
     variables = models.data_dependent_init(

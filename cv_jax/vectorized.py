@@ -1,29 +1,31 @@
-"""Several seeds of one config trained as one program: N models, one jitted step, one stream
-of batches.
+"""Several seeds, and hyper-parameters that keep the shapes, of one config trained as one
+program: N models, one jitted step, one stream of batches.
 
     python -m cv_jax.vectorized --config=configs/cifar10.py:cpu --workdir=runs/seeds \\
-        --seeds=0,1,2,3 [--mode=vmap|unroll]
+        --seeds=0,1,2,3 [--vary=optimizer.learning_rate=0.05,0.1 ...] [--mode=vmap|unroll]
 
-The members share everything but ``config.seed``: the stream of batches (ordered by
-``config.data_seed``, or by ``config.seed`` when that is -1), the optimizer, the schedule and the
-step settings. Each member has its own initialisation and augmentation/dropout keys
-(``train.seed_keys``). Their states are stacked on a leading member axis, replicated over the
-mesh; the batch is split on the mesh's 'data' axis exactly as in a single run, and one jitted
-step runs ``train.make_train_step`` for every member: vmapped over the member axis (the batch is
-shared, not mapped), or with ``mode='unroll'`` as one copy per member. Member ``s`` is
-``train.train_and_evaluate`` with ``seed=s`` and the same ``data_seed``, up to the order of
-XLA's floating-point sums (tests/test_vectorized.py checks it).
+The members (``cv_jax.members``) are every seed crossed with every combination of the
+``--vary`` values. They share the stream of batches (ordered by ``config.data_seed``, or by
+``config.seed`` when that is -1) and every setting but the seed and the varied keys. Each member
+has its own initialisation and augmentation/dropout keys (``train.seed_keys``). Their states are
+stacked on a leading member axis, replicated over the mesh; the batch is split on the mesh's
+'data' axis exactly as in a single run, and one jitted step runs the single-run step for every
+member: vmapped over the member axis (the batch is shared, not mapped; varied values are traced),
+or with ``mode='unroll'`` as one copy per member. A member is ``train.train_and_evaluate`` of
+its config (its seed and values, the same ``data_seed``), up to the order of XLA's
+floating-point sums (tests/test_vectorized.py checks it).
 
 vmap pays off where one run leaves an accelerator idle (small models, small batches). On CPU,
 XLA lowers a vmapped convolution to a grouped one, which is many times slower than separate
 convolutions: use ``unroll`` there (or separate runs); benchmarks/vectorized_seeds.py measures.
 
-Each member is written as a complete run in ``workdir/seed_<s>/`` (config.json with its seed and
-the shared data_seed, metrics.jsonl, tensorboard/, checkpoints/, results.json), so
-``cv_jax.evaluate``, ``cv_jax.runs`` and ``cv_jax.curves`` read it as if it had been trained
-alone. Checkpoints are saved at every evaluation; rerunning the command resumes every member
-from their latest common checkpoint, and a finished run only reports. Early stopping (a per-run
-decision) is not supported; nor are per-member hyper-parameters (only the seed differs).
+Each member is written as a complete run in ``workdir/seed_<s>/`` (with varied keys in
+``workdir/<key>=<value>,.../seed_<s>/``): config.json with its seed, values and the shared
+data_seed, metrics.jsonl, tensorboard/, checkpoints/, results.json. So ``cv_jax.evaluate``,
+``cv_jax.runs``, ``cv_jax.curves`` and ``cv_jax.report`` read it as if it had been trained alone.
+Checkpoints are saved at every evaluation; rerunning the command resumes every member from their
+latest common checkpoint, and a finished run only reports. Early stopping (a per-run decision)
+is not supported.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -50,35 +52,20 @@ from cv_jax import (
     train,
 )
 from cv_jax.data.sources import ArrayDataset
+from cv_jax.members import (
+    MODES,
+    make_vectorized_step,
+    member,
+    member_config,
+    member_dir,
+    member_overrides,
+    parse_seeds,
+    parse_vary,
+)
 from cv_jax.metrics import MetricWriter, Progress, mean_metrics
 from cv_jax.state import TrainState
 
 log = logging.getLogger("cv_jax")
-
-
-def parse_seeds(text: str | Sequence[str | int]) -> tuple[int, ...]:
-    """``'0,1,2'`` (or a list of them) -> ``(0, 1, 2)``; at least one seed, no repeats."""
-    items = text.split(",") if isinstance(text, str) else text
-    try:
-        seeds = tuple(int(str(s).strip()) for s in items if str(s).strip())
-    except ValueError:
-        raise configlib.ConfigError(f"--seeds={text!r}: write integers, e.g. 0,1,2,3") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise configlib.ConfigError(f"--seeds={text!r}: give one or more distinct integer seeds")
-    return seeds
-
-
-def member_config(config: mlc.ConfigDict, seed: int) -> mlc.ConfigDict:
-    """``config`` with ``seed`` and an explicit ``data_seed`` (the shared example order): what a
-    separate ``train.train_and_evaluate`` run of this member would be given."""
-    member = config.copy_and_resolve_references()
-    member.data_seed = config.data_seed if config.data_seed >= 0 else config.seed
-    member.seed = seed
-    return member
-
-
-def member_dir(workdir: str, seed: int) -> str:
-    return os.path.join(workdir, f"seed_{seed}")
 
 
 def stack(trees: Sequence[Any], mesh: jax.sharding.Mesh) -> Any:
@@ -94,37 +81,9 @@ def stack(trees: Sequence[Any], mesh: jax.sharding.Mesh) -> Any:
     return jax.device_put(jax.tree.unflatten(treedef, leaves), sharding.replicated(mesh))
 
 
-def member(tree: Any, i: int) -> Any:
-    """Member ``i`` of a stacked pytree."""
-    return jax.tree.map(lambda x: x[i], tree)
-
-
 def member_getter(mesh: jax.sharding.Mesh):
     """``take(stacked, i)``: member ``i`` of a stacked pytree, replicated like a single run's."""
     return jax.jit(member, out_shardings=sharding.replicated(mesh))
-
-
-MODES = ("vmap", "unroll")
-
-
-def make_vectorized_step(settings: steps.StepSettings, batch_size: int,
-                         mesh: jax.sharding.Mesh, mode: str = "vmap"):
-    """One jitted step of every member: ``train.make_train_step`` vmapped over the member axis
-    of the state (``mode='vmap'``), or repeated once per member (``'unroll'``: N copies of
-    the single-run step in one program; XLA:CPU runs a vmapped convolution, which becomes a
-    grouped one, far slower than separate ones). The training set, the permutation, the batch
-    index (so the batch) and the distillation teacher are shared."""
-    repl = sharding.replicated(mesh)
-    single = train.make_train_step(settings, batch_size, mesh)
-
-    def unrolled(state, *shared):
-        count = jax.tree.leaves(state)[0].shape[0]
-        outputs = [single(member(state, i), *shared) for i in range(count)]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
-
-    step = {"vmap": jax.vmap(single, in_axes=(0, None, None, None, None, None)),
-            "unroll": unrolled}[mode]
-    return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
 
 
 def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
@@ -142,20 +101,30 @@ def per_member(history: list[dict], count: int) -> list[dict[str, float]]:
 
 @dataclasses.dataclass
 class Member:
-    """One seed of the vectorised run: its config and its run directory's writers."""
+    """One member of the vectorised run (a seed, with its values of the varied keys): its
+    config and its run directory's writers."""
 
     seed: int
+    overrides: dict[str, Any]
     config: mlc.ConfigDict
     workdir: str
     ckpt: checkpoint.Checkpoints
     writer: MetricWriter | None = None
 
     @classmethod
-    def create(cls, config: mlc.ConfigDict, workdir: str, seed: int) -> Member:
-        mconfig = member_config(config, seed)
-        directory = member_dir(workdir, seed)
+    def create(cls, config: mlc.ConfigDict, workdir: str, seed: int,
+               overrides: dict[str, Any] | None = None) -> Member:
+        overrides = dict(overrides or {})
+        mconfig = member_config(config, seed, overrides)
+        directory = member_dir(workdir, seed, overrides)
         os.makedirs(directory, exist_ok=True)
-        return cls(seed, mconfig, directory, checkpoint.Checkpoints.for_run(directory, mconfig))
+        return cls(seed, overrides, mconfig, directory,
+                   checkpoint.Checkpoints.for_run(directory, mconfig))
+
+    @property
+    def name(self) -> str:
+        values = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return f"seed {self.seed}" + (f" ({values})" if values else "")
 
     def close(self) -> None:
         self.ckpt.wait()
@@ -195,18 +164,22 @@ def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps
 
 
 def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
-                max_steps_this_run: int | None = None, mode: str = "vmap") -> list[dict]:
-    """Trains one member per seed of ``config`` in one program (``mode``: see
-    :func:`make_vectorized_step`); returns the members' results (each also written to
-    ``workdir/seed_<s>/results.json``)."""
+                max_steps_this_run: int | None = None, mode: str = "vmap",
+                vary: Mapping[str, Sequence] | None = None) -> list[dict]:
+    """Trains one member per seed of ``config`` and combination of the ``vary`` values
+    (dotted key -> values, see ``cv_jax.members``) in one program (``mode``: see
+    ``members.make_vectorized_step``); returns the members' results, seed by seed within each
+    combination (each also written to its ``members.member_dir``/results.json)."""
     seeds = parse_seeds(seeds)
     configlib.validate(config)
     check_supported(config, mode)
+    vary = dict(vary or {})
     mesh = sharding.make_mesh(config.training.num_devices)
     num_devices = mesh.devices.size
     train.check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
     eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
-    members = [Member.create(config, workdir, s) for s in seeds]
+    members = [Member.create(config, workdir, s, o)
+               for o in member_overrides(vary) for s in seeds]
     lead = members[0].config
     try:
         data = train.load_datasets(lead)
@@ -221,10 +194,13 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
         for m in members:
             train.save_config(m.config, m.workdir)
             m.writer = MetricWriter(m.workdir)
-        log.info("%d seeds %s: %d train / %d test examples; %d steps (%d per epoch) on %s.",
-                 len(seeds), list(seeds), len(data.train), len(data.test), plan.total_steps,
+        log.info("%d members (seeds %s%s): %d train / %d test examples; %d steps (%d per "
+                 "epoch) on %s.", len(members), list(seeds),
+                 "".join(f", {k} {list(v)}" for k, v in vary.items()),
+                 len(data.train), len(data.test), plan.total_steps,
                  plan.steps_per_epoch, train.describe_devices(mesh))
-        program = Program.build(lead, data, settings, state, mesh, eval_batch, mode)
+        program = Program.build(members, list(vary), data, plan, settings, state, mesh,
+                                eval_batch, mode)
         return _train(lead, members, plan, program, state, sig, mesh, max_steps_this_run)
     finally:
         for m in members:
@@ -245,16 +221,18 @@ class Program:
     compile_time: float
 
     @classmethod
-    def build(cls, config: mlc.ConfigDict, data: train.Datasets, settings: steps.StepSettings,
-              state: TrainState, mesh: jax.sharding.Mesh, eval_batch: int,
-              mode: str) -> Program:
+    def build(cls, members: Sequence[Member], varied: Sequence[str], data: train.Datasets,
+              plan: train.Plan, settings: steps.StepSettings, state: TrainState,
+              mesh: jax.sharding.Mesh, eval_batch: int, mode: str) -> Program:
+        config = members[0].config
         images, labels, permute = train.device_train_set(data.train, config, mesh)
         evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh)
                       for name, ds in data.eval_sets().items()}
         take = member_getter(mesh)
         start = time.perf_counter()
         teacher = distill.load_teacher(config, data.train.class_names, mesh)
-        step_fn = make_vectorized_step(settings, config.training.batch_size, mesh, mode)
+        step_fn = make_vectorized_step([m.config for m in members], varied, data.train, plan,
+                                       mesh, mode)
         step_fn = step_fn.lower(state, images, labels, permute(0), 0, teacher).compile()
         for evaluator in evaluators.values():
             evaluator.compile(take(state, 0))
@@ -269,7 +247,7 @@ def log_train(members: Sequence[Member], history: list[dict], step: int, epoch: 
     summaries = per_member(history, len(members))
     rate = progress.update(step, mean_metrics(summaries))
     for m, summary in zip(members, summaries, strict=True):
-        train.check_finite(summary["loss"], f"the training loss of seed {m.seed}", step, m.ckpt)
+        train.check_finite(summary["loss"], f"the training loss of {m.name}", step, m.ckpt)
         m.writer.write(step, "train", summary | {"images_per_sec": rate, "epoch": epoch})
     return rate
 
@@ -283,7 +261,7 @@ def evaluate_members(members: Sequence[Member], program: Program, state: TrainSt
     singles = [program.take(state, i) for i in range(len(members))]
     evals = []
     for i, m in enumerate(members):
-        log.info("seed %d:", m.seed)
+        log.info("%s:", m.name)
         evals.append(train.evaluate_weights(program.evaluators, singles[i], step, m.writer,
                                             m.ckpt))
         if plateau is not None and scheduled:
@@ -332,12 +310,15 @@ def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, prog
     timing = {"train_time_s": time.perf_counter() - train_start,
               "compile_time_s": program.compile_time,
               "images_per_sec": float(np.median(rates)) if rates else None}
+    together = {"vectorized_seeds": sorted({m.seed for m in members}),
+                "vectorized_vary": {k: sorted({m.overrides[k] for m in members})
+                                    for k in members[0].overrides}}
     return [finish(m, program, program.take(state, i), last_eval[i], plan, timing, mesh,
-                   [x.seed for x in members]) for i, m in enumerate(members)]
+                   together) for i, m in enumerate(members)]
 
 
 def finish(member: Member, program: Program, state: TrainState, last_eval: dict,
-           plan: train.Plan, timing: dict, mesh: jax.sharding.Mesh, seeds: list[int]) -> dict:
+           plan: train.Plan, timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
     """Writes a finished member's results.json and returns the results. A member this process
     did not evaluate (it resumed at the last step) keeps its results.json, or is evaluated
     when it has none (a crash before it was written)."""
@@ -348,23 +329,23 @@ def finish(member: Member, program: Program, state: TrainState, last_eval: dict,
             return previous
         last_eval = train.evaluate_weights(program.evaluators, state, plan.total_steps, None,
                                            member.ckpt)
-    results = member_results(member, plan, state, last_eval, timing, mesh, seeds)
+    results = member_results(member, plan, state, last_eval, timing, mesh, together)
     train.write_results(member.workdir, results)
-    log.info("seed %d: final test accuracy %.4f (%d / %d examples).", member.seed,
+    log.info("%s: final test accuracy %.4f (%d / %d examples).", member.name,
              results["test_accuracy"], results["test_correct"], results["test_examples"])
     return results
 
 
 def member_results(member: Member, plan: train.Plan, state: TrainState, last_eval: dict,
-                   timing: dict, mesh: jax.sharding.Mesh, seeds: list[int]) -> dict:
+                   timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
     """A finished member's results.json, with the keys of ``train.train_and_evaluate``'s.
 
     ``images_per_sec`` is each member's rate (the program processes members x that);
-    ``vectorized_seeds`` lists the members trained together.
+    ``together`` (``vectorized_seeds`` and ``vectorized_vary``: the seeds and varied values
+    of the members trained together) is added.
     """
     return train.results_record(member.config, plan, plan.total_steps, state, last_eval,
-                                member.ckpt.best_step(), timing, mesh) | {
-        "vectorized_seeds": seeds}
+                                member.ckpt.best_step(), timing, mesh) | together
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -378,6 +359,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory of the members' run directories.")
     flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "Seeds to train together, e.g. 0,1,2,3.")
+    flags.DEFINE_multi_string(
+        "vary", [], "KEY=V1,V2,...: a hyper-parameter the members differ in, e.g. "
+        "optimizer.learning_rate=0.05,0.1,0.2 (repeatable; members are every seed x every "
+        "combination).")
     flags.DEFINE_enum("mode", "vmap", MODES, "vmap: one batched step (GPU/TPU); unroll: one "
                       "copy of the step per member (CPU, where a vmapped convolution is slow).")
     flags.mark_flags_as_required(["config", "workdir"])
@@ -387,8 +372,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise app.UsageError(f"Unexpected arguments: {args[1:]}")
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("cv_jax").setLevel(logging.INFO)
-        train_seeds(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.seeds,
-                    mode=flags.FLAGS.mode)
+        config = flags.FLAGS.config
+        train_seeds(config, flags.FLAGS.workdir, flags.FLAGS.seeds, mode=flags.FLAGS.mode,
+                    vary=parse_vary(flags.FLAGS.vary, config))
 
     app.run(run, argv=argv or sys.argv)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cv_jax import configlib, curves, optim, runs, sharding, steps, train, vectorized
+from cv_jax import configlib, curves, members, optim, runs, sharding, steps, train, vectorized
 
 SEEDS = (3, 5)
 
@@ -72,7 +72,7 @@ def assert_members_match(workdir, results, separate, test):
     params, lr_scales = [], []
     for seed, result in zip(SEEDS, results, strict=True):
         single_dir, single = separate[seed]
-        state, predicted = predictions(vectorized.member_dir(workdir, seed), test)
+        state, predicted = predictions(members.member_dir(workdir, seed), test)
         single_state, single_predicted = predictions(single_dir, test)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6),
                      jax.device_get(state.params), jax.device_get(single_state.params))
@@ -104,9 +104,10 @@ def test_each_member_is_a_complete_run(vmapped, separate):
     workdir, _, results = vmapped
     single_keys = set(separate[SEEDS[0]][1])
     for seed, result in zip(SEEDS, results, strict=True):
-        member = vectorized.member_dir(workdir, seed)
-        assert set(result) == single_keys | {"vectorized_seeds"}
+        member = members.member_dir(workdir, seed)
+        assert set(result) == single_keys | {"vectorized_seeds", "vectorized_vary"}
         assert result["vectorized_seeds"] == list(SEEDS) and result["finished"]
+        assert result["vectorized_vary"] == {}
         with open(os.path.join(member, "results.json")) as f:
             assert json.load(f) == result
         saved = runs.read_config(member)
@@ -114,7 +115,7 @@ def test_each_member_is_a_complete_run(vmapped, separate):
         records = curves.read_metrics(member)
         assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 13))
         assert [r["step"] for r in records if r["split"] == "test"] == [3, 5, 6, 9, 12]
-    first, second = (curves.series(curves.read_metrics(vectorized.member_dir(workdir, s)),
+    first, second = (curves.series(curves.read_metrics(members.member_dir(workdir, s)),
                                    "train", "loss")[1] for s in SEEDS)
     assert not np.allclose(first, second)
 
@@ -124,7 +125,7 @@ def test_stopped_run_resumes_and_finished_run_reports(vmapped, tiny_folder, cach
     checks what it resumed to); a rerun of the finished run trains and logs nothing."""
     workdir, first, results = vmapped
     assert [(r["steps"], r["finished"]) for r in first] == [(5, False), (5, False)]
-    metrics = os.path.join(vectorized.member_dir(workdir, SEEDS[0]), "metrics.jsonl")
+    metrics = os.path.join(members.member_dir(workdir, SEEDS[0]), "metrics.jsonl")
     lines = len(open(metrics).readlines())
     config = tiny(tiny_folder, cache_dir)
     assert vectorized.train_seeds(config, workdir, SEEDS) == results
@@ -149,20 +150,20 @@ def test_member_that_lost_its_results_is_evaluated_again(vmapped, tiny_folder, c
 def test_member_config_shares_the_data_order(tiny_folder, cache_dir):
     config = tiny_config(tiny_folder, cache_dir)
     config.seed, config.data_seed = 4, -1
-    members = [vectorized.member_config(config, s) for s in (0, 1)]
-    assert [(m.seed, m.data_seed) for m in members] == [(0, 4), (1, 4)]
+    configs = [members.member_config(config, s) for s in (0, 1)]
+    assert [(m.seed, m.data_seed) for m in configs] == [(0, 4), (1, 4)]
     assert config.seed == 4 and config.data_seed == -1  # the given config is unchanged
-    keys = [jax.random.key_data(train.shuffle_key(m)) for m in members]
+    keys = [jax.random.key_data(train.shuffle_key(m)) for m in configs]
     np.testing.assert_array_equal(keys[0], keys[1])
     np.testing.assert_array_equal(keys[0], jax.random.key_data(train.shuffle_key(config)))
 
 
 def test_seeds_are_parsed_and_checked(tiny_folder, cache_dir, tmp_path):
-    assert vectorized.parse_seeds("0, 1,2") == (0, 1, 2)
-    assert vectorized.parse_seeds(["4", "2"]) == (4, 2)
+    assert members.parse_seeds("0, 1,2") == (0, 1, 2)
+    assert members.parse_seeds(["4", "2"]) == (4, 2)
     for bad in ("1,1", "", "a,b"):
         with pytest.raises(configlib.ConfigError, match="--seeds"):
-            vectorized.parse_seeds(bad)
+            members.parse_seeds(bad)
     config = tiny_config(tiny_folder, cache_dir)
     with pytest.raises(configlib.ConfigError, match="mode='pmap'"):
         vectorized.train_seeds(config, str(tmp_path), (0, 1), mode="pmap")

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import register
-from cv_jax.models.layers import Conv, MaxPool, initializer
+from cv_jax.models.layers import Conv, Dropout, MaxPool, initializer
 
 
 def local_response_norm(
@@ -103,7 +103,7 @@ class AlexNet(nn.Module):
         x = x.reshape(x.shape[0], -1)
         for name in ("fc6", "fc7"):
             x = nn.relu(dense(4096, one, name)(x))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = Dropout(self.dropout, deterministic=not train)(x)
         x = dense(self.num_classes, 0.0, "fc8")(x)
         return x.astype(jnp.float32)
 

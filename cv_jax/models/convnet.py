@@ -54,11 +54,13 @@ from cv_jax.models import register
 from cv_jax.models.layers import (
     AvgPool,
     Conv,
+    Dropout,
     MaxPool,
     activation,
     batch_norm,
     global_avg_pool,
     initializer,
+    is_number,
 )
 
 LAYERS_GRAMMAR = (
@@ -190,7 +192,7 @@ class ConvNet(nn.Module):
         parse_widths(self.fc)
         if self.flatten not in FLATTEN_MODES:
             raise ValueError(f"convnet field 'flatten': got {self.flatten!r}; use {FLATTEN_MODES}")
-        if not 0 <= self.fc_dropout < 1:
+        if is_number(self.fc_dropout) and not 0 <= self.fc_dropout < 1:
             raise ValueError(f"convnet field 'fc_dropout': got {self.fc_dropout}; use [0, 1)")
         for field, build in (("activation", activation), ("kernel_init", initializer)):
             try:
@@ -227,7 +229,7 @@ class ConvNet(nn.Module):
                 pool = MaxPool if layer.kind == "max" else AvgPool
                 x = pool(layer.size, layer.stride, name=f"pool{count['pool']}")(x)
             else:
-                x = nn.Dropout(layer.rate, deterministic=not train)(x)
+                x = Dropout(layer.rate, deterministic=not train)(x)
 
         if self.flatten == "flatten":
             x = x.reshape(x.shape[0], -1)
@@ -238,7 +240,7 @@ class ConvNet(nn.Module):
 
         for i, width in enumerate(parse_widths(self.fc), start=1):
             x = act(nn.Dense(width, kernel_init=init, dtype=self.dtype, name=f"fc{i}")(x))
-            x = nn.Dropout(self.fc_dropout, deterministic=not train)(x)
+            x = Dropout(self.fc_dropout, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name="head")(x)
         return x.astype(jnp.float32)
 

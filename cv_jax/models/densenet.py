@@ -39,6 +39,7 @@ from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
     AvgPool,
     Conv,
+    Dropout,
     MaxPool,
     batch_norm,
     global_avg_pool,
@@ -67,7 +68,7 @@ class DenseLayer(nn.Module):
         y = Conv(self.growth_rate, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
                  dtype=self.dtype, name="conv2")(y)
         if self.drop_rate:
-            y = nn.Dropout(self.drop_rate, deterministic=not train, name="dropout")(y)
+            y = Dropout(self.drop_rate, deterministic=not train, name="dropout")(y)
         return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
 
 

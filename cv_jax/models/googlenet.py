@@ -44,7 +44,15 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import AvgPool, Conv, MaxPool, batch_norm, global_avg_pool, initializer
+from cv_jax.models.layers import (
+    AvgPool,
+    Conv,
+    Dropout,
+    MaxPool,
+    batch_norm,
+    global_avg_pool,
+    initializer,
+)
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTION = {
@@ -117,7 +125,7 @@ class AuxHead(nn.Module):
         x = self.conv(128, 1, name="conv")(x, train)
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's (C, H, W) order
         x = nn.Dense(1024, kernel_init=linear_init, dtype=self.dtype, name="fc1")(x)
-        x = nn.Dropout(0.7, deterministic=not train, name="dropout")(nn.relu(x))
+        x = Dropout(0.7, deterministic=not train, name="dropout")(nn.relu(x))
         x = nn.Dense(self.num_classes, kernel_init=linear_init, dtype=self.dtype, name="fc2")(x)
         return x.astype(jnp.float32)
 
@@ -176,7 +184,7 @@ class GoogLeNet(nn.Module):
         x = MaxPool(3, strides=2, padding=CEIL_MODE, name="maxpool4")(x)
         x = inception("5a")(x, train)
         x = inception("5b")(x, train)
-        x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(global_avg_pool(x))
+        x = Dropout(self.dropout, deterministic=not train, name="dropout")(global_avg_pool(x))
         x = nn.Dense(self.num_classes, kernel_init=linear_init, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)
 

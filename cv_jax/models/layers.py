@@ -89,6 +89,29 @@ class Conv(nn.Conv):
         return super().__call__(inputs)
 
 
+class Dropout(nn.Dropout):
+    """``flax.linen.Dropout`` whose rate may also be an array: a traced value, one per member
+    of a vectorised run (``cv_jax.vectorized --vary``). A Python number takes flax's path
+    unchanged; an array always draws the mask, which for a rate of 0 keeps every unit."""
+
+    def __call__(self, inputs: jax.Array, deterministic: bool | None = None,
+                 rng: jax.Array | None = None) -> jax.Array:
+        if is_number(self.rate):
+            return super().__call__(inputs, deterministic, rng)
+        if nn.merge_param("deterministic", self.deterministic, deterministic):
+            return inputs
+        keep = 1.0 - jnp.asarray(self.rate, jnp.float32)
+        rng = self.make_rng(self.rng_collection) if rng is None else rng
+        shape = [1 if i in self.broadcast_dims else n for i, n in enumerate(inputs.shape)]
+        mask = jnp.broadcast_to(jax.random.bernoulli(rng, p=keep, shape=shape), inputs.shape)
+        return jax.lax.select(mask, inputs / keep.astype(inputs.dtype), jnp.zeros_like(inputs))
+
+
+def is_number(value: Any) -> bool:
+    """A Python number (a config value), not an array or a traced value."""
+    return isinstance(value, (int, float))
+
+
 class MaxPool(nn.Module):
     """Max pooling as a named layer (it shows up in summaries and in size errors)."""
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import batch_norm, global_avg_pool, torch_default_init
+from cv_jax.models.layers import Dropout, batch_norm, global_avg_pool, torch_default_init
 from cv_jax.models.resnet import conv, dense
 
 
@@ -61,7 +61,7 @@ class PreActBlock(nn.Module):
             shortcut = out if self.preact_shortcut else x
         y = conv_(self.features, 3, self.strides, 1, name="conv1")(out)
         y = nn.relu(norm(name="bn2")(y))
-        y = nn.Dropout(self.dropout, deterministic=not train)(y)
+        y = Dropout(self.dropout, deterministic=not train)(y)
         y = conv_(self.features, 3, 1, 1, name="conv2")(y)
         return y + shortcut.astype(y.dtype)
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
     Conv,
+    Dropout,
     MaxPool,
     adaptive_avg_pool,
     batch_norm,
@@ -110,7 +111,7 @@ class VGG(nn.Module):
         for j, width in enumerate(self.fc_widths):
             x = nn.Dense(width, kernel_init=linear_init, dtype=self.dtype,
                          name=f"classifier_{3 * j}")(x)
-            x = nn.Dropout(self.dropout, deterministic=not train,
+            x = Dropout(self.dropout, deterministic=not train,
                            name=f"classifier_{3 * j + 2}")(nn.relu(x))
         x = nn.Dense(self.num_classes, kernel_init=linear_init, dtype=self.dtype,
                      name=f"classifier_{3 * len(self.fc_widths)}")(x)
