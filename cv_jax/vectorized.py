@@ -92,11 +92,10 @@ def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
     return [train.build_state(c, data, settings, tx, mesh) for c in configs]
 
 
-def per_member(history: list[dict], count: int) -> list[dict[str, float]]:
-    """Per-step metrics of shape [members] -> each member's mean over the steps."""
+def per_member(history: list[dict], count: int) -> list[list[dict]]:
+    """Per-step metrics of shape [members] -> each member's per-step metrics."""
     fetched = jax.device_get(history)
-    return [mean_metrics([{k: v[i] for k, v in m.items()} for m in fetched])
-            for i in range(count)]
+    return [[{k: v[i] for k, v in m.items()} for m in fetched] for i in range(count)]
 
 
 @dataclasses.dataclass
@@ -241,13 +240,20 @@ class Program:
         return cls(step_fn, evaluators, take, images, labels, permute, teacher, compile_time)
 
 
-def log_train(members: Sequence[Member], history: list[dict], step: int, epoch: float,
-              progress: Progress) -> float:
-    """Writes each member's mean train metrics since the last call; returns images/s."""
-    summaries = per_member(history, len(members))
+def log_train(members: Sequence[Member], history: list[dict], state: TrainState, step: int,
+              epoch: float, progress: Progress) -> float:
+    """Writes each member's train summary since the last call (``train.train_summary``: the
+    mean over applied steps, non-finite checks, skipped steps); returns images/s."""
+    summaries = []
+    for i, (m, steps_of_m) in enumerate(zip(members, per_member(history, len(members)),
+                                            strict=True)):
+        try:
+            summaries.append(train.train_summary(steps_of_m, member(state, i), step, m.config,
+                                                 m.ckpt))
+        except train.TrainingDiverged as e:
+            raise train.TrainingDiverged(f"{m.name}: {e}") from None
     rate = progress.update(step, mean_metrics(summaries))
     for m, summary in zip(members, summaries, strict=True):
-        train.check_finite(summary["loss"], f"the training loss of {m.name}", step, m.ckpt)
         m.writer.write(step, "train", summary | {"images_per_sec": rate, "epoch": epoch})
     return rate
 
@@ -292,8 +298,8 @@ def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, prog
             history.append(metrics)
             step += 1
             if step % config.training.log_every_steps == 0 or step == end:
-                rates.append(log_train(members, history, step, step / plan.steps_per_epoch,
-                                       progress))
+                rates.append(log_train(members, history, state, step,
+                                       step / plan.steps_per_epoch, progress))
                 history = []
             if plan.is_eval_step(step) or step == end:
                 jax.block_until_ready(state)

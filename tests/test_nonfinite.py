@@ -17,7 +17,7 @@ import optax
 import pytest
 from conftest import convnet_config
 
-from cv_jax import configlib, optim, runs, steps, train
+from cv_jax import configlib, members, optim, runs, steps, train, vectorized
 from cv_jax.state import create_train_state
 
 
@@ -207,3 +207,25 @@ def test_skip_run_counts_the_skipped_step(tiny_folder, cache_dir, tmp_path, monk
         assert json.load(f)["skipped_steps"] == 1
     # The counter is part of the checkpointed optimizer state, so a resumed run keeps it.
     assert optim.skipped_steps(runs.load_run(str(tmp_path)).state.opt_state) == 1
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "stop"])
+def test_vectorized_members_skip_or_stop_like_single_runs(tiny_folder, cache_dir, tmp_path,
+                                                          monkeypatch, nonfinite) -> None:
+    """Both members of a vectorised run see the NaN step: 'skip' counts it for each (and their
+    logs stay as a single run's), 'stop' names the member and the step."""
+    monkeypatch.setattr(steps, "train_step", nan_input_at(BAD_STEP))
+    config = quick_config(tiny_folder, cache_dir, nonfinite)
+    if nonfinite == "stop":
+        with pytest.raises(train.TrainingDiverged,
+                           match=rf"^seed 0: the training loss is nan at step {BAD_STEP}"):
+            vectorized.train_seeds(config, str(tmp_path), (0, 1))
+        return
+    results = vectorized.train_seeds(config, str(tmp_path), (0, 1))
+    for seed, result in zip((0, 1), results, strict=True):
+        assert result["steps"] == 6 and result["skipped_steps"] == 1
+        assert np.isfinite(result["test_loss"])
+        with open(os.path.join(members.member_dir(str(tmp_path), seed), "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        assert [(r["step"], r["skipped_steps"]) for r in records if r["split"] == "train"] == [
+            (1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 1)]
