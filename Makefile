@@ -99,6 +99,21 @@ distill-study: install
 	mkdir -p experiments/results && rm -rf experiments/results/distill_$(SIZE)
 	cp -r runs/sweeps/distill_$(SIZE)/report experiments/results/distill_$(SIZE)
 
+# Several seeds, and hyper-parameters that keep the shapes, trained as one program, then the
+# report over its members (runs/vectorized/<config name>/report/ unless WORKDIR is given), e.g.
+# make vectorized CONFIG=configs/cifar10.py:cpu SEED_LIST=0,1,2 MODE=unroll \
+#     VARY="optimizer.learning_rate=0.2,0.4 loss.label_smoothing=0.1,0.2"
+.PHONY: vectorized
+SEED_LIST ?= 0,1,2,3
+MODE ?= vmap
+VECTORIZED_DIR = $(if $(filter file,$(origin WORKDIR)),runs/vectorized/$(basename $(notdir $(firstword $(subst :, ,$(CONFIG))))),$(WORKDIR))
+
+vectorized: install
+	$(PY) -m cv_jax.vectorized --config=$(CONFIG) --workdir=$(VECTORIZED_DIR) \
+		--seeds=$(SEED_LIST) --mode=$(MODE) $(foreach v,$(VARY),--vary=$(v))
+	$(PY) -m cv_jax.report $(VECTORIZED_DIR) --out=$(VECTORIZED_DIR)/report \
+		--title="$(CONFIG): seeds $(SEED_LIST)$(if $(VARY), x $(VARY))"
+
 # Speed: the train-step throughput table against PyTorch (make bench MODELS=resnet20,resnet50
 # BATCH=256 DTYPE=bfloat16 BENCH_FLAGS=--torch_compile), and the headline recipe timed over
 # seeds (make speedrun SEEDS=25), whose report goes to runs/speedrun/speedrun.md.
