@@ -446,16 +446,23 @@ class Outcome:
 
 
 def run_sweep(spec: str, root: str = "runs/sweeps", parallel: int = 1, dry_run: bool = False,
-              runner: Runner | None = None, echo: Callable[[str], None] = print) -> Outcome:
-    """Plans, runs and reports the sweep of definition ``spec``. Raises SweepError before any
-    run when the definition is wrong."""
-    from cv_jax import report
+              runner: Runner | None = None, echo: Callable[[str], None] = print,
+              finder: Callable[[Sequence[str], str], int] | None = None) -> Outcome:
+    """Plans, runs and reports the sweep of definition ``spec``: first the LR range tests of
+    its ``LRFind`` points (``cv_jax.lr_points``; ``finder`` runs one), then its runs
+    (``runner``). Raises SweepError before anything runs when the definition is wrong."""
+    from cv_jax import lr_points, report
 
-    sweep = load_definition(spec)
+    definition = load_definition(spec)
+    sweep = lr_points.resolve(definition, root, run_tests=False, echo=echo)
     runs = plan(sweep, root, where=spec)
     echo(describe(sweep, runs, spec, root))
     if dry_run:
         return Outcome(None, [r.workdir for r in runs if not is_finished(r.workdir)])
+    if lr_points.needs_range_tests(definition):
+        sweep = lr_points.resolve(definition, root, run_tests=True, echo=echo,
+                                  finder=finder or lr_points.subprocess_finder)
+        runs = plan(sweep, root, where=spec)
     if runner is None:
         runner = functools.partial(subprocess_runner, env=parallel_env(parallel))
     codes = execute(runs, runner, parallel, echo)

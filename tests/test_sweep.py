@@ -222,3 +222,81 @@ def test_the_smoke_ablation_is_three_seeds_of_four_points(tmp_path, monkeypatch)
                     echo=lines.append)
     assert lines[0].startswith("experiments/ablation_smoke.py: 4 points x 3 seeds = 12 runs")
     assert json.dumps(lines).count("--config.seed=2") == 4
+
+
+# --- points at the LR range test's suggestion (cv_jax.lr_points) ----------------------------
+
+def write_lr_find_definition(path, config=SMOKE, common=None, steps=5):
+    """Adam at the range test's LR and SGD at 0.1, seeds 3 and 4."""
+    path.write_text(textwrap.dedent(f"""
+        from cv_jax.lr_points import LRFind
+        from cv_jax.sweep import Sweep
+
+        def get_sweep(arg=None):
+            return Sweep(name="demo", config={config!r}, common={common or {}!r}, seeds=(3, 4),
+                         points=[{{"optimizer.name": "adam",
+                                   "optimizer.learning_rate": LRFind(steps={steps})}},
+                                 {{"optimizer.name": "sgd", "optimizer.learning_rate": 0.1}}])
+    """))
+    return str(path)
+
+
+class FakeFinder:
+    """Records range-test commands; writes the suggestion ``lr`` where ``--out`` points."""
+
+    def __init__(self, lr=0.0123, code=0):
+        self.commands, self.lr, self.code = [], lr, code
+
+    def __call__(self, command, log_path):
+        self.commands.append(list(command))
+        out = next(a.split("=", 1)[1] for a in command if a.startswith("--out="))
+        if self.code == 0:
+            with open(os.path.splitext(out)[0] + ".json", "w") as f:
+                json.dump({"suggested_lr": self.lr}, f)
+        return self.code
+
+
+def test_lr_find_points_train_at_the_suggestion_of_one_range_test(tmp_path):
+    definition, root = write_lr_find_definition(tmp_path / "lr.py"), str(tmp_path / "runs")
+    adam = f"{root}/demo/name=adam,learning_rate=lr_find"
+    finder, runner = FakeFinder(), FakeRunner()
+    sweep.run_sweep(definition, root, dry_run=True, finder=finder, echo=lambda _: None)
+    assert finder.commands == []  # planning runs no test
+
+    sweep.run_sweep(definition, root, runner=runner, finder=finder, echo=lambda _: None)
+    assert finder.commands == [[
+        sys.executable, "-m", "cv_jax.lr_find", f"--config={SMOKE}",
+        "--config.optimizer.name=adam", "--config.seed=3", "--steps=5", "--min_lr=1e-07",
+        "--max_lr=10.0", f"--out={adam}/lr_find.png"]]
+    assert sorted(runner.calls) == sorted(
+        [f"{adam}/seed=3", f"{adam}/seed=4", f"{root}/demo/name=sgd,learning_rate=0.1/seed=3",
+         f"{root}/demo/name=sgd,learning_rate=0.1/seed=4"])
+    for seed in (3, 4):
+        assert train.read_results(f"{adam}/seed={seed}")["test_accuracy"] == 0.0123
+
+    again_finder, again = FakeFinder(lr=0.5), FakeRunner()
+    sweep.run_sweep(definition, root, runner=again, finder=again_finder, echo=lambda _: None)
+    assert again_finder.commands == [] and again.calls == []  # the test and the runs are kept
+
+
+def test_a_failed_range_test_stops_the_sweep_naming_its_log(tmp_path):
+    definition, root = write_lr_find_definition(tmp_path / "lr.py"), str(tmp_path / "runs")
+    runner = FakeRunner()
+    with pytest.raises(SweepError, match=r"point 'name=adam,learning_rate=lr_find': the LR range "
+                       r"test failed \(exit 3\); see .*/lr_find.log"):
+        sweep.run_sweep(definition, root, runner=runner, finder=FakeFinder(code=3),
+                        echo=lambda _: None)
+    assert runner.calls == []
+
+
+def test_the_range_test_command_runs(tmp_path, tiny_folder, cache_dir):
+    """The real ``python -m cv_jax.lr_find`` process accepts the command and writes its
+    suggestion, which the runs then get."""
+    common = {"dataset.data_dir": str(tiny_folder), "dataset.cache_dir": cache_dir, **TINY}
+    definition = write_lr_find_definition(tmp_path / "lr.py", common=common, steps=3)
+    runner = FakeRunner()
+    sweep.run_sweep(definition, str(tmp_path / "runs"), runner=runner, echo=lambda _: None)
+    folder = tmp_path / "runs" / "demo" / "name=adam,learning_rate=lr_find"
+    suggested = json.loads((folder / "lr_find.json").read_text())["suggested_lr"]
+    assert 1e-7 <= suggested <= 10 and (folder / "lr_find.png").exists()
+    assert train.read_results(str(folder / "seed=4"))["test_accuracy"] == suggested
