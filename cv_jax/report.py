@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -420,16 +421,33 @@ def ablation_groups(records: Sequence[Record],
 # ------------------------------------------------------------------------------------ plots
 
 
-def plot_label(group: Group, labels: Sequence[str]) -> str:
-    """The last part of a row's label, or all of it where two rows would read the same."""
-    short = os.path.basename(group.label) or group.label
-    return short if sum(os.path.basename(x) == short for x in labels) == 1 else group.label
+def plot_names(labels: Sequence[str]) -> dict[str, str]:
+    """Short legend names of the rows' labels: without a trailing ``seed=<s>``/``seed_<s>``
+    folder (unless the seeds are what tells rows apart) and relative to the folder all rows
+    share, e.g. ``runs/sweeps/lr/constant/seed=0`` -> ``constant``."""
+    def without_seed(label: str) -> str:
+        head, tail = os.path.split(label)
+        return head if head and re.fullmatch(r"seed[=_]\d+", tail) else label
+
+    names = [without_seed(label) for label in labels]
+    if len(set(names)) < len(names):
+        names = list(labels)
+    if len(names) == 1:
+        names = [os.path.basename(names[0]) or names[0]]
+    else:
+        try:
+            common = os.path.commonpath(names)
+        except ValueError:  # absolute and relative labels mixed
+            common = ""
+        relative = [os.path.relpath(n, common) if common else n for n in names]
+        if "." not in relative:
+            names = relative
+    return dict(zip(labels, names, strict=True))
 
 
 def write_plots(groups: Sequence[Group], out: str) -> list[str]:
     """curves.png, lr.png, accuracy.png and accuracy_vs_parameters.png (those with data)."""
-    labels = [g.label for g in groups]
-    names = {g.label: plot_label(g, labels) for g in groups}
+    names = plot_names([g.label for g in groups])
     runs = {}  # one run per row (its first with metrics), so each row keeps one colour
     for g in groups:
         shown = next((r for r in g.records if r.metrics), None)

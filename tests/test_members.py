@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import convnet_config
 
-from cv_jax import configlib, members, runs, train, vectorized
+from cv_jax import configlib, members, runs, sharding, train, vectorized
 
 SEEDS = (1,)
 VARY = {"optimizer.learning_rate": (0.05, 0.1), "model.fc_dropout": (0.2, 0.5),
@@ -103,15 +103,31 @@ def separate(tiny_folder, cache_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mode", members.MODES)
-def test_varied_members_equal_separate_runs(tiny_folder, cache_dir, tmp_path, separate, mode):
+def test_unrolled_members_each_build_their_step_from_their_own_config(tiny_folder, cache_dir,
+                                                                     monkeypatch):
+    """In unroll mode each member's copy of the step comes from its own config (the vmapped
+    mode, which traces the values instead, is checked against separate runs below)."""
+    built = []
+    monkeypatch.setattr(members, "_step_of", lambda config, *args: built.append(config))
+    config = varied_config(tiny_folder, cache_dir)
+    overrides = members.member_overrides(VARY)
+    configs = [members.member_config(config, 0, o) for o in overrides]
+    members.make_vectorized_step(configs, list(VARY), None, None, sharding.make_mesh(),
+                                 mode="unroll")
+    assert built == configs
+    assert [(c.optimizer.learning_rate, c.model.fc_dropout) for c in built] == [
+        (0.05, 0.2), (0.05, 0.5), (0.1, 0.2), (0.1, 0.5)]
+
+
+def test_varied_members_equal_separate_runs(tiny_folder, cache_dir, tmp_path, separate):
     """Every member (2 learning rates x 2 dropout rates, with weight decay, label
-    smoothing and mixup alpha traced too) ends with the weights of its run trained alone.
+    smoothing and mixup alpha traced too) of a vmapped run ends with the weights of its run
+    trained alone.
     Tolerance as tests/test_vectorized.py: rtol=1e-5, atol=5e-6 (float32 sums in another
     order; the schedule's peak is a float32 product here, a float64 one in a single run).
     Swapping two members' values moves weights by ~1e-2."""
     config = varied_config(tiny_folder, cache_dir)
-    results = vectorized.train_seeds(config, str(tmp_path), SEEDS, mode=mode, vary=VARY)
+    results = vectorized.train_seeds(config, str(tmp_path), SEEDS, mode="vmap", vary=VARY)
     assert len(results) == 4
     for overrides in members.member_overrides(VARY):
         for seed in SEEDS:

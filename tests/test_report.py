@@ -178,3 +178,15 @@ def test_accuracy_against_parameters_is_plotted_only_for_models_of_different_siz
     groups = report.group_records(records, report.diff_keys(records))
     assert report.write_plots(groups, str(tmp_path / "out")) == [
         "curves.png", "lr.png", "accuracy.png"]
+
+
+@pytest.mark.parametrize("labels, names", [
+    (["runs/sweeps/s/constant/seed=0", "runs/sweeps/s/step/seed=0"], ["constant", "step"]),
+    (["runs/sweeps/o/sgd", "runs/sweeps/o/adam"], ["sgd", "adam"]),
+    (["runs/a/seed=0", "runs/a/seed=1"], ["seed=0", "seed=1"]),  # the seeds tell rows apart
+    (["runs/x/seed_3"], ["x"]),
+    (["w/lr=0.2/seed_0", "w/lr=0.4/seed_0"], ["lr=0.2", "lr=0.4"]),
+    (["runs/a/{x,y}", "runs/b"], ["a/{x,y}", "b"]),
+])
+def test_plot_legends_name_rows_by_what_tells_them_apart(labels, names):
+    assert report.plot_names(labels) == dict(zip(labels, names, strict=True))
