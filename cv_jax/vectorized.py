@@ -81,6 +81,20 @@ def stack(trees: Sequence[Any], mesh: jax.sharding.Mesh) -> Any:
     return jax.device_put(jax.tree.unflatten(treedef, leaves), sharding.replicated(mesh))
 
 
+def check_same_shapes(names: Sequence[str], states: Sequence[Any]) -> None:
+    """Members can only be stacked when their states have one structure and shape: a varied
+    key that changes them (a model width, a switched-off part) is refused, naming the member."""
+    def layout(state):
+        return jax.tree.structure(state), [jnp.shape(x) for x in jax.tree.leaves(state)]
+
+    first = layout(states[0])
+    for name, state in zip(names[1:], states[1:], strict=True):
+        if layout(state) != first:
+            raise configlib.ConfigError(
+                f"{name} has parameters or optimizer state of other shapes than {names[0]}: a "
+                "varied key changes the shapes, so those members need separate runs")
+
+
 def member_getter(mesh: jax.sharding.Mesh):
     """``take(stacked, i)``: member ``i`` of a stacked pytree, replicated like a single run's."""
     return jax.jit(member, out_shardings=sharding.replicated(mesh))
@@ -152,6 +166,7 @@ def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps
     """The stacked state of the members (fresh, or restored from their latest common
     checkpoint) and the model signature of their checkpoints."""
     states = build_members([m.config for m in members], data, settings, tx, mesh)
+    check_same_shapes([m.name for m in members], states)
     sig = checkpoint.signature(members[0].config.model.to_dict(), states[0].params,
                                data.class_names, data.images.shape[1:])
     start = resume_step(members)

@@ -166,3 +166,15 @@ def test_dropout_takes_a_rate_array():
     mapped = jax.vmap(lambda r: Dropout(r, deterministic=False).apply({}, x, rngs=rngs))(rates)
     np.testing.assert_allclose(mapped[0], expected, rtol=1e-6)
     np.testing.assert_array_equal(mapped[1], x)
+
+
+def test_members_of_other_shapes_are_refused_by_name():
+    a = {"params": {"w": np.zeros((3, 4))}, "opt": (np.zeros(2),)}
+    wider = {"params": {"w": np.zeros((3, 8))}, "opt": (np.zeros(2),)}
+    other_tree = {"params": {"w": np.zeros((3, 4))}, "opt": ()}
+    vectorized.check_same_shapes(["seed 0", "seed 1"], [a, a])
+    for b in (wider, other_tree):
+        with pytest.raises(configlib.ConfigError,
+                           match=r"^seed 1 \(width=8\) has parameters or optimizer state of "
+                                 r"other shapes than seed 0 \(width=4\)"):
+            vectorized.check_same_shapes(["seed 0 (width=4)", "seed 1 (width=8)"], [a, b])
