@@ -20,8 +20,11 @@ install: $(PY)
 train: install
 	$(PY) -m cv_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per worker at a time
+# (compiling is single-threaded, so two processes use both cores of a small CI machine).
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -84,8 +84,9 @@ def stack(trees: Sequence[Any], mesh: jax.sharding.Mesh) -> Any:
 def check_same_shapes(names: Sequence[str], states: Sequence[Any]) -> None:
     """Members can only be stacked when their states have one structure and shape: a varied
     key that changes them (a model width, a switched-off part) is refused, naming the member."""
-    def layout(state):
-        return jax.tree.structure(state), [jnp.shape(x) for x in jax.tree.leaves(state)]
+    def layout(state):  # leaf paths and shapes (the static fields, e.g. tx, may differ)
+        leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+        return [(jax.tree_util.keystr(path), jnp.shape(x)) for path, x in leaves]
 
     first = layout(states[0])
     for name, state in zip(names[1:], states[1:], strict=True):
