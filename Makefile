@@ -39,11 +39,16 @@ clean:
 # crossval / ensemble / pseudo_label section sets the defaults that K, MEMBERS, ... override).
 # Results go to runs/<target>/<config file name>/ unless WORKDIR is given.
 .PHONY: cv ensemble pseudo-label
-WORKFLOW_DIR = $(if $(filter file,$(origin WORKDIR)),runs/$@/$(basename $(notdir $(CONFIG))),$(WORKDIR))
+# A config's name: its file's, plus its ':arg' (experiments/x.py:cpu,epochs=1.6 -> x_cpu_epochs=1.6).
+comma := ,
+CONFIG_FILE = $(firstword $(subst :, ,$(CONFIG)))
+CONFIG_ARG = $(word 2,$(subst :, ,$(CONFIG)))
+CONFIG_NAME = $(basename $(notdir $(CONFIG_FILE)))$(if $(CONFIG_ARG),_$(subst $(comma),_,$(CONFIG_ARG)))
+WORKFLOW_DIR = $(if $(filter file,$(origin WORKDIR)),runs/$@/$(CONFIG_NAME),$(WORKDIR))
 
 # The markdown report of a workflow, copied to experiments/results/<config name>.md (committed).
 keep_result = mkdir -p experiments/results && \
-	cp $(WORKFLOW_DIR)/$(1).md experiments/results/$(basename $(notdir $(CONFIG))).md
+	cp $(WORKFLOW_DIR)/$(1).md experiments/results/$(CONFIG_NAME).md
 
 cv: install
 	$(PY) -m cv_jax.crossval --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) $(if $(K),--folds=$(K))
@@ -109,7 +114,7 @@ distill-study: install
 .PHONY: vectorized
 SEED_LIST ?= 0,1,2,3
 MODE ?= vmap
-VECTORIZED_DIR = $(if $(filter file,$(origin WORKDIR)),runs/vectorized/$(basename $(notdir $(firstword $(subst :, ,$(CONFIG))))),$(WORKDIR))
+VECTORIZED_DIR = $(if $(filter file,$(origin WORKDIR)),runs/vectorized/$(CONFIG_NAME),$(WORKDIR))
 
 vectorized: install
 	$(PY) -m cv_jax.vectorized --config=$(CONFIG) --workdir=$(VECTORIZED_DIR) \
