@@ -119,8 +119,7 @@ def member_config(config: mlc.ConfigDict, seed: int,
     member.data_seed = config.data_seed if config.data_seed >= 0 else config.seed
     member.seed = seed
     for key, value in (overrides or {}).items():
-        section, _, name = key.rpartition(".")
-        configlib.lookup(member, section)[name] = value
+        _assign(member, key, value)
     configlib.validate(member)
     return member
 
@@ -137,11 +136,20 @@ def with_values(config: mlc.ConfigDict, values: Mapping[str, Any]) -> mlc.Config
     """A copy of ``config`` holding ``values`` (traced arrays allowed) at their dotted keys."""
     out = config.copy_and_resolve_references()
     for key, value in values.items():
-        section, _, name = key.rpartition(".")
-        node = configlib.lookup(out, section)
+        _assign(out, key, value, any_type=True)
+    return out
+
+
+def _assign(config: mlc.ConfigDict, key: str, value: Any, any_type: bool = False) -> None:
+    """Sets dotted ``key`` (a key inside a section) of ``config``; ``any_type`` allows values
+    of another type (traced arrays)."""
+    section, _, name = key.rpartition(".")
+    node = configlib.lookup(config, section)
+    if any_type:
         with node.ignore_type():
             node[name] = value
-    return out
+    else:
+        node[name] = value
 
 
 def member(tree: Any, i: int) -> Any:
