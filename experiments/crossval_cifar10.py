@@ -1,4 +1,4 @@
-"""5-fold cross-validation of the default CIFAR-10 recipe (the issue's full run).
+"""5-fold cross-validation of the default CIFAR-10 recipe.
 
 The recipe `make train` runs (configs/cifar10.py: `headline` on a GPU/TPU, `cpu` on a CPU),
 seed 0, on the 50,000 training images dealt into 5 stratified folds of 10,000: 5 fold runs

@@ -1,5 +1,4 @@
-"""A 5-member bagged ensemble of the default CIFAR-10 recipe vs its members (the issue's full
-run).
+"""A 5-member bagged ensemble of the default CIFAR-10 recipe vs its members.
 
 The recipe `make train` runs (configs/cifar10.py: `headline` on a GPU/TPU, `cpu` on a CPU);
 member i (seed i) trains on its own bootstrap sample of the 50,000 training images (about 63%
