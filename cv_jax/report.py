@@ -7,11 +7,12 @@ checkpoints/) stands for every run below it, e.g. a whole sweep: ``runs/sweeps/o
 
 Rows are runs whose configs differ only in ``seed``; columns: the config keys that differ between
 rows, test accuracy as mean ± sample std (ddof=1) over the row's finished runs with their number
-n, best epoch, training time, images/s and parameters, all means over the row. A run without
+n, best epoch, training time, images/s, parameters and (for runs with a checkpoint) forward
+GFLOPs per image (cv_jax.flops), all means over the row. A run without
 results.json is counted as failed (its log ends in a traceback, or a sweep saw a non-zero exit
 code) or unfinished. The header states hardware, jax version, epochs, seeds and datasets; runs
 on different datasets get a warning and a dataset column. Plots: training and eval curves,
-learning-rate schedules, accuracy bars with error bars, accuracy against parameters.
+learning-rate schedules, accuracy bars with error bars, accuracy against parameters and GFLOPs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import datetime
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,7 @@ class Record:
     note: str = ""  # why it failed
     class_names: tuple[str, ...] | None = None
     parameters: int | None = None
+    gflops: float | None = None  # forward, per image (cv_jax.flops)
 
     @property
     def seed(self) -> Any:
@@ -141,8 +143,13 @@ def load_record(workdir: str, exit_code: int | None = None,
     if parameters is None and signature is not None:
         parameters = sum(int(np.prod(s)) for s in signature["param_shapes"].values())
     classes = tuple(signature["class_names"]) if signature is not None else None
+    gflops = None
+    if signature is not None and saved is not None:
+        from cv_jax import flops
+
+        gflops = flops.run_gflops(workdir, signature)
     return Record(workdir, flatten(tree), results, curves.read_metrics(workdir), status, note,
-                  classes, parameters)
+                  classes, parameters, gflops)
 
 
 def find_runs(paths: Sequence[str]) -> list[str]:
@@ -354,13 +361,14 @@ def warnings(records: Sequence[Record]) -> list[str]:
 
 
 def results_table(groups: Sequence[Group], keys: Sequence[str], show_dataset: bool) -> list[str]:
+    """One row per group; a GFLOPs column when some run has a checkpoint to count them from."""
+    show_gflops = any(gflops_of(g) is not None for g in groups)
     head = ["run", *(f"`{k}`" for k in keys), *(["dataset"] if show_dataset else []),
             "test acc. (%)", "n", "best epoch", "train time (s)", "images/s", "parameters",
-            "status"]
+            *(["GFLOPs/image"] if show_gflops else []), "status"]
     rows = []
     for g in groups:
         first = g.records[0]
-        params = parameters_of(g)
         rows.append([
             g.label, *(fmt_value(first.config.get(k, MISSING)) for k in keys),
             *([dataset_text(g.records)] if show_dataset else []),
@@ -368,7 +376,8 @@ def results_table(groups: Sequence[Group], keys: Sequence[str], show_dataset: bo
             fmt_number(g.average(best_epoch), ".3g"),
             fmt_number(g.average(lambda r: r.get("train_time_s")), ",.1f"),
             fmt_number(g.average(lambda r: r.get("images_per_sec")), ",.0f"),
-            fmt_number(params, ","), row_status(g)])
+            fmt_number(parameters_of(g), ","),
+            *([fmt_number(gflops_of(g), ".3g")] if show_gflops else []), row_status(g)])
     return table(head, rows)
 
 
@@ -446,7 +455,8 @@ def plot_names(labels: Sequence[str]) -> dict[str, str]:
 
 
 def write_plots(groups: Sequence[Group], out: str) -> list[str]:
-    """curves.png, lr.png, accuracy.png and accuracy_vs_parameters.png (those with data)."""
+    """curves.png, lr.png, accuracy.png, accuracy_vs_parameters.png and accuracy_vs_gflops.png
+    (those with data)."""
     names = plot_names([g.label for g in groups])
     runs = {}  # one run per row (its first with metrics), so each row keeps one colour
     for g in groups:
@@ -462,11 +472,18 @@ def write_plots(groups: Sequence[Group], out: str) -> list[str]:
     scored = [g for g in groups if g.mean() is not None]
     if scored:
         written.append(accuracy_bars(scored, names, os.path.join(out, "accuracy.png")))
-    sized = [g for g in scored if parameters_of(g)]
-    if len({parameters_of(g) for g in sized}) > 1:  # one size for all says nothing
-        written.append(accuracy_vs_parameters(sized, names,
-                                              os.path.join(out, "accuracy_vs_parameters.png")))
+    for size_of, name, label in ((parameters_of, "parameters", "parameters"),
+                                 (gflops_of, "gflops", "GFLOPs per image (forward)")):
+        sized = [g for g in scored if size_of(g)]
+        if len({size_of(g) for g in sized}) > 1:  # one size for all says nothing
+            written.append(accuracy_against(sized, names, size_of, label,
+                                            os.path.join(out, f"accuracy_vs_{name}.png")))
     return [os.path.basename(p) for p in written]
+
+
+def gflops_of(group: Group) -> float | None:
+    """The group's forward GFLOPs per image (its runs share the model)."""
+    return next((r.gflops for r in group.records if r.gflops is not None), None)
 
 
 def parameters_of(group: Group) -> int | None:
@@ -497,16 +514,18 @@ def accuracy_bars(groups: Sequence[Group], names: Mapping[str, str], path: str) 
     return _save(fig, path)
 
 
-def accuracy_vs_parameters(groups: Sequence[Group], names: Mapping[str, str], path: str) -> str:
+def accuracy_against(groups: Sequence[Group], names: Mapping[str, str],
+                     size_of: Callable[[Group], float], label: str, path: str) -> str:
+    """Mean test accuracy (error bars: std over seeds) against a model size, log scale."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for g in groups:
-        params = parameters_of(g)
-        ax.errorbar(params, g.mean(), yerr=g.std() or 0.0, fmt="o", capsize=3)
-        ax.annotate(names[g.label], (params, g.mean()), fontsize=7, xytext=(4, 4),
+        size = size_of(g)
+        ax.errorbar(size, g.mean(), yerr=g.std() or 0.0, fmt="o", capsize=3)
+        ax.annotate(names[g.label], (size, g.mean()), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
+    ax.set_xlabel(label)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     return _save(fig, path)

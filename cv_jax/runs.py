@@ -51,6 +51,13 @@ class Run:
         return ema_view(self.state)
 
 
+def build_model(config: mlc.ConfigDict, num_classes: int) -> nn.Module:
+    """The model ``config.model`` describes, for ``num_classes`` classes."""
+    return models.create_model(config.model.name, num_classes=num_classes,
+                               dtype=jnp.dtype(config.training.compute_dtype),
+                               **configlib.model_kwargs(config.model))
+
+
 def read_config(workdir: str) -> mlc.ConfigDict:
     """The resolved config a run saved in ``workdir/config.json``, laid over today's defaults
     (so a run saved before a config key existed reads it at its neutral default)."""
@@ -89,9 +96,7 @@ def load_run(workdir: str, which: str = "latest", num_devices: int = 0) -> Run:
             "its first evaluated checkpoint."
         )
     sig = ckpt.signature(step)
-    model = models.create_model(config.model.name, num_classes=len(sig["class_names"]),
-                                dtype=jnp.dtype(config.training.compute_dtype),
-                                **configlib.model_kwargs(config.model))
+    model = build_model(config, len(sig["class_names"]))
     # The optimizer only fixes the structure of opt_state; any schedule callable gives the same.
     tx = transfer.run_optimizer(config, lambda count: 0.0, len(sig["class_names"]),
                                 tuple(sig["image_shape"]), steps_per_epoch=1)

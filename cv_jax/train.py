@@ -20,7 +20,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import optax
@@ -34,6 +33,7 @@ from cv_jax import (
     models,
     optim,
     preemption,
+    runs,
     schedules,
     sharding,
     steps,
@@ -258,9 +258,7 @@ def device_train_set(train: ArrayDataset, config: mlc.ConfigDict, mesh: jax.shar
 
 def create_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
     """The run's model (``config.model``) for the classes of ``train``."""
-    return models.create_model(config.model.name, num_classes=len(train.class_names),
-                               dtype=jnp.dtype(config.training.compute_dtype),
-                               **configlib.model_kwargs(config.model))
+    return runs.build_model(config, len(train.class_names))
 
 
 def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.StepSettings,

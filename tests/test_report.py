@@ -14,11 +14,14 @@ from cv_jax import checkpoint, configlib, report, train
 
 
 def make_run(workdir, *, seed=0, lr=0.1, accuracy=None, data_dir="", parameters=1234567,
-             device="1 x cpu (cpu)", train_time=10.0, images_per_sec=100.0, log=None):
+             device="1 x cpu (cpu)", train_time=10.0, images_per_sec=100.0, log=None,
+             model=None):
     """A workdir as a run leaves it: config.json, metrics.jsonl and (when ``accuracy`` is given)
-    results.json; ``log`` is written to log.txt."""
+    results.json; ``log`` is written to log.txt; ``model`` replaces the config's section."""
     os.makedirs(workdir, exist_ok=True)
     config = configlib.base_config()
+    if model is not None:
+        config.model = model
     config.seed, config.optimizer.learning_rate = seed, lr
     config.dataset.data_dir = data_dir
     config.recipe_reason = f"reason {seed}"  # bookkeeping: never a column
@@ -107,6 +110,7 @@ def test_class_names_are_compared_and_parameters_counted_from_the_checkpoint(tmp
     save_checkpoint(dirs[1], ("cat", "dog", "frog"))
     records = [report.load_record(d) for d in dirs]
     assert [r.parameters for r in records] == [16, 1234567]
+    assert [r.gflops for r in records] == [None, None]  # no model named in their configs
     assert report.datasets_differ(records)
     text = report.markdown(records, "t", "c")
     assert "class names: cat, dog / cat, dog, frog)" in text
