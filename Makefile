@@ -56,7 +56,8 @@ cv: install
 
 ensemble: install
 	$(PY) -m cv_jax.ensemble --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
-		$(if $(METHOD),--method=$(METHOD)) $(if $(MEMBERS),--members=$(MEMBERS))
+		$(if $(METHOD),--method=$(METHOD)) $(if $(MEMBERS),--members=$(MEMBERS)) \
+		$(if $(VECTORIZED),--vectorized=$(VECTORIZED))
 	$(call keep_result,ensemble)
 
 pseudo-label: install

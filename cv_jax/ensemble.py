@@ -11,7 +11,11 @@ initialisation, augmentation and batch order) and ``dataset.resample_seed`` the 
   set (n draws with replacement, ``pipeline.resample_indices``; about 63% distinct examples).
   The ensemble averages the members' class probabilities, or takes their majority vote (ties
   go to the lowest class index); both are reported. Bagging members share every shape, so
-  they could later be trained as one vmapped program (cv_jax.vectorized) instead of one by one.
+  ``--vectorized=vmap`` (or ``unroll``) trains them as one program (``cv_jax.vectorized``
+  with bootstrap samples) in ``workdir/seed_<s>/``: one stream of batch positions (ordered by
+  ``config.data_seed``, or the first member's seed when it is -1), which each member maps
+  through its own sample. On a GPU that fills the device with several small models; on a CPU
+  separate runs (the default) are faster.
 * **Boosting**, SAMME (Zhu et al. 2009, multi-class AdaBoost): example weights start uniform;
   after member m, its weighted training error ``err`` gives ``alpha = log((1 - err) / err) +
   log(K - 1)`` and each misclassified example's weight is multiplied by ``exp(alpha)``
@@ -38,12 +42,13 @@ import ml_collections as mlc
 import numpy as np
 from absl import flags
 
-from cv_jax import configlib, multirun, train
+from cv_jax import configlib, members, multirun, train, vectorized
 from cv_jax.data import pipeline
+from cv_jax.members import MODES
 
 log = logging.getLogger("cv_jax")
 METHODS = ("bagging", "boosting")
-SETTINGS = ("method", "members")
+SETTINGS = ("method", "members", "vectorized")
 
 
 # ------------------------------------------------------------------------------ combination
@@ -104,13 +109,22 @@ def base_data(config: mlc.ConfigDict) -> train.Datasets:
     return train.load_datasets(base)
 
 
-def bagging(config: mlc.ConfigDict, workdir: str, members: int) -> dict:
-    """Trains the bagged members; returns the report (member and ensemble test accuracy)."""
+def bagging(config: mlc.ConfigDict, workdir: str, count: int, mode: str = "") -> dict:
+    """Trains ``count`` bagged members (separate runs, or one ``mode`` program of
+    ``cv_jax.vectorized``); returns the report (member and ensemble test accuracy)."""
     data = base_data(config)
-    configs = [member_config(config, i) for i in range(members)]
-    results = [multirun.run(c, member_dir(workdir, i)) for i, c in enumerate(configs)]
-    probs = np.stack([multirun.probabilities(member_dir(workdir, i), r, data.test.images)
-                      for i, r in enumerate(results)])
+    if mode:
+        seeds = [config.seed + i for i in range(count)]
+        results = vectorized.train_seeds(config, workdir, seeds, mode=mode, bootstrap=True)
+        configs = [members.member_config(config, s, {"dataset.resample_seed": s})
+                   for s in seeds]
+        dirs = [members.member_dir(workdir, s) for s in seeds]
+    else:
+        configs = [member_config(config, i) for i in range(count)]
+        dirs = [member_dir(workdir, i) for i in range(count)]
+        results = [multirun.run(c, d) for c, d in zip(configs, dirs, strict=True)]
+    probs = np.stack([multirun.probabilities(d, r, data.test.images)
+                      for d, r in zip(dirs, results, strict=True)])
     rows = [{"member": i, "seed": int(c.seed), "test_accuracy": r["test_accuracy"],
              "distinct_train_fraction": distinct_fraction(len(data.train), c.seed)}
             for i, (c, r) in enumerate(zip(configs, results, strict=True))]
@@ -118,7 +132,7 @@ def bagging(config: mlc.ConfigDict, workdir: str, members: int) -> dict:
         "mean_probabilities": multirun.score(average_probabilities(probs), data.test),
         "majority_vote": multirun.score(
             majority_vote(probs.argmax(-1), len(data.test.class_names)), data.test)}
-    return report("bagging", configs, results, rows, ensemble)
+    return report("bagging", configs, results, rows, ensemble) | {"vectorized": mode}
 
 
 def distinct_fraction(n: int, seed: int) -> float:
@@ -205,22 +219,31 @@ def markdown(rep: dict) -> str:
                      f"{metrics['examples']})"))
     stopped = rep.get("stopped_early")
     stopped = f" Boosting stopped early: {stopped}." if stopped else ""
+    where = (f"trained together as one {rep['vectorized']} program, in seed_<s>/"
+             if rep.get("vectorized") else "separate runs in member_<i>/")
     return "\n\n".join([
         f"# {rep['method'].capitalize()} ensemble of {len(rep['members'])} members",
         multirun.provenance_line(rep["provenance"]),
         multirun.markdown_table(header, rows),
-        f"Test accuracy on the test split; members are separate runs in member_<i>/.{stopped}",
+        f"Test accuracy on the test split; members are {where}.{stopped}",
     ])
 
 
 def build(config: mlc.ConfigDict, workdir: str, method: str = "bagging",
-          members: int = 5) -> dict:
+          members: int = 5, vectorized: str = "") -> dict:
     """Trains the ensemble, writes ``ensemble.json`` / ``ensemble.md``, returns the report."""
     if method not in METHODS:
         raise configlib.ConfigError(f"--method={method!r}: use one of {METHODS}")
     if members < 1:
         raise configlib.ConfigError(f"--members={members}: train at least 1 member")
-    rep = (bagging if method == "bagging" else boosting)(config, workdir, members)
+    if vectorized and (method != "bagging" or vectorized not in MODES):
+        raise configlib.ConfigError(
+            f"--vectorized={vectorized!r} with --method={method}: bagging members can train "
+            f"as one program ({' or '.join(MODES)}); boosting members train one after another")
+    if method == "bagging":
+        rep = bagging(config, workdir, members, vectorized)
+    else:
+        rep = boosting(config, workdir, members)
     multirun.write_report(workdir, "ensemble", rep, markdown(rep))
     for name, metrics in rep["ensemble"].items():
         log.info("Ensemble (%s) test accuracy %.4f; members %s", name, metrics["accuracy"],
@@ -232,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     def define():
         flags.DEFINE_enum("method", "bagging", METHODS, "Bagging or SAMME boosting.")
         flags.DEFINE_integer("members", 5, "Number of members (boosting: at most this many).")
+        flags.DEFINE_string("vectorized", "", "Bagging: train the members as one program, "
+                            "'vmap' (GPU/TPU) or 'unroll' (CPU); '': separate runs.")
     multirun.cli("ensemble", build, define, SETTINGS, argv)
 
 

@@ -184,11 +184,12 @@ def _where(error: BaseException) -> str:
 
 def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str],
                          data: ArrayDataset, plan: train.Plan, mesh: jax.sharding.Mesh,
-                         mode: str = "vmap"):
+                         mode: str = "vmap", own_orders: bool = False):
     """One jitted step of every member (``configs``, which differ in seed and the ``varied``
     keys): ``(stacked state, images, labels, permutation, index, teacher) -> (state,
     metrics)``. The training set, permutation, batch index (so the batch) and the distillation
-    teacher are shared.
+    teacher are shared; with ``own_orders`` the permutation is one row per member ([members,
+    n] indices into the training set), so each member draws its own batch (bootstrap samples).
 
     ``vmap``: one step traced from the first config with the varied keys as traced values,
     vmapped over the member axis. ``unroll``: each member's step built from its own config,
@@ -199,8 +200,10 @@ def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str
     if mode == "unroll":
         singles = [_step_of(c, data, plan, mesh) for c in configs]
 
-        def step(state, *shared):
-            outputs = [one(member(state, i), *shared) for i, one in enumerate(singles)]
+        def step(state, images, labels, permutation, *shared):
+            outputs = [one(member(state, i), images, labels,
+                           permutation[i] if own_orders else permutation, *shared)
+                       for i, one in enumerate(singles)]
             return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
     else:
         values = {k: jnp.asarray([configlib.lookup(c, k) for c in configs]) for k in varied}
@@ -209,7 +212,8 @@ def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str
             return _step_of(with_values(configs[0], member_values), data, plan, mesh)(
                 state, *shared)
 
-        mapped = jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))
+        mapped = jax.vmap(one, in_axes=(0, 0, None, None, 0 if own_orders else None, None,
+                                        None))
 
         def step(state, *shared):
             try:

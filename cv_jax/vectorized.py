@@ -2,7 +2,8 @@
 program: N models, one jitted step, one stream of batches.
 
     python -m cv_jax.vectorized --config=configs/cifar10.py:cpu --workdir=runs/seeds \\
-        --seeds=0,1,2,3 [--vary=optimizer.learning_rate=0.05,0.1 ...] [--mode=vmap|unroll]
+        --seeds=0,1,2,3 [--vary=optimizer.learning_rate=0.05,0.1 ...] [--mode=vmap|unroll] \\
+        [--bootstrap]
 
 The members (``cv_jax.members``) are every seed crossed with every combination of the
 ``--vary`` values. They share the stream of batches (ordered by ``config.data_seed``, or by
@@ -26,6 +27,12 @@ data_seed, metrics.jsonl, tensorboard/, checkpoints/, results.json. So ``cv_jax.
 Checkpoints are saved at every evaluation; rerunning the command resumes every member from their
 latest common checkpoint, and a finished run only reports. Early stopping (a per-run decision)
 is not supported.
+
+With ``--bootstrap`` (bagged ensembles: ``cv_jax.ensemble --vectorized=vmap``) each member
+trains on its own bootstrap sample of the training set, drawn with its seed
+(``dataset.resample_seed`` = seed, ``pipeline.resample_indices``): the full training set goes
+to the devices once, and member i's batch is the shared permutation's slice mapped through its
+sample's indices, so it equals the separate run with that ``resample_seed`` and ``data_seed``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from cv_jax import (
     steps,
     train,
 )
+from cv_jax.data import pipeline
 from cv_jax.data.sources import ArrayDataset
 from cv_jax.members import (
     MODES,
@@ -102,9 +110,34 @@ def member_getter(mesh: jax.sharding.Mesh):
 
 
 def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
-                  settings: steps.StepSettings, tx, mesh: jax.sharding.Mesh) -> list[TrainState]:
-    """A fresh state per member config (each with its own seed), as ``train.build_state``."""
-    return [train.build_state(c, data, settings, tx, mesh) for c in configs]
+                  settings: steps.StepSettings, tx, mesh: jax.sharding.Mesh,
+                  orders: np.ndarray | None = None) -> list[TrainState]:
+    """A fresh state per member config (each with its own seed), as ``train.build_state``;
+    with ``orders`` ([members, n] indices) member i starts from its own sample of ``data``
+    (a data-dependent init sees that sample, as in its separate run)."""
+    samples = [data] * len(configs) if orders is None else [pipeline.take(data, o) for o in orders]
+    return [train.build_state(c, d, settings, tx, mesh)
+            for c, d in zip(configs, samples, strict=True)]
+
+
+def without_resampling(config: mlc.ConfigDict) -> mlc.ConfigDict:
+    """``config`` reading the whole training set (the one bootstrap samples are drawn from)."""
+    base = config.copy_and_resolve_references()
+    base.dataset.resample_seed = -1
+    return base
+
+
+def through_samples(permute, orders: np.ndarray, mesh: jax.sharding.Mesh):
+    """``epoch -> [members, n]``: the shared permutation of that epoch mapped through each
+    member's sample (``orders``), i.e. indices into the whole training set."""
+    samples = jax.device_put(orders, sharding.replicated(mesh))
+    mapped = jax.jit(lambda s, p: s[:, p], out_shardings=sharding.replicated(mesh))
+    return lambda epoch: mapped(samples, permute(epoch))
+
+
+def bootstrap_orders(members: Sequence[Member], n: int) -> np.ndarray:
+    """[members, n]: each member's bootstrap sample of n examples, drawn with its seed."""
+    return np.stack([pipeline.resample_indices(n, m.seed) for m in members]).astype(np.int32)
 
 
 def per_member(history: list[dict], count: int) -> list[list[dict]]:
@@ -127,9 +160,10 @@ class Member:
 
     @classmethod
     def create(cls, config: mlc.ConfigDict, workdir: str, seed: int,
-               overrides: dict[str, Any] | None = None) -> Member:
+               overrides: dict[str, Any] | None = None, bootstrap: bool = False) -> Member:
         overrides = dict(overrides or {})
-        mconfig = member_config(config, seed, overrides)
+        sample = {"dataset.resample_seed": seed} if bootstrap else {}
+        mconfig = member_config(config, seed, {**overrides, **sample})
         directory = member_dir(workdir, seed, overrides)
         os.makedirs(directory, exist_ok=True)
         return cls(seed, overrides, mconfig, directory,
@@ -147,13 +181,27 @@ class Member:
         self.ckpt.close()
 
 
-def check_supported(config: mlc.ConfigDict, mode: str) -> None:
+def check_supported(config: mlc.ConfigDict, mode: str, bootstrap: bool = False) -> None:
     if mode not in MODES:
         raise configlib.ConfigError(f"mode={mode!r}: use one of {MODES}")
     if config.early_stopping.patience:
         raise configlib.ConfigError(
             "config.early_stopping.patience > 0: early stopping decides per run and is not "
             "supported by the vectorised run; train the seeds separately (cv_jax.main)")
+    if not bootstrap:
+        return
+    d = config.dataset
+    if d.resample_seed >= 0 or d.resample_weights:
+        raise configlib.ConfigError(
+            f"config.dataset.resample_seed={d.resample_seed}, resample_weights="
+            f"{d.resample_weights!r}: bootstrap members draw their samples with their own "
+            "seeds; leave resample_seed at -1 and resample_weights at ''")
+    if d.normalization == "featurewise" or config.loss.class_weights == "balanced":
+        raise configlib.ConfigError(
+            "bootstrap members with dataset.normalization='featurewise' or "
+            "loss.class_weights='balanced' would each need statistics of their own sample, "
+            "which one program does not compute; use 'given' statistics and explicit class "
+            "weights, or separate runs (cv_jax.ensemble without --vectorized)")
 
 
 def resume_step(members: Sequence[Member]) -> int | None:
@@ -163,10 +211,11 @@ def resume_step(members: Sequence[Member]) -> int | None:
 
 
 def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.StepSettings,
-                  tx, plan: train.Plan, mesh: jax.sharding.Mesh) -> tuple[TrainState, dict]:
+                  tx, plan: train.Plan, mesh: jax.sharding.Mesh,
+                  orders: np.ndarray | None = None) -> tuple[TrainState, dict]:
     """The stacked state of the members (fresh, or restored from their latest common
     checkpoint) and the model signature of their checkpoints."""
-    states = build_members([m.config for m in members], data, settings, tx, mesh)
+    states = build_members([m.config for m in members], data, settings, tx, mesh, orders)
     check_same_shapes([m.name for m in members], states)
     sig = checkpoint.signature(members[0].config.model.to_dict(), states[0].params,
                                data.class_names, data.images.shape[1:])
@@ -180,24 +229,26 @@ def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps
 
 def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
                 max_steps_this_run: int | None = None, mode: str = "vmap",
-                vary: Mapping[str, Sequence] | None = None) -> list[dict]:
+                vary: Mapping[str, Sequence] | None = None,
+                bootstrap: bool = False) -> list[dict]:
     """Trains one member per seed of ``config`` and combination of the ``vary`` values
     (dotted key -> values, see ``cv_jax.members``) in one program (``mode``: see
-    ``members.make_vectorized_step``); returns the members' results, seed by seed within each
-    combination (each also written to its ``members.member_dir``/results.json)."""
+    ``members.make_vectorized_step``); with ``bootstrap`` each on its own bootstrap sample
+    of the training set. Returns the members' results, seed by seed within each combination
+    (each also written to its ``members.member_dir``/results.json)."""
     seeds = parse_seeds(seeds)
     configlib.validate(config)
-    check_supported(config, mode)
+    check_supported(config, mode, bootstrap)
     vary = dict(vary or {})
     mesh = sharding.make_mesh(config.training.num_devices)
     num_devices = mesh.devices.size
     train.check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
     eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
-    members = [Member.create(config, workdir, s, o)
+    members = [Member.create(config, workdir, s, o, bootstrap)
                for o in member_overrides(vary) for s in seeds]
     lead = members[0].config
     try:
-        data = train.load_datasets(lead)
+        data = train.load_datasets(without_resampling(lead))
         plan = train.Plan.from_config(lead, len(data.train))
         previous = [train.read_results(m.workdir) for m in members]
         if all(train.is_finished(p, m.ckpt.latest_step(), plan)
@@ -205,7 +256,8 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
             log.info("Vectorised run in %s is finished.", workdir)
             return previous
         _, tx, settings = train.optimizer_and_settings(lead, data.train, plan)
-        state, sig = initial_state(members, data.train, settings, tx, plan, mesh)
+        orders = bootstrap_orders(members, len(data.train)) if bootstrap else None
+        state, sig = initial_state(members, data.train, settings, tx, plan, mesh, orders)
         for m in members:
             train.save_config(m.config, m.workdir)
             m.writer = MetricWriter(m.workdir)
@@ -215,7 +267,7 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
                  len(data.train), len(data.test), plan.total_steps,
                  plan.steps_per_epoch, train.describe_devices(mesh))
         program = Program.build(members, list(vary), data, plan, settings, state, mesh,
-                                eval_batch, mode)
+                                eval_batch, mode, orders)
         return _train(lead, members, plan, program, state, sig, mesh, max_steps_this_run)
     finally:
         for m in members:
@@ -238,16 +290,19 @@ class Program:
     @classmethod
     def build(cls, members: Sequence[Member], varied: Sequence[str], data: train.Datasets,
               plan: train.Plan, settings: steps.StepSettings, state: TrainState,
-              mesh: jax.sharding.Mesh, eval_batch: int, mode: str) -> Program:
+              mesh: jax.sharding.Mesh, eval_batch: int, mode: str,
+              orders: np.ndarray | None = None) -> Program:
         config = members[0].config
         images, labels, permute = train.device_train_set(data.train, config, mesh)
+        if orders is not None:
+            permute = through_samples(permute, orders, mesh)
         evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh)
                       for name, ds in data.eval_sets().items()}
         take = member_getter(mesh)
         start = time.perf_counter()
         teacher = distill.load_teacher(config, data.train.class_names, mesh)
         step_fn = make_vectorized_step([m.config for m in members], varied, data.train, plan,
-                                       mesh, mode)
+                                       mesh, mode, own_orders=orders is not None)
         step_fn = step_fn.lower(state, images, labels, permute(0), 0, teacher).compile()
         for evaluator in evaluators.values():
             evaluator.compile(take(state, 0))
@@ -387,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "combination).")
     flags.DEFINE_enum("mode", "vmap", MODES, "vmap: one batched step (GPU/TPU); unroll: one "
                       "copy of the step per member (CPU, where a vmapped convolution is slow).")
+    flags.DEFINE_bool("bootstrap", False, "Each member trains on its own bootstrap sample of "
+                      "the training set, drawn with its seed (bagging).")
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(args):
@@ -396,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("cv_jax").setLevel(logging.INFO)
         config = flags.FLAGS.config
         train_seeds(config, flags.FLAGS.workdir, flags.FLAGS.seeds, mode=flags.FLAGS.mode,
-                    vary=parse_vary(flags.FLAGS.vary, config))
+                    vary=parse_vary(flags.FLAGS.vary, config), bootstrap=flags.FLAGS.bootstrap)
 
     app.run(run, argv=argv or sys.argv)
 

@@ -8,11 +8,12 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 from conftest import REPO, convnet_config, load_config, tiny_config
 
-from cv_jax import configlib, ensemble, multirun, train
+from cv_jax import configlib, ensemble, members, multirun, runs, train
 from cv_jax.data import pipeline
 
 
@@ -124,6 +125,38 @@ def test_bagging_members_and_ensemble(bagged) -> None:
     assert "# Bagging ensemble of 2 members" in table and "runs: 2." in table
     accuracy = report["ensemble"]["mean_probabilities"]["accuracy"]
     assert f"| **ensemble: mean probabilities** |  |  | **{accuracy:.4f}** (" in table
+
+
+@pytest.mark.parametrize("mode", ["vmap", "unroll"])
+def test_bagging_as_one_program_equals_separate_members(tiny_folder, cache_dir, tmp_path,
+                                                        mode) -> None:
+    """Members trained as one program, each batch mapped through the member's own bootstrap
+    sample, equal the separate bagging runs given the same data order (data_seed 10, which
+    the program's members share). Weights to the tolerance of tests/test_vectorized.py."""
+    config = quick_config(tiny_folder, cache_dir)
+    config.seed, config.data_seed = 10, 10
+    separate = ensemble.build(config, str(tmp_path / "separate"), "bagging", members=2)
+    together = ensemble.build(config, str(tmp_path / "together"), "bagging", members=2,
+                              vectorized=mode)
+    for i, seed in enumerate((10, 11)):
+        alone, member = (runs.load_run(d) for d in (
+            ensemble.member_dir(str(tmp_path / "separate"), i),
+            members.member_dir(str(tmp_path / "together"), seed)))
+        assert member.config.dataset.resample_seed == seed == alone.config.dataset.resample_seed
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6),
+                     jax.device_get(member.state.params), jax.device_get(alone.state.params))
+    assert [m["test_accuracy"] for m in together["members"]] == [
+        m["test_accuracy"] for m in separate["members"]]
+    assert together["ensemble"] == separate["ensemble"]
+    assert together["vectorized"] == mode
+    table = open(tmp_path / "together" / "ensemble.md").read()
+    assert f"members are trained together as one {mode} program, in seed_<s>/." in table
+
+
+def test_vectorized_boosting_is_refused(tiny_folder, cache_dir, tmp_path) -> None:
+    with pytest.raises(configlib.ConfigError, match="boosting members train one after another"):
+        ensemble.build(quick_config(tiny_folder, cache_dir), str(tmp_path), "boosting",
+                       members=2, vectorized="vmap")
 
 
 def test_boosting_weights_follow_samme(tiny_folder, cache_dir, tmp_path) -> None:

@@ -170,3 +170,17 @@ def test_seeds_are_parsed_and_checked(tiny_folder, cache_dir, tmp_path):
     config.early_stopping.patience = 2
     with pytest.raises(configlib.ConfigError, match="early_stopping"):
         vectorized.train_seeds(config, str(tmp_path), (0, 1))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("dataset.resample_seed", 3, "leave resample_seed at -1"),
+    ("dataset.normalization", "featurewise", "statistics of their own sample"),
+    ("loss.class_weights", "balanced", "statistics of their own sample"),
+])
+def test_bootstrap_members_refuse_what_one_program_cannot_draw(tiny_folder, cache_dir, tmp_path,
+                                                                key, value, message):
+    config = tiny(tiny_folder, cache_dir)
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(configlib.ConfigError, match=message):
+        vectorized.train_seeds(config, str(tmp_path), SEEDS, bootstrap=True)
