@@ -44,11 +44,13 @@ comma := ,
 CONFIG_FILE = $(firstword $(subst :, ,$(CONFIG)))
 CONFIG_ARG = $(word 2,$(subst :, ,$(CONFIG)))
 CONFIG_NAME = $(basename $(notdir $(CONFIG_FILE)))$(if $(CONFIG_ARG),_$(subst $(comma),_,$(CONFIG_ARG)))
-WORKFLOW_DIR = $(if $(filter file,$(origin WORKDIR)),runs/$@/$(CONFIG_NAME),$(WORKDIR))
+# An ensemble trained as one program (VECTORIZED=vmap|unroll) is kept apart from separate runs.
+WORKFLOW_NAME = $(CONFIG_NAME)$(if $(VECTORIZED),_$(VECTORIZED))
+WORKFLOW_DIR = $(if $(filter file,$(origin WORKDIR)),runs/$@/$(WORKFLOW_NAME),$(WORKDIR))
 
-# The markdown report of a workflow, copied to experiments/results/<config name>.md (committed).
+# The markdown report of a workflow, copied to experiments/results/<workflow name>.md (committed).
 keep_result = mkdir -p experiments/results && \
-	cp $(WORKFLOW_DIR)/$(1).md experiments/results/$(CONFIG_NAME).md
+	cp $(WORKFLOW_DIR)/$(1).md experiments/results/$(WORKFLOW_NAME).md
 
 cv: install
 	$(PY) -m cv_jax.crossval --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) $(if $(K),--folds=$(K))
