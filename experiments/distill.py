@@ -1,7 +1,6 @@
 """Distillation study: a half-width airbench student (widths 16/32/32) trained alone and
 distilled from the full-width teacher of experiments/distill_teacher.py
-(alpha 0.9, temperature 4), on the same data and schedule as the teacher; each student over
-seeds 0, 1 and 2 (the teacher is one run, seed 0).
+(alpha 0.9, temperature 4), on the same data and schedule as the teacher.
 
     make distill-study            # the teacher, both students, the report
 """
@@ -30,6 +29,5 @@ def get_sweep(arg=None):
                   label="student distilled (alpha 0.9, T 4)"),
         ],
         common={**SIZES[size], "model.widths": (16, 32, 32), "distill.checkpoint": "latest"},
-        seeds=(0, 1, 2),
         description=f"Teacher: {teacher} (airbench 32/64/64).",
     )
