@@ -7,8 +7,8 @@ at batch 128, cosine after 1 warmup epoch, crop + flip, weight decay 5e-4): the 
 The report's accuracy_vs_parameters.png is the plot to read.
 
 Variants (--sweep=experiments/architectures.py:VARIANT):
-  cpu   reduced for a 2-core CPU: a fixed 5,000-image subset, 2 epochs, one seed (6 runs);
-        googlenet_cifar (2.8 GFLOPs per image) and vgg11_bn_cifar take most of the time.
+  cpu   reduced for a 2-core CPU: a fixed 5,000-image subset, 2 epochs, one seed (6 runs,
+        79 minutes on 2 cores: googlenet_cifar, 2.8 GFLOPs per image, takes 51 of them).
   full  all 50,000 images, 100 epochs, 3 seeds (18 runs), bf16: for a GPU.
 """
 
