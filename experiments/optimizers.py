@@ -9,7 +9,7 @@ the `cpu` variant, at a learning rate usual for it (in OPTIMIZERS).
 Variants (--sweep=experiments/optimizers.py:VARIANT):
   cpu          reduced for a 2-core CPU: a fixed 10,000-image subset of CIFAR-10 train,
                2 epochs, one seed (8 runs), usual learning rates.
-  cpu_lr_find  the same at the range tests' learning rates (8 tests of ~2 minutes, 8 runs).
+  cpu_lr_find  the same at the range tests' learning rates (8 tests of 2-7 minutes, 8 runs).
   full         all 50,000 images, 50 epochs, 3 seeds (24 runs), bf16, range-test learning
                rates: for a GPU.
 """
