@@ -46,11 +46,13 @@ def synthetic_train_set(num_examples: int, image_shape=(32, 32, 3),
     return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(classes)))
 
 
-def sgd_config(model: str, batch_size: int, dtype: str) -> mlc.ConfigDict:
+def sgd_config(model: str, batch_size: int, dtype: str,
+               cpu_formulations: str = "auto") -> mlc.ConfigDict:
     """The benchmark recipe: ``model`` trained by SGD + Nesterov, no augmentation."""
     config = configlib.base_config()
     config.model = configlib.model_section(model)
-    config.training.update(batch_size=batch_size, compute_dtype=dtype, num_steps=1000)
+    config.training.update(batch_size=batch_size, compute_dtype=dtype, num_steps=1000,
+                           cpu_formulations=cpu_formulations)
     config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
                             weight_decay=5e-4)
     config.schedule.update(name="constant", warmup_epochs=0.0)
@@ -79,10 +81,10 @@ def _flops(compiled, num_devices: int) -> float | None:
     return num_devices * float(cost["flops"]) if cost and cost.get("flops") else None
 
 
-def time_jax_step(model: str, batch_size: int, dtype: str, steps: int,
-                  warmup: int = 3) -> dict[str, Any]:
+def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: int = 3,
+                  cpu_formulations: str = "auto") -> dict[str, Any]:
     """Median seconds per cv_jax train step of ``model``, with its FLOPs, memory, parameters."""
-    config = sgd_config(model, batch_size, dtype)
+    config = sgd_config(model, batch_size, dtype, cpu_formulations)
     mesh = sharding.make_mesh(config.training.num_devices)
     data = synthetic_train_set(batch_size * 2, models.default_input_shape(model))
     plan = train.Plan.from_config(config, len(data))
@@ -165,6 +167,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("channels_last", True, "PyTorch in channels_last memory format.")
     flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known GPUs only).")
     flags.DEFINE_string("json", "", "Also write the rows to this JSON file.")
+    flags.DEFINE_enum("cpu_formulations", "auto", ["auto", "on", "off"],
+                      "config.training.cpu_formulations of the cv_jax step.")
 
 def main(argv):
     del argv
@@ -174,7 +178,8 @@ def main(argv):
     for model in FLAGS.models:
         image = models.default_input_shape(model)
         ours = row("cv_jax", model, FLAGS.batch_size, image, FLAGS.dtype,
-                   time_jax_step(model, FLAGS.batch_size, FLAGS.dtype, FLAGS.steps), peak)
+                   time_jax_step(model, FLAGS.batch_size, FLAGS.dtype, FLAGS.steps,
+                                 cpu_formulations=FLAGS.cpu_formulations), peak)
         rows.append(ours)
         if FLAGS.torch:
             from cv_jax import torch_reference

@@ -126,6 +126,8 @@ _CHECKS = (
     Check("training.nonfinite", lambda v: v in ("stop", "skip"),
           "'stop' (raise at a non-finite loss or gradient) or 'skip' (leave that step out)"),
     Check("training.max_consecutive_skips", lambda v: v >= 1, "an integer >= 1"),
+    Check("training.cpu_formulations", lambda v: v in ("auto", "on", "off"),
+          "'auto' (on when training on a CPU), 'on' or 'off'"),
     Check("transfer.checkpoint", lambda v: v in ("best", "latest"), "'best' or 'latest'"),
     Check("transfer.weights", lambda v: v in ("raw", "ema"), "'raw' or 'ema'"),
     Check("transfer.mode",
@@ -590,6 +592,11 @@ def base_config() -> mlc.ConfigDict:
         # results.json counts it (skipped_steps). 'skip' still stops after this many in a row.
         nonfinite="stop",
         max_consecutive_skips=10,
+        # Layer formulations XLA:CPU runs faster, with the same values, in the train step
+        # (models.cpu_formulations: convolution inputs kept in memory, max-pool gradients by
+        # shifted comparisons). 'auto' = on for the CPU backend; measured in
+        # experiments/speed/RESULTS.md.
+        cpu_formulations="auto",
     ))
     c.early_stopping = mlc.ConfigDict(dict(
         patience=0,  # evaluations without improvement before training stops; 0 = off

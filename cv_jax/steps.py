@@ -16,7 +16,7 @@ import optax
 
 from cv_jax import augment, distill, losses, mixup, optim, transfer
 from cv_jax.configlib import is_off
-from cv_jax.models import layers
+from cv_jax.models import cpu_formulations, layers
 from cv_jax.state import TrainState, update_ema
 
 
@@ -44,6 +44,7 @@ class StepSettings:
     weight_noise_std: float = 0.0
     ema_decay: float = 0.0  # 0: no moving average of the weights
     freeze_batch_norm: bool = False  # BatchNorm in inference mode while training (transfer)
+    cpu_formulations: bool = False  # see config.training.cpu_formulations
 
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
@@ -70,7 +71,14 @@ class StepSettings:
             weight_noise_std=config.noise.weight_std,
             ema_decay=config.training.ema_decay,
             freeze_batch_norm=transfer.freezes_batch_norm(config),
+            cpu_formulations=uses_cpu_formulations(config),
         )
+
+
+def uses_cpu_formulations(config: mlc.ConfigDict) -> bool:
+    """``config.training.cpu_formulations`` resolved: 'auto' is on for the CPU backend."""
+    choice = config.training.cpu_formulations
+    return choice == "on" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
 def normalize(images: jax.Array, settings: StepSettings) -> jax.Array:
@@ -133,7 +141,8 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
         forward_params = params
         if not is_off(settings.weight_noise_std):
             forward_params = _add_weight_noise(params, weight_noise_key, settings)
-        with layers.frozen_batch_norm(settings.freeze_batch_norm):
+        with (layers.frozen_batch_norm(settings.freeze_batch_norm),
+              cpu_formulations.cpu_formulations(settings.cpu_formulations)):
             logits, updates = state.apply_fn(
                 {"params": forward_params, "batch_stats": state.batch_stats}, x, train=True,
                 mutable=["batch_stats", "aux_logits", "intermediates"],

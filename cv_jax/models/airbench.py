@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cv_jax.models import register
+from cv_jax.models.cpu_formulations import max_pool
 from cv_jax.models.layers import Conv, batch_norm, torch_default_init
 
 WHITEN_PATCH = 2  # whitening conv kernel size; it has 2 * C * WHITEN_PATCH**2 output channels
@@ -60,7 +61,7 @@ class ConvGroup(nn.Module):
                                  epsilon=self.bn_epsilon)
 
         x = conv("conv1")(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), (2, 2), "VALID")
         x = nn.gelu(norm(name="norm1")(x), approximate=False)
         x = conv("conv2")(x)
         return nn.gelu(norm(name="norm2")(x), approximate=False)

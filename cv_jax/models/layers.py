@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cv_jax.models import cpu_formulations
+
 Padding = str | int | Sequence[tuple[int, int]]
 
 
@@ -78,7 +80,8 @@ def _path(module: nn.Module) -> str:
 
 
 class Conv(nn.Conv):
-    """``flax.linen.Conv`` that reports an input smaller than its kernel by layer name."""
+    """``flax.linen.Conv`` that reports an input smaller than its kernel by layer name (and,
+    inside :func:`cpu_formulations.cpu_formulations`, keeps its input in memory)."""
 
     @nn.nowrap
     def _check(self, x: jax.Array) -> None:
@@ -86,6 +89,8 @@ class Conv(nn.Conv):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         self._check(inputs)
+        if cpu_formulations.enabled():
+            inputs = cpu_formulations.materialize(inputs)
         return super().__call__(inputs)
 
 
@@ -123,7 +128,7 @@ class MaxPool(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         window, strides = _pair(self.window), _pair(self.strides or self.window)
         check_fits(x, window, strides, self.padding, _path(self))
-        return nn.max_pool(x, window, strides, _pads(self.padding, window))
+        return cpu_formulations.max_pool(x, window, strides, _pads(self.padding, window))
 
 
 class AvgPool(nn.Module):

@@ -1,0 +1,119 @@
+"""Formulations of a train step's layers that XLA:CPU runs faster, with the same values.
+
+Inside :func:`cpu_formulations` (the train step enters it when
+``config.training.cpu_formulations`` resolves to on, by default on the CPU backend):
+
+- every :class:`cv_jax.models.layers.Conv` passes its input through :func:`materialize`;
+- every max pool (:func:`max_pool`) computes its gradient by shifted comparisons instead of
+  XLA's select-and-scatter.
+
+Both act when the model is traced. Measurements: experiments/speed/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_ON = contextvars.ContextVar("cpu_formulations", default=False)
+
+
+@contextlib.contextmanager
+def cpu_formulations(enabled: bool = True) -> Iterator[None]:
+    """Models traced within this context use the formulations of this module."""
+    token = _ON.set(enabled)
+    try:
+        yield
+    finally:
+        _ON.reset(token)
+
+
+def enabled() -> bool:
+    """Whether the model is being traced inside :func:`cpu_formulations`."""
+    return _ON.get()
+
+
+def materialize(x: jax.Array) -> jax.Array:
+    """``x``, bit for bit, but computed once into memory instead of being recomputed by each
+    fused consumer.
+
+    XLA:CPU copies cheap elementwise producers (BatchNorm's normalisation, ReLU, residual adds)
+    into every fusion that reads them. In a backward pass those readers include the transposes
+    that feed each convolution's weight gradient, so a ResNet recomputes whole chains of
+    blocks there (about 40% of a ResNet-20 step on 2 cores). XLA's fusion never duplicates a
+    floating-point division, so ``x / 1``, with the 1 hidden from the algebraic simplifier
+    behind an optimisation barrier, is computed exactly once.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return x / lax.optimization_barrier(jnp.ones((), x.dtype))
+
+
+Pads = str | Sequence[tuple[int, int]]
+
+
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+             padding: Pads) -> jax.Array:
+    """``flax.linen.max_pool`` of NHWC ``x``; inside :func:`cpu_formulations` its gradient
+    comes from :func:`_max_pool_gradient` (same values: each window's gradient goes to its
+    first maximum in row-major order, as XLA's select-and-scatter sends it)."""
+    if not enabled():
+        return nn.max_pool(x, window, strides, padding)
+    padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    return _max_pool(x, tuple(window), tuple(strides), padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    return nn.max_pool(x, window, strides, padding)
+
+
+def _max_pool_forward(x, window, strides, padding):
+    y = nn.max_pool(x, window, strides, padding)
+    return y, (x, y)
+
+
+def _max_pool_gradient(window, strides, padding, residuals, g):
+    """The max pool's input gradient as one pass per window position.
+
+    XLA:CPU expands select-and-scatter into a scatter with four index arrays the size of the
+    pooled input (about 12% of an airbench step). Here, for each position (i, j) of the window
+    in row-major order, the inputs it picks out (a strided slice) that equal their window's
+    maximum, and belong to no window position before it, receive the output gradient through
+    a strided (interior-padded) pad. Comparisons, selects and pads are loop-fusible.
+    """
+    x, y = residuals
+    batch, height, width, channels = x.shape
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads((height, width), window, strides, padding)
+    (top, bottom), (left, right) = padding
+    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)),
+                     constant_values=-jnp.inf)
+    out_h, out_w = y.shape[1:3]
+    stride_h, stride_w = strides
+    span_h, span_w = (out_h - 1) * stride_h + 1, (out_w - 1) * stride_w + 1
+    zero = jnp.zeros((), g.dtype)
+    taken = jnp.zeros(y.shape, bool)
+    grad = jnp.zeros(padded.shape, g.dtype)
+    for i in range(window[0]):
+        for j in range(window[1]):
+            picked = lax.slice(padded, (0, i, j, 0), (batch, i + span_h, j + span_w, channels),
+                               (1, stride_h, stride_w, 1))
+            first = (picked == y) & ~taken
+            taken = taken | first
+            grad = grad + lax.pad(jnp.where(first, g, zero), zero, (
+                (0, 0, 0),
+                (i, padded.shape[1] - i - span_h, stride_h - 1),
+                (j, padded.shape[2] - j - span_w, stride_w - 1),
+                (0, 0, 0)))
+    return (grad[:, top:top + height, left:left + width, :],)
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_gradient)
