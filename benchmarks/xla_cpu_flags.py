@@ -35,14 +35,12 @@ VARIANTS = {
     "YNNPACK dots": (YNN_DOTS, "off"),
     "YNNPACK convolutions": ("--xla_cpu_experimental_ynn_fusion_type=individual_convolution",
                              "off"),
-    "YNNPACK dots + convolutions":
-        ("--xla_cpu_experimental_ynn_fusion_type=dot,individual_convolution", "off"),
-    "XNNPACK graph fusion": ("--xla_cpu_experimental_xnn_graph_fusion_mode="
-                             "XNN_GRAPH_FUSION_MODE_GREEDY", "off"),
     "oneDNN": ("--xla_cpu_use_onednn=true", "off"),
     "YNNPACK dots, no XLA fusion": (YNN_DOTS + " --xla_disable_hlo_passes=fusion", "off"),
     "CPU formulations": ("", "on"),
-    "YNNPACK dots + CPU formulations (cv_jax's CPU default)": (YNN_DOTS, "on"),
+    "YNNPACK dots + CPU formulations": (YNN_DOTS, "on"),
+    "YNNPACK dots and reductions + CPU formulations (cv_jax's CPU default)":
+        (YNN_DOTS + ",reduce", "on"),
 }
 
 
