@@ -5,7 +5,8 @@ cv_jax's CPU formulations (config.training.cpu_formulations), each in a fresh pr
 
 XLA reads its flags once per process, so every variant runs ``python -m cv_jax.bench`` in a
 subprocess with its own ``XLA_FLAGS`` (cv_jax's own CPU defaults, ``cv_jax.xla_flags``, are
-switched off with CV_JAX_XLA_DEFAULTS=0 so that each row is exactly the flags it names).
+switched off with CV_JAX_XLA_DEFAULTS=0 so that each row is exactly the flags it names;
+cv_jax's glibc malloc settings, ``cv_jax.host_malloc``, stay on in every row).
 Rounds are interleaved (A B C A B C) so that a background load hits every variant alike;
 the table gives each variant's median images/s over the rounds and its ratio to the first.
 """
