@@ -120,6 +120,7 @@ def _headline(config):
     config.model = model_section("airbench")
     config.training.update(batch_size=1024, compute_dtype="bfloat16", log_every_steps=10)
     _airbench_optimizer(config, peak_lr=1.0, epochs=10.0)
+    config.eval.tta_translate = 1  # airbench94's TTA: flips and 1-pixel translations
     config.eval.batch_size = 2000
 
 

@@ -229,6 +229,8 @@ _CHECKS = (
           lambda v: __import__("cv_jax.augment", fromlist=["_"]).parse_fill_value(v) != "",
           "a pixel value in 0..255 written as text ('0') or 'random'"),
     Check("eval.batch_size", lambda v: v > 0, "a positive integer"),
+    Check("eval.tta_translate", lambda v: v >= 0 and v == int(v),
+          "pixels, an integer >= 0 (0: off; airbench uses 1)"),
     Check("dataset.normalization", lambda v: v in ("given", "featurewise"),
           "'given' (dataset.mean/std) or 'featurewise' (computed from the training set)"),
     Check("dataset.imbalance_ratio", lambda v: v >= 1, "a number >= 1 (1: as is)"),
@@ -623,5 +625,9 @@ def base_config() -> mlc.ConfigDict:
         alpha=0.9,  # weight of the distillation term; 1 - alpha on the label cross-entropy
         temperature=4.0,
     ))
-    c.eval = mlc.ConfigDict(dict(batch_size=1000, tta_flip=False))
+    c.eval = mlc.ConfigDict(dict(
+        batch_size=1000,
+        tta_flip=False,  # average the logits with the mirror image's
+        tta_translate=0,  # pixels: also average over two diagonal shifts (airbench: 1)
+    ))
     return c

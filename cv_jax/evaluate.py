@@ -1,8 +1,11 @@
 """Evaluate a trained run on any dataset:
 
     python -m cv_jax.evaluate --workdir=runs/c10 --data=PATH [--split=test] [--checkpoint=best]
+        [--tta_flip=true|false] [--tta_translate=PIXELS]
 
 PATH is an ImageFolder tree or archive, a CIFAR python-batches directory, or 'tfds:NAME'.
+The TTA flags override the run's ``eval.tta_flip`` / ``eval.tta_translate`` (the same weights,
+evaluated with or without test-time augmentation).
 Prints JSON: accuracy, examples, correct, loss, per-class accuracy.
 """
 
@@ -24,12 +27,21 @@ flags.DEFINE_string("data", None, "Dataset to evaluate on.")
 flags.DEFINE_string("split", "test", "Split (folder) name inside --data.")
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
 flags.DEFINE_integer("batch_size", 0, "Evaluation batch size (0: the run's eval.batch_size).")
+flags.DEFINE_boolean("tta_flip", None, "Average with mirror images (default: the run's).")
+flags.DEFINE_integer("tta_translate", None, "Pixels of the translated TTA views, 0: none "
+                     "(default: the run's).", lower_bound=0)
 
 
 def evaluate_run(workdir: str, data: str, split: str = "test", which: str = "latest",
-                 batch_size: int = 0) -> dict:
-    """Accuracy of a run's checkpoint on ``split`` of ``data``; every example counted once."""
+                 batch_size: int = 0, tta_flip: bool | None = None,
+                 tta_translate: int | None = None) -> dict:
+    """Accuracy of a run's checkpoint on ``split`` of ``data``; every example counted once.
+
+    ``tta_flip`` / ``tta_translate`` override the run's evaluation TTA where not None."""
     run = runs.load_run(workdir, which)
+    for key, value in (("tta_flip", tta_flip), ("tta_translate", tta_translate)):
+        if value is not None:
+            run.config.eval[key] = value
     image_size = tuple(run.signature["image_shape"][:2])
     dataset = load_split(data, split, image_size=image_size)
     if tuple(dataset.class_names) != run.class_names:
@@ -54,7 +66,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     print(json.dumps(evaluate_run(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.checkpoint,
-                                  FLAGS.batch_size), indent=2))
+                                  FLAGS.batch_size, FLAGS.tta_flip, FLAGS.tta_translate),
+                     indent=2))
 
 
 if __name__ == "__main__":

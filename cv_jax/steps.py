@@ -32,6 +32,7 @@ class StepSettings:
     augment: mlc.ConfigDict
     schedule: optax.Schedule
     tta_flip: bool
+    tta_translate: int = 0  # pixels; 0: no translated views
     mixup: mlc.ConfigDict | None = None
     steps_per_epoch: int = 1
     class_weights: tuple[float, ...] | None = None
@@ -59,6 +60,7 @@ class StepSettings:
             augment=config.augment,
             schedule=schedule,
             tta_flip=config.eval.tta_flip,
+            tta_translate=config.eval.tta_translate,
             mixup=config.mixup,
             steps_per_epoch=steps_per_epoch,
             class_weights=class_weights,
@@ -205,14 +207,32 @@ def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> Tra
 
 
 def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings) -> jax.Array:
-    """Inference-mode logits (BatchNorm running averages), averaged with the mirror image
-    when ``eval.tta_flip`` is on."""
+    """Inference-mode logits (BatchNorm running averages), float32.
+
+    Test-time augmentation as airbench does it: with ``eval.tta_flip`` each view's logits are
+    averaged with its mirror image's; with ``eval.tta_translate = t`` the result is
+    0.5 x the image's + 0.25 x each of two diagonal translations by t pixels (up-left and
+    down-right, reflect-padded edges).
+    """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def view_logits(x: jax.Array) -> jax.Array:
+        logits = state.apply_fn(variables, x, train=False).astype(jnp.float32)
+        if settings.tta_flip:
+            mirrored = state.apply_fn(variables, x[:, :, ::-1, :], train=False)
+            logits = 0.5 * (logits + mirrored.astype(jnp.float32))
+        return logits
+
     x = normalize(images, settings)
-    logits = state.apply_fn(variables, x, train=False)
-    if settings.tta_flip:
-        logits = 0.5 * (logits + state.apply_fn(variables, x[:, :, ::-1, :], train=False))
-    return logits.astype(jnp.float32)
+    logits = view_logits(x)
+    if settings.tta_translate:
+        t = settings.tta_translate
+        height, width = x.shape[1:3]
+        padded = jnp.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
+        up_left = padded[:, :height, :width]
+        down_right = padded[:, 2 * t:, 2 * t:]
+        logits = 0.5 * logits + 0.25 * (view_logits(up_left) + view_logits(down_right))
+    return logits
 
 
 def eval_step(state: TrainState, batch: dict, settings: StepSettings) -> dict:

@@ -107,6 +107,9 @@ BAD_CONFIGS = [
     ({"training.max_consecutive_skips": 0},
      r"config.training.max_consecutive_skips=0 is invalid: use an integer >= 1$"),
     ({"seed": -1}, r"config.seed=-1 is invalid: use an integer >= 0$"),
+    ({"eval.tta_translate": -1},
+     r"config.eval.tta_translate=-1 is invalid: use pixels, an integer >= 0 \(0: off; airbench "
+     r"uses 1\)$"),
     ({"dataset.std": (0.25, 0.0, 0.25)},
      r"config.dataset.std=\(0.25, 0.0, 0.25\) is invalid: use per-channel standard deviations "
      r"> 0"),

@@ -1,4 +1,4 @@
-"""The train step's loss: auxiliary classifier outputs add aux_weight x their cross-entropy."""
+"""The train step's loss with auxiliary heads; test-time augmentation of the evaluation path."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import optax
+import pytest
 
 from cv_jax import steps
 from cv_jax.state import create_train_state
@@ -48,3 +49,52 @@ def test_aux_logits_add_weighted_cross_entropy() -> None:
 
     np.testing.assert_allclose(metrics["loss"], ce("main") + 0.3 * ce("aux_head"), rtol=1e-6)
     assert not np.isclose(float(ce("aux_head")), 0.0)
+
+
+class PositionalLinear(nn.Module):
+    """Logits that depend on where each pixel is, so flips and shifts change them."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def tta_settings(tta_flip: bool, tta_translate: int) -> steps.StepSettings:
+    return steps.StepSettings(
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dtype=jnp.float32, label_smoothing=0.0,
+        aux_weight=0.0, augment=mlc.ConfigDict(), schedule=optax.constant_schedule(0.0),
+        tta_flip=tta_flip, tta_translate=tta_translate)
+
+
+@pytest.mark.parametrize("tta_flip", [False, True])
+@pytest.mark.parametrize("tta_translate", [0, 1, 2])
+def test_tta_averages_mirrored_and_translated_views(tta_flip, tta_translate) -> None:
+    model = PositionalLinear()
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 6, 3)).astype(np.uint8)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 5, 6, 3)), train=False)
+    state = create_train_state(model, optax.sgd(0.0), variables, jax.random.key_data(
+        jax.random.key(1)))
+    logits = steps.predict_logits(state, jnp.asarray(images), tta_settings(tta_flip,
+                                                                           tta_translate))
+
+    kernel = np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
+    bias = np.asarray(variables["params"]["Dense_0"]["bias"], np.float64)
+
+    def linear(v):
+        return v.reshape(len(v), -1) @ kernel + bias
+
+    def view(v):  # one view, averaged with its mirror image when flipping
+        return 0.5 * (linear(v) + linear(v[:, :, ::-1])) if tta_flip else linear(v)
+
+    x = images / 255.0  # mean 0, std 1
+    expected = view(x)
+    if tta_translate:
+        t = tta_translate
+        padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
+        up_left, down_right = padded[:, :5, :6], padded[:, 2 * t:, 2 * t:]
+        assert up_left[0, t, t, 0] == x[0, 0, 0, 0] and down_right[0, 0, 0, 0] == x[0, t, t, 0]
+        expected = 0.5 * expected + 0.25 * (view(up_left) + view(down_right))
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    # with any TTA the views differ, so the average is not the plain logits
+    assert np.allclose(logits, linear(x), rtol=1e-5, atol=1e-5) == (not (tta_flip or tta_translate))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cv_jax import checkpoint, configlib, runs, sharding, steps, train
+from cv_jax import checkpoint, configlib, losses, runs, sharding, steps, train
 from cv_jax.data.sources import load_split
 
 
@@ -138,6 +138,29 @@ def test_evaluate_cli_matches_the_run_and_reports_per_class(straight_run, tiny_f
     (other / "test" / "cat").rename(other / "test" / "lion")
     with pytest.raises(DataError, match="trained on"):
         evaluate_run(workdir, str(other), "test")
+
+
+def test_evaluate_cli_overrides_the_runs_tta(straight_run, tiny_folder, cache_dir):
+    import dataclasses
+
+    from cv_jax.evaluate import evaluate_run
+
+    workdir, _ = straight_run
+    run = runs.load_run(workdir)
+    assert run.config.eval.tta_flip and run.config.eval.tta_translate == 0
+    test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
+    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    losses_seen = {evaluate_run(workdir, str(tiny_folder), "test")["loss"]}
+    for flip, translate in ((False, 0), (False, 1), (True, 2)):
+        report = evaluate_run(workdir, str(tiny_folder), "test", tta_flip=flip,
+                              tta_translate=translate)
+        losses_seen.add(report["loss"])
+        tta = dataclasses.replace(settings, tta_flip=flip, tta_translate=translate)
+        logits = steps.predict_logits(run.state, test.images, tta)
+        assert report["correct"] == int(np.sum(np.argmax(logits, -1) == test.labels))
+        assert report["loss"] == pytest.approx(float(losses.cross_entropy(
+            logits, test.labels).mean()), rel=1e-5)
+    assert len(losses_seen) == 4  # every TTA setting took effect
 
 
 def test_dropout_model_without_batchnorm_is_the_same_on_1_and_8_devices(
