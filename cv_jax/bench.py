@@ -9,13 +9,15 @@ synthetic images of the model's design size (32x32 or 224x224); with ``--torch``
 counterpart from ``cv_jax.torch_reference`` runs next (channels_last, bf16 autocast when
 ``--dtype=bfloat16``, ``torch.compile`` with ``--torch_compile``). One row per side: images/s,
 milliseconds per step (median over ``--steps`` after compile and warm-up), the step's FLOPs as
-XLA counts them, MFU against the device's peak (``--peak_tflops``, or a known GPU's dense
-peak), peak memory, and the ratio cv_jax / PyTorch. Throughput is measured here, never in a
-timed unit test.
+XLA counts them in the unoptimised step without cv_jax's CPU formulations (XLA cannot count
+inside cv_jax's CPU kernels), MFU against the device's peak (``--peak_tflops``, or a known
+GPU's dense peak), peak memory, and the ratio cv_jax / PyTorch. Throughput is measured here,
+never in a timed unit test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -73,9 +75,9 @@ def _memory_bytes(compiled) -> int | None:
                + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
 
 
-def _flops(compiled, num_devices: int) -> float | None:
+def _flops(lowered, num_devices: int) -> float | None:
     """FLOPs of one global step: XLA counts those of one device's share of the batch."""
-    cost = compiled.cost_analysis()
+    cost = lowered.cost_analysis()
     if isinstance(cost, list):  # older jax: one dict per program
         cost = cost[0] if cost else {}
     return num_devices * float(cost["flops"]) if cost and cost.get("flops") else None
@@ -96,6 +98,9 @@ def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: i
     step = train.make_train_step(settings, batch_size, mesh)
     step = step.lower(state, images, labels, permutation, 0).compile()
     compile_time = time.perf_counter() - start
+    plain = train.make_train_step(dataclasses.replace(settings, cpu_formulations=False),
+                                  batch_size, mesh)
+    flops = _flops(plain.lower(state, images, labels, permutation, 0), mesh.devices.size)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -103,7 +108,7 @@ def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: i
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     device = mesh.devices.flatten()[0]
-    return {"seconds": float(np.median(times[warmup:])), "flops": _flops(step, mesh.devices.size),
+    return {"seconds": float(np.median(times[warmup:])), "flops": flops,
             "peak_bytes": _memory_bytes(step), "compile_s": compile_time,
             "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
             "device": f"{mesh.devices.size} x {device.device_kind}", "version": jax.__version__}

@@ -4,10 +4,12 @@ Inside :func:`cpu_formulations` (the train step enters it when
 ``config.training.cpu_formulations`` resolves to on, by default on the CPU backend):
 
 - every :class:`cv_jax.models.layers.Conv` passes its input through :func:`materialize`;
+- float32 NHWC convolutions (:func:`conv_general_dilated`) take their weight gradient from
+  cv_jax's CPU kernel (:mod:`cv_jax.models.cpu_kernels`; equal up to float32 summation order);
 - every max pool (:func:`max_pool`) computes its gradient by shifted comparisons instead of
   XLA's select-and-scatter.
 
-Both act when the model is traced. Measurements: experiments/speed/RESULTS.md.
+All act when the model is traced. Measurements: experiments/speed/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -117,3 +119,62 @@ def _max_pool_gradient(window, strides, padding, residuals, g):
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_gradient)
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: Pads, lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
+                         feature_group_count: int = 1, precision=None) -> jax.Array:
+    """``lax.conv_general_dilated``; inside :func:`cpu_formulations`, a float32 NHWC 2-D
+    convolution without dilation or groups, with a multiple of 8 output channels, takes its
+    weight gradient from cv_jax's CPU kernel (:mod:`cv_jax.models.cpu_kernels`) and its value
+    and input gradient from XLA as before."""
+    args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                precision=precision)
+    if not (enabled() and _kernel_applies(lhs, rhs, **args)):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+
+
+def _kernel_applies(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                    feature_group_count, precision) -> bool:
+    from cv_jax.models import cpu_kernels
+
+    plain = lhs.ndim == 4 and feature_group_count == 1 and precision is None and all(
+        d is None or all(v == 1 for v in d) for d in (lhs_dilation, rhs_dilation))
+    return (plain and lhs.dtype == rhs.dtype == jnp.float32 and rhs.shape[-1] % 8 == 0
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+            and jax.default_backend() == "cpu" and cpu_kernels.load())
+
+
+def _lax_conv(x, w, strides, padding):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, w, strides, padding):
+    return _lax_conv(x, w, strides, padding)
+
+
+def _conv_forward(x, w, strides, padding):
+    return _lax_conv(x, w, strides, padding), (x, w)
+
+
+def _conv_gradient(strides, padding, residuals, g):
+    from cv_jax.models import cpu_kernels
+
+    x, w = residuals
+    _, input_vjp = jax.vjp(lambda x: _lax_conv(x, w, strides, padding), x)
+    weight_grad = cpu_kernels.conv_weight_grad(x, g, w.shape[:2], strides,
+                                               tuple(low for low, _ in padding))
+    return input_vjp(g)[0], weight_grad
+
+
+_conv.defvjp(_conv_forward, _conv_gradient)

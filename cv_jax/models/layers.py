@@ -81,7 +81,10 @@ def _path(module: nn.Module) -> str:
 
 class Conv(nn.Conv):
     """``flax.linen.Conv`` that reports an input smaller than its kernel by layer name (and,
-    inside :func:`cpu_formulations.cpu_formulations`, keeps its input in memory)."""
+    inside :func:`cpu_formulations.cpu_formulations`, keeps its input in memory and takes its
+    weight gradient from cv_jax's CPU kernel)."""
+
+    conv_general_dilated: Any = cpu_formulations.conv_general_dilated
 
     @nn.nowrap
     def _check(self, x: jax.Array) -> None:

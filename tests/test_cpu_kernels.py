@@ -1,0 +1,140 @@
+"""cv_jax's CPU convolution weight-gradient kernel equals XLA's convolution gradient."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cv_jax.models import cpu_formulations, cpu_kernels
+from cv_jax.models.layers import Conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+# (batch, height, width, in channels, out channels, kernel, strides, padding)
+CASES = [
+    (3, 8, 8, 16, 16, (3, 3), (1, 1), "SAME"),  # a ResNet block's convolution
+    (2, 9, 7, 5, 24, (3, 3), (2, 2), "SAME"),  # odd sizes, stride 2, asymmetric padding
+    (2, 8, 8, 3, 8, (2, 2), (1, 1), "VALID"),  # airbench's whitening stem shape
+    (4, 6, 6, 9, 40, (1, 1), (1, 1), "VALID"),  # 1x1; channel counts not multiples of 4/16
+    (1, 10, 11, 4, 8, (5, 3), (2, 3), ((2, 1), (0, 2))),  # explicit, uneven padding
+    (5, 4, 4, 6, 16, (3, 3), (1, 1), ((3, 3), (3, 3))),  # padding wider than the kernel
+]
+
+
+def reference_weight_grad(x, dy, kernel_shape, strides, padding):
+    def conv(w):
+        return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+    return jax.vjp(conv, jnp.zeros(kernel_shape, jnp.float32))[1](dy)[0]
+
+
+def random_case(case, seed=0):
+    n, h, w, c, co, kernel, strides, padding = case
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+    kernel_shape = (*kernel, c, co)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads((h, w), kernel, strides, padding)
+    out = jax.eval_shape(lambda x: lax.conv_general_dilated(
+        x, jnp.zeros(kernel_shape), strides, padding, dimension_numbers=NHWC), x)
+    dy = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+    return x, dy, kernel_shape, strides, tuple(tuple(p) for p in padding)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_loaded():
+    assert cpu_kernels.load(), "the test machine has a C compiler; compiling must work"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c[:5]) for c in CASES])
+def test_weight_grad_equals_xla(case):
+    x, dy, kernel_shape, strides, padding = random_case(case)
+    ours = jax.jit(cpu_kernels.conv_weight_grad, static_argnums=(2, 3, 4))(
+        x, dy, kernel_shape[:2], strides, tuple(low for low, _ in padding))
+    expected = reference_weight_grad(x, dy, kernel_shape, strides, padding)
+    assert ours.shape == expected.shape and ours.dtype == jnp.float32
+    np.testing.assert_allclose(ours, expected, rtol=2e-5, atol=2e-5 * float(
+        jnp.max(jnp.abs(expected))))
+
+
+def conv_layer_gradients(case, formulations: bool):
+    x, dy, kernel_shape, strides, padding = random_case(case, seed=1)
+    layer = Conv(kernel_shape[-1], kernel_shape[:2], strides=strides, padding=padding,
+                 use_bias=False)
+    params = layer.init(jax.random.key(0), x)
+
+    def apply(params, x):
+        with cpu_formulations.cpu_formulations(formulations):
+            return layer.apply(params, x)
+
+    y, vjp = jax.vjp(jax.jit(apply), params, x)
+    program = jax.jit(lambda p, x, g: jax.vjp(apply, p, x)[1](g)).lower(params, x, dy).as_text()
+    return y, vjp(dy), program
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=["stride 1", "stride 2"])
+def test_conv_layer_uses_the_kernel_with_the_same_value_and_gradients(case):
+    y, (param_grad, input_grad), program = conv_layer_gradients(case, formulations=True)
+    y0, (param_grad0, input_grad0), program0 = conv_layer_gradients(case, formulations=False)
+    assert cpu_kernels.TARGET in program and cpu_kernels.TARGET not in program0
+    np.testing.assert_array_equal(y, y0)  # the forward convolution is XLA's in both
+    np.testing.assert_array_equal(input_grad, input_grad0)
+    np.testing.assert_allclose(param_grad["params"]["kernel"], param_grad0["params"]["kernel"],
+                               rtol=2e-5, atol=1e-4)
+
+
+def test_vmapped_weight_grad_equals_each_member():
+    x, dy, kernel_shape, strides, padding = random_case(CASES[0])
+    xs, dys = jnp.stack([x, -2 * x]), jnp.stack([dy, dy[::-1]])
+
+    def grad(x, dy):
+        return cpu_kernels.conv_weight_grad(x, dy, kernel_shape[:2], strides, (1, 1))
+
+    batched = jax.jit(jax.vmap(grad))(xs, dys)
+    for i in range(2):
+        np.testing.assert_array_equal(batched[i], jax.jit(grad)(xs[i], dys[i]))
+
+
+def test_unsupported_convolutions_keep_xla():
+    x = jnp.ones((2, 6, 6, 4))
+
+    def program(features, dtype=jnp.float32, **fields):
+        layer = Conv(features, (3, 3), dtype=dtype, param_dtype=dtype, **fields)
+        params = layer.init(jax.random.key(0), x.astype(dtype))
+
+        def loss(params):
+            with cpu_formulations.cpu_formulations():
+                return layer.apply(params, x.astype(dtype)).astype(jnp.float32).sum()
+
+        return jax.jit(jax.grad(loss)).lower(params).as_text()
+
+    assert cpu_kernels.TARGET in program(8)
+    assert cpu_kernels.TARGET not in program(12)  # out channels not a multiple of 8
+    assert cpu_kernels.TARGET not in program(8, dtype=jnp.bfloat16)
+    assert cpu_kernels.TARGET not in program(8, kernel_dilation=(2, 2))
+    assert cpu_kernels.TARGET not in program(8, feature_group_count=4)
+
+
+def test_switched_off_or_without_a_compiler_xla_is_used(monkeypatch):
+    monkeypatch.setenv("CV_JAX_CPU_KERNELS", "0")
+    assert cpu_kernels.load.__wrapped__() is False
+    monkeypatch.delenv("CV_JAX_CPU_KERNELS")
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
+    with pytest.warns(UserWarning, match="no C compiler .* install gcc"):
+        assert cpu_kernels.load.__wrapped__() is False
+
+
+def test_the_library_is_cached_per_source_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("CV_JAX_CACHE", str(tmp_path))
+    compiler = cpu_kernels._compiler()
+    path = cpu_kernels.library_path(compiler)
+    assert path.startswith(str(tmp_path / "kernels")) and path.endswith(".so")
+    assert cpu_kernels.build(compiler) == path and os.path.exists(path)
+    built = os.stat(path).st_mtime_ns
+    assert cpu_kernels.build(compiler) == path and os.stat(path).st_mtime_ns == built  # reused
+    monkeypatch.setattr(cpu_kernels, "_cpu_features", lambda: "flags : sse2")
+    assert cpu_kernels.library_path(compiler) != path  # another CPU: another library
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [os.path.basename(path)]
