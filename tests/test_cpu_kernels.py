@@ -1,4 +1,4 @@
-"""cv_jax's CPU convolution weight-gradient kernel equals XLA's convolution gradient."""
+"""cv_jax's CPU convolution kernels equal XLA's convolution and its gradients."""
 
 import os
 
@@ -20,7 +20,7 @@ CASES = [
     (2, 8, 8, 3, 8, (2, 2), (1, 1), "VALID"),  # airbench's whitening stem shape
     (4, 6, 6, 9, 40, (1, 1), (1, 1), "VALID"),  # 1x1; channel counts not multiples of 4/16
     (1, 10, 11, 4, 8, (5, 3), (2, 3), ((2, 1), (0, 2))),  # explicit, uneven padding
-    (5, 4, 4, 6, 16, (3, 3), (1, 1), ((3, 3), (3, 3))),  # padding wider than the kernel
+    (5, 4, 4, 8, 16, (3, 3), (1, 1), ((3, 3), (3, 3))),  # padding wider than the kernel
 ]
 
 
@@ -50,10 +50,24 @@ def kernel_loaded():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c[:5]) for c in CASES])
+def test_forward_equals_xla(case):
+    x, dy, kernel_shape, strides, padding = random_case(case)
+    kernel = jnp.asarray(np.random.default_rng(2).standard_normal(kernel_shape), jnp.float32)
+    ours = jax.jit(cpu_kernels.conv_forward, static_argnums=(2, 3, 4))(
+        x, kernel, dy.shape[1:3], strides, tuple(low for low, _ in padding))
+    expected = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
+    assert ours.shape == expected.shape and ours.dtype == jnp.float32
+    np.testing.assert_allclose(ours, expected, rtol=2e-5, atol=2e-5 * float(
+        jnp.max(jnp.abs(expected))))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c[:5]) for c in CASES])
 def test_weight_grad_equals_xla(case):
     x, dy, kernel_shape, strides, padding = random_case(case)
-    ours = jax.jit(cpu_kernels.conv_weight_grad, static_argnums=(2, 3, 4))(
-        x, dy, kernel_shape[:2], strides, tuple(low for low, _ in padding))
+    weight_grad = jax.jit(cpu_kernels.conv_weight_grad, static_argnums=(2, 3, 4))
+    args = (x, dy, kernel_shape[:2], strides, tuple(low for low, _ in padding))
+    ours = weight_grad(*args)
+    np.testing.assert_array_equal(weight_grad(*args), ours)  # partial sums added in fixed order
     expected = reference_weight_grad(x, dy, kernel_shape, strides, padding)
     assert ours.shape == expected.shape and ours.dtype == jnp.float32
     np.testing.assert_allclose(ours, expected, rtol=2e-5, atol=2e-5 * float(
@@ -71,19 +85,25 @@ def conv_layer_gradients(case, formulations: bool):
             return layer.apply(params, x)
 
     y, vjp = jax.vjp(jax.jit(apply), params, x)
-    program = jax.jit(lambda p, x, g: jax.vjp(apply, p, x)[1](g)).lower(params, x, dy).as_text()
+    def value_and_gradients(params, x, dy):
+        y, vjp = jax.vjp(apply, params, x)
+        return y, vjp(dy)
+
+    program = jax.jit(value_and_gradients).lower(params, x, dy).as_text()
     return y, vjp(dy), program
 
 
-@pytest.mark.parametrize("case", CASES[:2], ids=["stride 1", "stride 2"])
-def test_conv_layer_uses_the_kernel_with_the_same_value_and_gradients(case):
+@pytest.mark.parametrize("case, kernel_calls", [(CASES[0], 3), (CASES[1], 2), (CASES[5], 3)],
+                         ids=["stride 1", "stride 2", "wide padding"])
+def test_conv_layer_uses_the_kernels_with_the_same_value_and_gradients(case, kernel_calls):
     y, (param_grad, input_grad), program = conv_layer_gradients(case, formulations=True)
     y0, (param_grad0, input_grad0), program0 = conv_layer_gradients(case, formulations=False)
-    assert cpu_kernels.TARGET in program and cpu_kernels.TARGET not in program0
-    np.testing.assert_array_equal(y, y0)  # the forward convolution is XLA's in both
-    np.testing.assert_array_equal(input_grad, input_grad0)
-    np.testing.assert_allclose(param_grad["params"]["kernel"], param_grad0["params"]["kernel"],
-                               rtol=2e-5, atol=1e-4)
+    # forward, weight gradient, and the input gradient as a forward convolution (stride 1)
+    calls = program.count(f"@{cpu_kernels.FORWARD}") + program.count(f"@{cpu_kernels.WEIGHT_GRAD}")
+    assert calls == kernel_calls and "cv_jax_conv" not in program0
+    for ours, xla in ((y, y0), (input_grad, input_grad0),
+                      (param_grad["params"]["kernel"], param_grad0["params"]["kernel"])):
+        np.testing.assert_allclose(ours, xla, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(xla))))
 
 
 def test_vmapped_weight_grad_equals_each_member():
@@ -111,11 +131,11 @@ def test_unsupported_convolutions_keep_xla():
 
         return jax.jit(jax.grad(loss)).lower(params).as_text()
 
-    assert cpu_kernels.TARGET in program(8)
-    assert cpu_kernels.TARGET not in program(12)  # out channels not a multiple of 8
-    assert cpu_kernels.TARGET not in program(8, dtype=jnp.bfloat16)
-    assert cpu_kernels.TARGET not in program(8, kernel_dilation=(2, 2))
-    assert cpu_kernels.TARGET not in program(8, feature_group_count=4)
+    assert "cv_jax_conv" in program(8)
+    assert "cv_jax_conv" not in program(12)  # out channels not a multiple of 8
+    assert "cv_jax_conv" not in program(8, dtype=jnp.bfloat16)
+    assert "cv_jax_conv" not in program(8, kernel_dilation=(2, 2))
+    assert "cv_jax_conv" not in program(8, feature_group_count=4)
 
 
 def test_switched_off_or_without_a_compiler_xla_is_used(monkeypatch):

@@ -4,8 +4,8 @@ Inside :func:`cpu_formulations` (the train step enters it when
 ``config.training.cpu_formulations`` resolves to on, by default on the CPU backend):
 
 - every :class:`cv_jax.models.layers.Conv` passes its input through :func:`materialize`;
-- float32 NHWC convolutions (:func:`conv_general_dilated`) take their weight gradient from
-  cv_jax's CPU kernel (:mod:`cv_jax.models.cpu_kernels`; equal up to float32 summation order);
+- float32 NHWC convolutions (:func:`conv_general_dilated`) run on cv_jax's CPU kernels
+  (:mod:`cv_jax.models.cpu_kernels`; equal up to float32 summation order);
 - every max pool (:func:`max_pool`) computes its gradient by shifted comparisons instead of
   XLA's select-and-scatter.
 
@@ -129,9 +129,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
                          feature_group_count: int = 1, precision=None) -> jax.Array:
     """``lax.conv_general_dilated``; inside :func:`cpu_formulations`, a float32 NHWC 2-D
-    convolution without dilation or groups, with a multiple of 8 output channels, takes its
-    weight gradient from cv_jax's CPU kernel (:mod:`cv_jax.models.cpu_kernels`) and its value
-    and input gradient from XLA as before."""
+    convolution without dilation or groups, with a multiple of 8 output channels, runs on
+    cv_jax's CPU kernels (:mod:`cv_jax.models.cpu_kernels`): its value, its weight gradient
+    and, for stride 1 onto a multiple of 8 input channels, its input gradient."""
     args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                 dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                 precision=precision)
@@ -158,23 +158,40 @@ def _lax_conv(x, w, strides, padding):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
 
+def _kernel_conv(x, w, strides, padding, output_size):
+    from cv_jax.models import cpu_kernels
+
+    return cpu_kernels.conv_forward(x, w, output_size, strides, tuple(low for low, _ in padding))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, w, strides, padding):
-    return _lax_conv(x, w, strides, padding)
+    return _conv_forward(x, w, strides, padding)[0]
 
 
 def _conv_forward(x, w, strides, padding):
-    return _lax_conv(x, w, strides, padding), (x, w)
+    output_size = jax.eval_shape(lambda x, w: _lax_conv(x, w, strides, padding), x, w).shape[1:3]
+    return _kernel_conv(x, w, strides, padding, output_size), (x, w)
 
 
 def _conv_gradient(strides, padding, residuals, g):
+    """Weight gradient from cv_jax's kernel; input gradient too where it is a stride-1
+    convolution of ``g`` with the flipped, transposed kernel onto a multiple of 8 channels,
+    else from XLA."""
     from cv_jax.models import cpu_kernels
 
     x, w = residuals
-    _, input_vjp = jax.vjp(lambda x: _lax_conv(x, w, strides, padding), x)
-    weight_grad = cpu_kernels.conv_weight_grad(x, g, w.shape[:2], strides,
+    (kh, kw), (height, width) = w.shape[:2], x.shape[1:3]
+    weight_grad = cpu_kernels.conv_weight_grad(x, g, (kh, kw), strides,
                                                tuple(low for low, _ in padding))
-    return input_vjp(g)[0], weight_grad
+    if strides == (1, 1) and x.shape[-1] % 8 == 0:
+        flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+        (top, _), (left, _) = padding
+        input_grad = cpu_kernels.conv_forward(g, flipped, (height, width), (1, 1),
+                                              (kh - 1 - top, kw - 1 - left))
+    else:
+        input_grad = jax.vjp(lambda x: _lax_conv(x, w, strides, padding), x)[1](g)[0]
+    return input_grad, weight_grad
 
 
 _conv.defvjp(_conv_forward, _conv_gradient)

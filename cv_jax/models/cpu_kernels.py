@@ -1,8 +1,8 @@
 """Hand-written CPU kernels, compiled on first use and called from XLA through its FFI.
 
-One kernel so far, ``kernels/conv_weight_grad.c``: a 2-D convolution's weight gradient in the
-arrays' own NHWC / HWIO layouts (XLA:CPU transposes both operands and runs an Eigen
-convolution over the batch instead; measurements in experiments/speed/RESULTS.md).
+``kernels/conv2d.c``: a 2-D convolution and its weight gradient in the arrays' own NHWC / HWIO
+layouts (XLA:CPU runs Eigen's convolutions, and for the weight gradient first transposes both
+operands; measurements in experiments/speed/RESULTS.md).
 
 The C file is compiled with the system's C compiler (``$CC``, else ``cc``/``gcc``) for this
 machine (``-march=native``) into the cache folder (``$CV_JAX_CACHE`` or ``~/.cache/cv_jax``,
@@ -29,10 +29,10 @@ import numpy as np
 
 from cv_jax.data.cache import default_cache_dir
 
-SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "conv_weight_grad.c")
-TARGET = "cv_jax_conv_weight_grad"
+SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "conv2d.c")
+FORWARD, WEIGHT_GRAD = "cv_jax_conv_forward", "cv_jax_conv_weight_grad"  # XLA custom-call names
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-ffp-contract=fast", "-D_GNU_SOURCE",
-         "-shared", "-fPIC", "-pthread")
+         "-shared", "-fPIC")
 
 
 def _compiler() -> str | None:
@@ -59,7 +59,7 @@ def library_path(compiler: str) -> str:
                  compiler.encode(), _cpu_features().encode(), platform.machine().encode()):
         digest.update(hashlib.sha256(part).digest())
     return os.path.join(default_cache_dir(), "kernels",
-                        f"conv_weight_grad-{digest.hexdigest()[:16]}.so")
+                        f"conv2d-{digest.hexdigest()[:16]}.so")
 
 
 def build(compiler: str) -> str:
@@ -92,20 +92,36 @@ def load() -> bool:
         return False
     compiler = _compiler()
     if compiler is None:
-        warnings.warn("cv_jax: no C compiler (cc/gcc, or $CC) found, so convolution weight "
-                      "gradients use XLA's own kernels on the CPU (slower); install gcc to "
-                      "use cv_jax's", stacklevel=2)
+        warnings.warn("cv_jax: no C compiler (cc/gcc, or $CC) found, so convolutions use "
+                      "XLA's own kernels on the CPU (slower); install gcc to use cv_jax's",
+                      stacklevel=2)
         return False
     try:
         library = ctypes.cdll.LoadLibrary(build(compiler))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.cv_jax_conv_weight_grad_ffi),
-                                    platform="cpu")
+        for target in (FORWARD, WEIGHT_GRAD):
+            handler = getattr(library, f"{target}_ffi")
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or error
         warnings.warn(f"cv_jax: compiling {SOURCE} with {compiler} failed ({detail}); "
-                      "convolution weight gradients use XLA's own kernels", stacklevel=2)
+                      "convolutions use XLA's own kernels", stacklevel=2)
         return False
     return True
+
+
+def _attributes(strides: tuple[int, int], padding_low: tuple[int, int]) -> dict:
+    return dict(pad_h=np.int64(padding_low[0]), pad_w=np.int64(padding_low[1]),
+                stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]))
+
+
+def conv_forward(x: jax.Array, kernel: jax.Array, output_size: tuple[int, int],
+                 strides: tuple[int, int], padding_low: tuple[int, int]) -> jax.Array:
+    """y (N, OH, OW, CO) = conv(x, kernel) for NHWC ``x`` and HWIO ``kernel``, float32, with
+    ``output_size`` = (OH, OW) (the padding's high side follows from it). Needs :func:`load`
+    to have returned True and CO a multiple of 8."""
+    shape = jax.ShapeDtypeStruct((x.shape[0], *output_size, kernel.shape[-1]), np.float32)
+    call = jax.ffi.ffi_call(FORWARD, shape, vmap_method="sequential")
+    return call(x, kernel, **_attributes(strides, padding_low))
 
 
 def conv_weight_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int],
@@ -114,6 +130,5 @@ def conv_weight_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int],
     ``dy`` (N, OH, OW, CO), float32; the padding's high side follows from the shapes. Needs
     :func:`load` to have returned True and CO a multiple of 8."""
     shape = jax.ShapeDtypeStruct((*kernel_size, x.shape[-1], dy.shape[-1]), np.float32)
-    call = jax.ffi.ffi_call(TARGET, shape, vmap_method="sequential")
-    return call(x, dy, pad_h=np.int64(padding_low[0]), pad_w=np.int64(padding_low[1]),
-                stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]))
+    call = jax.ffi.ffi_call(WEIGHT_GRAD, shape, vmap_method="sequential")
+    return call(x, dy, **_attributes(strides, padding_low))

@@ -1,0 +1,418 @@
+/* 2-D convolution kernels for the CPU, called from XLA through its FFI
+   (cv_jax/models/cpu_kernels.py). float32, row-major NHWC activations and HWIO kernels
+   (flax's layouts); input positions outside the image count as zeros (the padding).
+
+   Forward:          y[n, oh, ow, co] = sum over kh, kw, ci of x[n, ih, iw, ci] * w[kh, kw, ci, co]
+   Weight gradient: dW[kh, kw, ci, co] = sum over n, oh, ow of x[n, ih, iw, ci] * dy[n, oh, ow, co]
+   where ih = oh * stride_h + kh - pad_h and iw = ow * stride_w + kw - pad_w. (The input gradient
+   of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
+   kernel, so the caller uses the forward kernel for that too.)
+
+   Both keep a register tile of 8-float vectors (GCC vector extensions, compiled with
+   -march=native) and run it over output pixels; the batch is split into chunks that XLA's own
+   intra-op threads work through. XLA:CPU instead hands its convolutions to Eigen, which packs
+   its operands into fresh buffers on every call, and for the weight gradient first transposes
+   both operands so that the batch becomes the contracted dimension. The output channel count
+   CO must be a multiple of 8 (the caller checks). Partial weight gradients are added in chunk
+   order, so results do not depend on the number of threads or on scheduling. */
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xla/ffi/api/c_api.h"
+
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float *p) {
+  v8 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+static inline v8 splat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
+
+typedef struct {
+  const float *x, *other; /* other: w (forward) or dy (weight gradient) */
+  float *out;             /* y, or this thread's partial dW */
+  int64_t n0, n1;         /* this thread's images */
+  int64_t H, W, C, OH, OW, CO, KH, KW, sh, sw, ph, pw;
+} Work;
+
+/* First and one-past-last output index o whose input index o * s + k - p lies in [0, size). */
+static void valid_range(int64_t size, int64_t out_size, int64_t s, int64_t k, int64_t p,
+                        int64_t *lo, int64_t *hi) {
+  int64_t first = p - k > 0 ? (p - k + s - 1) / s : 0;
+  int64_t last = size - 1 + p - k >= 0 ? (size - 1 + p - k) / s + 1 : 0;
+  *lo = first;
+  *hi = last < out_size ? last : out_size;
+}
+
+/* ---- forward ---- */
+
+/* The forward pass reads each image from a copy whose rows carry the padding columns as zeros,
+   so every output pixel's taps are in range along the width (rows out of range are skipped
+   as a whole). */
+typedef struct {
+  const float *x; /* the padded copy of one image: H rows of WP pixels of C channels */
+  int64_t WP, shift; /* padded row width; buffer column of ow * sw + kw is that + shift */
+} Padded;
+
+/* y[oh, ow0 .. ow0 + NPIX) x [co0 .. co0 + 8 * NV) of one image (w and y point at column co0
+   of the kernel and of the image's output). */
+#define FORWARD_TILE(NPIX, NV)                                                               \
+  static void forward_##NPIX##_##NV(const Work *k, const Padded *in, const float *w,         \
+                                    float *y, int64_t oh, int64_t ow0) {                     \
+    v8 a[NPIX][NV];                                                                          \
+    for (int p = 0; p < NPIX; ++p)                                                           \
+      for (int v = 0; v < NV; ++v) a[p][v] = splat(0.0f);                                    \
+    for (int64_t kh = 0; kh < k->KH; ++kh) {                                                 \
+      int64_t ih = oh * k->sh + kh - k->ph;                                                  \
+      if (ih < 0 || ih >= k->H) continue;                                                    \
+      for (int64_t kw = 0; kw < k->KW; ++kw) {                                               \
+        const float *xp = in->x + (ih * in->WP + ow0 * k->sw + kw + in->shift) * k->C;       \
+        const float *wp = w + (kh * k->KW + kw) * k->C * k->CO;                              \
+        for (int64_t ci = 0; ci < k->C; ++ci) {                                              \
+          v8 g[NV];                                                                          \
+          for (int v = 0; v < NV; ++v) g[v] = load8(wp + ci * k->CO + 8 * v);                \
+          for (int p = 0; p < NPIX; ++p) {                                                   \
+            v8 b = splat(xp[p * k->sw * k->C + ci]);                                         \
+            for (int v = 0; v < NV; ++v) a[p][v] += b * g[v];                                \
+          }                                                                                  \
+        }                                                                                    \
+      }                                                                                      \
+    }                                                                                        \
+    for (int p = 0; p < NPIX; ++p)                                                           \
+      for (int v = 0; v < NV; ++v)                                                           \
+        store8(y + (oh * k->OW + ow0 + p) * k->CO + 8 * v, a[p][v]);                         \
+  }
+
+FORWARD_TILE(4, 2)
+FORWARD_TILE(1, 2)
+FORWARD_TILE(8, 1)
+FORWARD_TILE(1, 1)
+
+/* buffer: room for one padded image, zeros in the padding columns (they are never written). */
+static void forward(const Work *k, float *buffer) {
+  int64_t left = k->pw > 0 ? k->pw : 0;
+  int64_t right = (k->OW - 1) * k->sw + k->KW - k->pw - k->W;
+  if (right < 0) right = 0;
+  Padded in = {buffer, left + k->W + right, left - k->pw};
+  for (int64_t n = k->n0; n < k->n1; ++n) {
+    const float *x = k->x + n * k->H * k->W * k->C;
+    for (int64_t ih = 0; ih < k->H; ++ih)
+      memcpy(buffer + (ih * in.WP + left) * k->C, x + ih * k->W * k->C,
+             (size_t)(k->W * k->C) * sizeof(float));
+    float *y = k->out + n * k->OH * k->OW * k->CO;
+    for (int64_t oh = 0; oh < k->OH; ++oh) {
+      for (int64_t co = 0; co < k->CO;) {
+        const float *w = k->other + co;
+        int64_t ow = 0;
+        if (k->CO - co >= 16) {
+          for (; ow + 4 <= k->OW; ow += 4) forward_4_2(k, &in, w, y + co, oh, ow);
+          for (; ow < k->OW; ++ow) forward_1_2(k, &in, w, y + co, oh, ow);
+          co += 16;
+        } else {
+          for (; ow + 8 <= k->OW; ow += 8) forward_8_1(k, &in, w, y + co, oh, ow);
+          for (; ow < k->OW; ++ow) forward_1_1(k, &in, w, y + co, oh, ow);
+          co += 8;
+        }
+      }
+    }
+  }
+}
+
+/* ---- weight gradient ---- */
+
+/* One register tile, dW[ci0 .. ci0 + NCI) x [co0 .. co0 + 8 * NV) of one kernel tap, summed
+   over output rows [oh_lo, oh_hi) and columns [lo, hi) of one image (those whose input pixel
+   oh * sh + dh, ow * sw + dw lies inside it); x and dy point at the image's channel ci0 / co0. */
+#define WEIGHT_TILE(NCI, NV)                                                                  \
+  static void weight_##NCI##_##NV(float *acc, const Work *k, const float *x, const float *dy, \
+                                  int64_t oh_lo, int64_t oh_hi, int64_t dh, int64_t lo,       \
+                                  int64_t hi, int64_t dw) {                                   \
+    v8 a[NCI][NV];                                                                            \
+    for (int j = 0; j < NCI; ++j)                                                             \
+      for (int v = 0; v < NV; ++v) a[j][v] = load8(acc + j * k->CO + 8 * v);                  \
+    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {                                              \
+      const float *xrow = x + (oh * k->sh + dh) * k->W * k->C;                                \
+      const float *gyrow = dy + oh * k->OW * k->CO;                                           \
+      for (int64_t ow = lo; ow < hi; ++ow) {                                                  \
+        const float *xp = xrow + (ow * k->sw + dw) * k->C;                                    \
+        v8 g[NV];                                                                             \
+        for (int v = 0; v < NV; ++v) g[v] = load8(gyrow + ow * k->CO + 8 * v);                \
+        for (int j = 0; j < NCI; ++j) {                                                       \
+          v8 b = splat(xp[j]);                                                                \
+          for (int v = 0; v < NV; ++v) a[j][v] += b * g[v];                                   \
+        }                                                                                     \
+      }                                                                                       \
+    }                                                                                         \
+    for (int j = 0; j < NCI; ++j)                                                             \
+      for (int v = 0; v < NV; ++v) store8(acc + j * k->CO + 8 * v, a[j][v]);                  \
+  }
+
+WEIGHT_TILE(4, 2)
+WEIGHT_TILE(1, 2)
+WEIGHT_TILE(4, 1)
+WEIGHT_TILE(1, 1)
+
+static void weight_grad(const Work *k) {
+  for (int64_t n = k->n0; n < k->n1; ++n) {
+    const float *x = k->x + n * k->H * k->W * k->C;
+    const float *dy = k->other + n * k->OH * k->OW * k->CO;
+    for (int64_t kh = 0; kh < k->KH; ++kh) {
+      int64_t oh_lo, oh_hi, lo, hi;
+      valid_range(k->H, k->OH, k->sh, kh, k->ph, &oh_lo, &oh_hi);
+      for (int64_t kw = 0; kw < k->KW; ++kw) {
+        valid_range(k->W, k->OW, k->sw, kw, k->pw, &lo, &hi);
+        if (oh_lo >= oh_hi || lo >= hi) continue;
+        float *tap = k->out + (kh * k->KW + kw) * k->C * k->CO;
+        int64_t dh = kh - k->ph, dw = kw - k->pw;
+        for (int64_t co = 0; co < k->CO;) {
+          int wide = k->CO - co >= 16;
+          int64_t ci = 0;
+          for (; ci + 4 <= k->C; ci += 4) {
+            float *a = tap + ci * k->CO + co;
+            if (wide) weight_4_2(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
+            else weight_4_1(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
+          }
+          for (; ci < k->C; ++ci) {
+            float *a = tap + ci * k->CO + co;
+            if (wide) weight_1_2(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
+            else weight_1_1(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
+          }
+          co += wide ? 16 : 8;
+        }
+      }
+    }
+  }
+}
+
+/* ---- parallel runs on XLA's thread pool ---- */
+
+/* The batch is cut into a fixed number of chunks (so results do not depend on the number of
+   threads). The calling thread and up to (pool threads - 1) tasks scheduled on XLA's intra-op
+   pool claim chunks from a shared counter; the caller then waits only for chunks that running
+   tasks have claimed, so it never waits on a task still queued behind it (which could
+   deadlock a busy pool). Tasks that start after every chunk is taken return at once; the job
+   is freed by whoever releases it last. Each chunk writes its own part of the output: its
+   images of y, or its own partial dW. */
+enum { MAX_CHUNKS = 16 };
+
+typedef struct {
+  void (*fn)(const Work *, float *scratch);
+  Work work[MAX_CHUNKS];
+  int64_t chunks;
+  size_t scratch_floats; /* per thread (the forward pass's padded image) */
+  atomic_llong next, done, failed;
+  atomic_int refs;
+} Job;
+
+static int64_t chunk_count(int64_t N) { return N < MAX_CHUNKS ? (N > 0 ? N : 1) : MAX_CHUNKS; }
+
+static void release(Job *job) {
+  if (atomic_fetch_sub(&job->refs, 1) == 1) free(job);
+}
+
+static void run_chunks(Job *job) {
+  float *scratch = NULL;
+  if (job->scratch_floats > 0) scratch = calloc(job->scratch_floats, sizeof(float));
+  for (;;) {
+    long long chunk = atomic_fetch_add(&job->next, 1);
+    if (chunk >= job->chunks) break;
+    if (job->scratch_floats > 0 && scratch == NULL) atomic_store(&job->failed, 1);
+    else job->fn(&job->work[chunk], scratch);
+    atomic_fetch_add(&job->done, 1);
+  }
+  free(scratch);
+}
+
+static void task(void *data) {
+  run_chunks((Job *)data);
+  release((Job *)data);
+}
+
+static int64_t pool_threads(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ctx) {
+  int64_t threads = 1;
+  if (api == NULL) return 1;
+  XLA_FFI_ThreadPool_NumThreads_Args args;
+  memset(&args, 0, sizeof args);
+  args.struct_size = XLA_FFI_ThreadPool_NumThreads_Args_STRUCT_SIZE;
+  args.ctx = ctx;
+  args.num_threads = &threads;
+  XLA_FFI_Error *err = api->XLA_FFI_ThreadPool_NumThreads(&args);
+  if (err != NULL) {
+    XLA_FFI_Error_Destroy_Args destroy = {XLA_FFI_Error_Destroy_Args_STRUCT_SIZE, NULL, err};
+    api->XLA_FFI_Error_Destroy(&destroy);
+    return 1;
+  }
+  return threads > 0 ? threads : 1;
+}
+
+/* Runs fn over the chunks of shape's batch; chunk c writes to out + c * out_stride.
+   0, or -1 if memory ran out. */
+static int run_parallel(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ctx,
+                        void (*fn)(const Work *, float *), Work shape, float *out,
+                        size_t out_stride, size_t scratch_floats) {
+  Job *job = calloc(1, sizeof(Job));
+  if (job == NULL) return -1;
+  int64_t N = shape.n1;
+  job->fn = fn;
+  job->chunks = chunk_count(N);
+  job->scratch_floats = scratch_floats;
+  for (int64_t c = 0; c < job->chunks; ++c) {
+    job->work[c] = shape;
+    job->work[c].n0 = N * c / job->chunks;
+    job->work[c].n1 = N * (c + 1) / job->chunks;
+    job->work[c].out = out + c * out_stride;
+  }
+  atomic_init(&job->next, 0);
+  atomic_init(&job->done, 0);
+  atomic_init(&job->failed, 0);
+  int64_t helpers = pool_threads(api, ctx) - 1;
+  if (helpers > job->chunks - 1) helpers = job->chunks - 1;
+  atomic_init(&job->refs, 1);
+  for (int64_t h = 0; h < helpers; ++h) {
+    atomic_fetch_add(&job->refs, 1);
+    XLA_FFI_ThreadPool_Schedule_Args args;
+    memset(&args, 0, sizeof args);
+    args.struct_size = XLA_FFI_ThreadPool_Schedule_Args_STRUCT_SIZE;
+    args.ctx = ctx;
+    args.task = task;
+    args.data = job;
+    XLA_FFI_Error *err = api->XLA_FFI_ThreadPool_Schedule(&args);
+    if (err != NULL) { /* no pool: the caller does the work */
+      XLA_FFI_Error_Destroy_Args destroy = {XLA_FFI_Error_Destroy_Args_STRUCT_SIZE, NULL, err};
+      api->XLA_FFI_Error_Destroy(&destroy);
+      release(job);
+      break;
+    }
+  }
+  run_chunks(job);
+  while (atomic_load(&job->done) < job->chunks) sched_yield();
+  int failed = (int)atomic_load(&job->failed);
+  release(job);
+  return failed ? -1 : 0;
+}
+
+static void forward_chunk(const Work *k, float *scratch) { forward(k, scratch); }
+
+static void weight_chunk(const Work *k, float *scratch) {
+  (void)scratch;
+  weight_grad(k);
+}
+
+static size_t padded_image_floats(const Work *k) {
+  int64_t left = k->pw > 0 ? k->pw : 0;
+  int64_t right = (k->OW - 1) * k->sw + k->KW - k->pw - k->W;
+  return (size_t)(k->H * (left + k->W + (right > 0 ? right : 0)) * k->C);
+}
+
+/* ---- XLA FFI handlers: two float32 rank-4 arguments, one result, int64 attributes pad_h,
+   pad_w, stride_h, stride_w. Forward: (x, w) -> y. Weight gradient: (x, dy) -> dW. ---- */
+
+static XLA_FFI_Error *error(const XLA_FFI_Api *api, XLA_FFI_Error_Code code,
+                            const char *message) {
+  XLA_FFI_Error_Create_Args args;
+  memset(&args, 0, sizeof args);
+  args.struct_size = XLA_FFI_Error_Create_Args_STRUCT_SIZE;
+  args.message = message;
+  args.errc = code;
+  return api->XLA_FFI_Error_Create(&args);
+}
+
+static int int_attr(const XLA_FFI_Attrs *attrs, const char *name, int64_t *out) {
+  for (int64_t i = 0; i < attrs->size; ++i) {
+    const XLA_FFI_ByteSpan *key = attrs->names[i];
+    if (key->len != strlen(name) || memcmp(key->ptr, name, key->len) != 0) continue;
+    if (attrs->types[i] != XLA_FFI_AttrType_SCALAR) return 0;
+    const XLA_FFI_Scalar *scalar = (const XLA_FFI_Scalar *)attrs->attrs[i];
+    if (scalar->dtype == XLA_FFI_DataType_S64) *out = *(const int64_t *)scalar->value;
+    else if (scalar->dtype == XLA_FFI_DataType_S32) *out = *(const int32_t *)scalar->value;
+    else return 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* Answers XLA's metadata query (the FFI version these headers define); 1 if it was one. */
+static int metadata_query(XLA_FFI_CallFrame *frame) {
+  if (frame->extension_start == NULL || frame->extension_start->type != XLA_FFI_Extension_Metadata)
+    return 0;
+  XLA_FFI_Metadata *metadata = ((XLA_FFI_Metadata_Extension *)frame->extension_start)->metadata;
+  metadata->api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE;
+  metadata->api_version.extension_start = NULL;
+  metadata->api_version.major_version = XLA_FFI_API_MAJOR;
+  metadata->api_version.minor_version = XLA_FFI_API_MINOR;
+  metadata->traits = 0;
+  return 1;
+}
+
+static int conv_forward(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ctx, Work shape) {
+  return run_parallel(api, ctx, forward_chunk, shape, shape.out, 0, padded_image_floats(&shape));
+}
+
+/* Each chunk sums into its own partial dW; the partials are then added in chunk order. */
+static int conv_weight_grad(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ctx, Work shape) {
+  size_t size = (size_t)(shape.KH * shape.KW * shape.C * shape.CO);
+  int64_t chunks = chunk_count(shape.n1);
+  float *partial = calloc((size_t)chunks * size, sizeof(float));
+  if (partial == NULL) return -1;
+  float *dw = shape.out;
+  if (run_parallel(api, ctx, weight_chunk, shape, partial, size, 0) != 0) {
+    free(partial);
+    return -1;
+  }
+  memcpy(dw, partial, size * sizeof(float));
+  for (int64_t c = 1; c < chunks; ++c)
+    for (size_t i = 0; i < size; ++i) dw[i] += partial[c * size + i];
+  free(partial);
+  return 0;
+}
+
+/* x (N, H, W, C) is the first argument of both; (OH, OW, CO) and (KH, KW) come from whichever
+   of the other argument and the result is the output or the kernel. */
+static XLA_FFI_Error *call(XLA_FFI_CallFrame *frame, int forward_kernel) {
+  if (metadata_query(frame)) return NULL;
+  const XLA_FFI_Api *api = frame->api;
+  if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
+  if (frame->args.size != 2 || frame->rets.size != 1)
+    return error(api, XLA_FFI_Error_Code_INVALID_ARGUMENT, "cv_jax conv: 2 arguments, 1 result");
+  const XLA_FFI_Buffer *x = (const XLA_FFI_Buffer *)frame->args.args[0];
+  const XLA_FFI_Buffer *other = (const XLA_FFI_Buffer *)frame->args.args[1];
+  const XLA_FFI_Buffer *out = (const XLA_FFI_Buffer *)frame->rets.rets[0];
+  if (x->rank != 4 || other->rank != 4 || out->rank != 4 || x->dtype != XLA_FFI_DataType_F32 ||
+      other->dtype != XLA_FFI_DataType_F32 || out->dtype != XLA_FFI_DataType_F32)
+    return error(api, XLA_FFI_Error_Code_INVALID_ARGUMENT, "cv_jax conv: rank-4 float32 only");
+  int64_t ph, pw, sh, sw;
+  if (!int_attr(&frame->attrs, "pad_h", &ph) || !int_attr(&frame->attrs, "pad_w", &pw) ||
+      !int_attr(&frame->attrs, "stride_h", &sh) || !int_attr(&frame->attrs, "stride_w", &sw))
+    return error(api, XLA_FFI_Error_Code_INVALID_ARGUMENT,
+                 "cv_jax conv: int attributes pad_h, pad_w, stride_h, stride_w");
+  const int64_t *xd = x->dims;
+  const int64_t *kd = forward_kernel ? other->dims : out->dims; /* KH, KW, C, CO */
+  const int64_t *yd = forward_kernel ? out->dims : other->dims; /* N, OH, OW, CO */
+  if (xd[0] != yd[0] || kd[2] != xd[3] || kd[3] != yd[3] || yd[3] % 8 != 0 || sh < 1 || sw < 1)
+    return error(api, XLA_FFI_Error_Code_INVALID_ARGUMENT,
+                 "cv_jax conv: shapes must be x (N,H,W,C), kernel (KH,KW,C,CO), output "
+                 "(N,OH,OW,CO) with CO a multiple of 8");
+  Work shape = {(const float *)x->data, (const float *)other->data, (float *)out->data, 0, xd[0],
+                xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kd[0], kd[1], sh, sw, ph, pw};
+  int status = forward_kernel ? conv_forward(api, frame->ctx, shape)
+                              : conv_weight_grad(api, frame->ctx, shape);
+  if (status != 0)
+    return error(api, XLA_FFI_Error_Code_RESOURCE_EXHAUSTED, "cv_jax conv: out of memory");
+  return NULL;
+}
+
+XLA_FFI_Error *cv_jax_conv_forward_ffi(XLA_FFI_CallFrame *frame) {
+  return call(frame, 1);
+}
+
+XLA_FFI_Error *cv_jax_conv_weight_grad_ffi(XLA_FFI_CallFrame *frame) {
+  return call(frame, 0);
+}
