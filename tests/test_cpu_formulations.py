@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cv_jax import bench, configlib, models, sharding, steps, train
-from cv_jax.models import cpu_formulations
+from cv_jax.models import cpu_formulations, cpu_kernels
 
 SPECIAL = [0.0, -0.0, 1.5e-38, -3.5, 6.5e4, np.inf, -np.inf, np.nan]
 
@@ -59,13 +59,22 @@ def primitives(config) -> list[str]:
     return [str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns]
 
 
-def test_every_convolution_goes_through_materialize_and_the_kernel_only_when_switched_on():
+def test_every_convolution_runs_on_the_kernels_only_when_switched_on():
     on = primitives(tiny_config("on"))
     off = primitives(tiny_config("off"))
     convolutions = off.count("conv_general_dilated")
     assert convolutions == 19  # stem + 9 blocks x 2
-    # inside the context each one is a custom-gradient convolution (cv_jax's weight gradient)
+    # inside the context each one is a custom-gradient convolution on cv_jax's kernels
     assert "conv_general_dilated" not in on and on.count("custom_vjp_call") == convolutions
+    assert "optimization_barrier" not in on and "optimization_barrier" not in off
+
+
+def test_without_the_kernels_every_convolution_input_is_materialised(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "load", lambda: False)  # e.g. no C compiler
+    on = primitives(tiny_config("on"))
+    off = primitives(tiny_config("off"))
+    convolutions = on.count("conv_general_dilated")
+    assert convolutions == 19 == off.count("conv_general_dilated")
     assert on.count("optimization_barrier") == convolutions
     assert "optimization_barrier" not in off
     assert on.count("div") == off.count("div") + convolutions
@@ -96,13 +105,13 @@ def train_one_step(formulations: str, model: str, image_size: int, **model_field
     step = train.make_train_step(settings, 8, mesh)
     permutation = permute(0)
     program = step.lower(state, images, labels, permutation, 0).as_text()
-    assert ("optimization_barrier" in program) == (formulations == "on")
+    assert ("cv_jax_conv" in program) == (formulations == "on")
     state, metrics = step(state, images, labels, permutation, 0)
     return initial, state, metrics
 
 
 @pytest.mark.parametrize("model, image_size, fields", [
-    ("resnet20", 8, {}),  # residual blocks: materialised convolution inputs
+    ("resnet20", 8, {}),  # residual blocks
     ("airbench", 16, {"widths": (8, 16, 16)}),  # max pools too
 ])
 def test_training_with_cpu_formulations_equals_the_default(model, image_size, fields):

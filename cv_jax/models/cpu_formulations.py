@@ -1,11 +1,13 @@
-"""Formulations of a train step's layers that XLA:CPU runs faster, with the same values.
+"""Formulations of a train step's layers that XLA:CPU runs faster, with the same values (up to
+float32 rounding).
 
 Inside :func:`cpu_formulations` (the train step enters it when
 ``config.training.cpu_formulations`` resolves to on, by default on the CPU backend):
 
-- every :class:`cv_jax.models.layers.Conv` passes its input through :func:`materialize`;
-- float32 NHWC convolutions (:func:`conv_general_dilated`) run on cv_jax's CPU kernels
-  (:mod:`cv_jax.models.cpu_kernels`; equal up to float32 summation order);
+- every :class:`cv_jax.models.layers.Conv` (:func:`conv_general_dilated`) runs on cv_jax's CPU
+  kernels (:mod:`cv_jax.models.cpu_kernels`; equal up to float32 summation order) where they
+  apply (float32, NHWC, a multiple of 8 output channels, ...), and otherwise passes its input
+  through :func:`materialize`;
 - every max pool (:func:`max_pool`) computes its gradient by shifted comparisons instead of
   XLA's select-and-scatter.
 
@@ -131,12 +133,16 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """``lax.conv_general_dilated``; inside :func:`cpu_formulations`, a float32 NHWC 2-D
     convolution without dilation or groups, with a multiple of 8 output channels, runs on
     cv_jax's CPU kernels (:mod:`cv_jax.models.cpu_kernels`): its value, its weight gradient
-    and, for stride 1 onto a multiple of 8 input channels, its input gradient."""
+    and, for stride 1 onto a multiple of 8 input channels, its input gradient. Any other
+    convolution is XLA's, on its input passed through :func:`materialize`. (A kernel's input
+    is a buffer of its own anyway, so it needs no materialising.)"""
     args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                 dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                 precision=precision)
-    if not (enabled() and _kernel_applies(lhs, rhs, **args)):
+    if not enabled():
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
+    if not _kernel_applies(lhs, rhs, **args):  # XLA's convolution, on a materialised input
+        return lax.conv_general_dilated(materialize(lhs), rhs, window_strides, padding, **args)
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))

@@ -81,8 +81,8 @@ def _path(module: nn.Module) -> str:
 
 class Conv(nn.Conv):
     """``flax.linen.Conv`` that reports an input smaller than its kernel by layer name (and,
-    inside :func:`cpu_formulations.cpu_formulations`, keeps its input in memory and takes its
-    weight gradient from cv_jax's CPU kernel)."""
+    inside :func:`cpu_formulations.cpu_formulations`, runs on cv_jax's CPU kernels or keeps
+    its input in memory: :func:`cpu_formulations.conv_general_dilated`)."""
 
     conv_general_dilated: Any = cpu_formulations.conv_general_dilated
 
@@ -92,8 +92,6 @@ class Conv(nn.Conv):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         self._check(inputs)
-        if cpu_formulations.enabled():
-            inputs = cpu_formulations.materialize(inputs)
         return super().__call__(inputs)
 
 
