@@ -52,6 +52,13 @@ static void valid_range(int64_t size, int64_t out_size, int64_t s, int64_t k, in
   *hi = last < out_size ? last : out_size;
 }
 
+/* The next tile width, 6, 4, 2 or 1, for `remaining` pixels or channels: 6-wide tiles keep 12
+   accumulators in flight (enough to hide the FMA latency); 8 left over become two 4s. */
+static inline int64_t tile_width(int64_t remaining) {
+  if (remaining >= 6 && remaining != 8) return 6;
+  return remaining >= 4 ? 4 : remaining >= 2 ? 2 : 1;
+}
+
 /* ---- forward ---- */
 
 /* The forward pass reads each image from a copy whose rows carry the padding columns as zeros,
@@ -91,7 +98,9 @@ typedef struct {
         store8(y + (oh * k->OW + ow0 + p) * k->CO + 8 * v, a[p][v]);                         \
   }
 
+FORWARD_TILE(6, 2)
 FORWARD_TILE(4, 2)
+FORWARD_TILE(2, 2)
 FORWARD_TILE(1, 2)
 FORWARD_TILE(8, 1)
 FORWARD_TILE(1, 1)
@@ -113,8 +122,14 @@ static void forward(const Work *k, float *buffer) {
         const float *w = k->other + co;
         int64_t ow = 0;
         if (k->CO - co >= 16) {
-          for (; ow + 4 <= k->OW; ow += 4) forward_4_2(k, &in, w, y + co, oh, ow);
-          for (; ow < k->OW; ++ow) forward_1_2(k, &in, w, y + co, oh, ow);
+          while (ow < k->OW) {
+            int64_t width = tile_width(k->OW - ow);
+            if (width == 6) forward_6_2(k, &in, w, y + co, oh, ow);
+            else if (width == 4) forward_4_2(k, &in, w, y + co, oh, ow);
+            else if (width == 2) forward_2_2(k, &in, w, y + co, oh, ow);
+            else forward_1_2(k, &in, w, y + co, oh, ow);
+            ow += width;
+          }
           co += 16;
         } else {
           for (; ow + 8 <= k->OW; ow += 8) forward_8_1(k, &in, w, y + co, oh, ow);
@@ -155,7 +170,9 @@ static void forward(const Work *k, float *buffer) {
       for (int v = 0; v < NV; ++v) store8(acc + j * k->CO + 8 * v, a[j][v]);                  \
   }
 
+WEIGHT_TILE(6, 2)
 WEIGHT_TILE(4, 2)
+WEIGHT_TILE(2, 2)
 WEIGHT_TILE(1, 2)
 WEIGHT_TILE(4, 1)
 WEIGHT_TILE(1, 1)
@@ -174,16 +191,17 @@ static void weight_grad(const Work *k) {
         int64_t dh = kh - k->ph, dw = kw - k->pw;
         for (int64_t co = 0; co < k->CO;) {
           int wide = k->CO - co >= 16;
-          int64_t ci = 0;
-          for (; ci + 4 <= k->C; ci += 4) {
+          for (int64_t ci = 0; ci < k->C;) {
             float *a = tap + ci * k->CO + co;
-            if (wide) weight_4_2(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
-            else weight_4_1(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
-          }
-          for (; ci < k->C; ++ci) {
-            float *a = tap + ci * k->CO + co;
-            if (wide) weight_1_2(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
-            else weight_1_1(a, k, x + ci, dy + co, oh_lo, oh_hi, dh, lo, hi, dw);
+            const float *xc = x + ci, *g = dy + co;
+            int64_t width = wide ? tile_width(k->C - ci) : (k->C - ci >= 4 ? 4 : 1);
+            if (width == 6) weight_6_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
+            else if (width == 4 && wide) weight_4_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
+            else if (width == 2) weight_2_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
+            else if (wide) weight_1_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
+            else if (width == 4) weight_4_1(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
+            else weight_1_1(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
+            ci += width;
           }
           co += wide ? 16 : 8;
         }
