@@ -127,7 +127,7 @@ def _headline(config):
 def _cpu(config):
     config.model = model_section("airbench", widths=(32, 64, 64))
     config.training.update(batch_size=256, log_every_steps=20)
-    _airbench_optimizer(config, peak_lr=1.0, epochs=6.0)
+    _airbench_optimizer(config, peak_lr=1.0, epochs=7.0)
 
 
 def _smoke(config):

@@ -594,10 +594,10 @@ def base_config() -> mlc.ConfigDict:
         # results.json counts it (skipped_steps). 'skip' still stops after this many in a row.
         nonfinite="stop",
         max_consecutive_skips=10,
-        # Layer formulations XLA:CPU runs faster, with the same values, in the train step
-        # (models.cpu_formulations: convolution inputs kept in memory, max-pool gradients by
-        # shifted comparisons). 'auto' = on for the CPU backend; measured in
-        # experiments/speed/RESULTS.md.
+        # Layer formulations XLA:CPU runs faster, with the same values up to float32 rounding,
+        # in the train step (models.cpu_formulations: convolutions on cv_jax's CPU kernels or
+        # with inputs kept in memory, max-pool gradients by shifted comparisons). 'auto' = on
+        # for the CPU backend; measured in experiments/speed/RESULTS.md.
         cpu_formulations="auto",
     ))
     c.early_stopping = mlc.ConfigDict(dict(

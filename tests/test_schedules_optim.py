@@ -202,14 +202,14 @@ def test_schedules_cli_prints_and_plots_a_config(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    # 50000 / 256 = 195 steps per epoch; 6 epochs = 1170 steps; warmup 0.23 x 6 = 1.38 epochs
-    # = 269 steps.
-    assert "195 steps per epoch, 1170 steps (6 epochs)" in text
+    # 50000 / 256 = 195 steps per epoch; 7 epochs = 1365 steps; warmup 0.23 x 7 = 1.61 epochs
+    # = 313.95 -> 314 steps.
+    assert "195 steps per epoch, 1365 steps (7 epochs)" in text
     assert re.search(r"^\s+0\s+0\.000\s+0\.2$", text, re.M)
-    assert re.search(r"^\s+269\s+1\.379\s+1$", text, re.M)
-    assert "peak  1 at step 269 (epoch 1.379)" in text
-    last = 0.07 + 0.93 * (1170 - 1169) / (1170 - 269)
-    final = re.search(r"^final (\S+) at step 1169 \(the last update\)$", text, re.M)
+    assert re.search(r"^\s+314\s+1\.610\s+1$", text, re.M)
+    assert "peak  1 at step 314 (epoch 1.610)" in text
+    last = 0.07 + 0.93 * (1365 - 1364) / (1365 - 314)
+    final = re.search(r"^final (\S+) at step 1364 \(the last update\)$", text, re.M)
     assert float(final.group(1)) == pytest.approx(last, rel=1e-5)
     assert out.stat().st_size > 1000
 

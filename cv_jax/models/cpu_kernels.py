@@ -18,6 +18,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import pathlib
 import platform
 import shutil
 import subprocess
@@ -55,8 +56,9 @@ def library_path(compiler: str) -> str:
     """Where the kernel library for this source, compiler, header and CPU is cached."""
     header = os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h")
     digest = hashlib.sha256()
-    for part in (open(SOURCE, "rb").read(), open(header, "rb").read(), " ".join(FLAGS).encode(),
-                 compiler.encode(), _cpu_features().encode(), platform.machine().encode()):
+    for part in (pathlib.Path(SOURCE).read_bytes(), pathlib.Path(header).read_bytes(),
+                 " ".join(FLAGS).encode(), compiler.encode(), _cpu_features().encode(),
+                 platform.machine().encode()):
         digest.update(hashlib.sha256(part).digest())
     return os.path.join(default_cache_dir(), "kernels",
                         f"conv2d-{digest.hexdigest()[:16]}.so")
