@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cv_jax.models import cpu_kernels
+
 _ON = contextvars.ContextVar("cpu_formulations", default=False)
 
 
@@ -150,8 +152,6 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 def _kernel_applies(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                     feature_group_count, precision) -> bool:
-    from cv_jax.models import cpu_kernels
-
     plain = lhs.ndim == 4 and feature_group_count == 1 and precision is None and all(
         d is None or all(v == 1 for v in d) for d in (lhs_dilation, rhs_dilation))
     return (plain and lhs.dtype == rhs.dtype == jnp.float32 and rhs.shape[-1] % 8 == 0
@@ -164,12 +164,6 @@ def _lax_conv(x, w, strides, padding):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
 
-def _kernel_conv(x, w, strides, padding, output_size):
-    from cv_jax.models import cpu_kernels
-
-    return cpu_kernels.conv_forward(x, w, output_size, strides, tuple(low for low, _ in padding))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, w, strides, padding):
     return _conv_forward(x, w, strides, padding)[0]
@@ -177,22 +171,20 @@ def _conv(x, w, strides, padding):
 
 def _conv_forward(x, w, strides, padding):
     output_size = jax.eval_shape(lambda x, w: _lax_conv(x, w, strides, padding), x, w).shape[1:3]
-    return _kernel_conv(x, w, strides, padding, output_size), (x, w)
+    low = tuple(before for before, _ in padding)
+    return cpu_kernels.conv_forward(x, w, output_size, strides, low), (x, w)
 
 
 def _conv_gradient(strides, padding, residuals, g):
     """Weight gradient from cv_jax's kernel; input gradient too where it is a stride-1
     convolution of ``g`` with the flipped, transposed kernel onto a multiple of 8 channels,
     else from XLA."""
-    from cv_jax.models import cpu_kernels
-
     x, w = residuals
     (kh, kw), (height, width) = w.shape[:2], x.shape[1:3]
-    weight_grad = cpu_kernels.conv_weight_grad(x, g, (kh, kw), strides,
-                                               tuple(low for low, _ in padding))
+    (top, _), (left, _) = padding
+    weight_grad = cpu_kernels.conv_weight_grad(x, g, (kh, kw), strides, (top, left))
     if strides == (1, 1) and x.shape[-1] % 8 == 0:
         flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-        (top, _), (left, _) = padding
         input_grad = cpu_kernels.conv_forward(g, flipped, (height, width), (1, 1),
                                               (kh - 1 - top, kw - 1 - left))
     else:

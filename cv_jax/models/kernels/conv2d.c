@@ -39,7 +39,7 @@ static inline v8 splat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
 typedef struct {
   const float *x, *other; /* other: w (forward) or dy (weight gradient) */
   float *out;             /* y, or this thread's partial dW */
-  int64_t n0, n1;         /* this thread's images */
+  int64_t n0, n1;         /* this chunk's images */
   int64_t H, W, C, OH, OW, CO, KH, KW, sh, sw, ph, pw;
 } Work;
 
@@ -105,12 +105,19 @@ FORWARD_TILE(1, 2)
 FORWARD_TILE(8, 1)
 FORWARD_TILE(1, 1)
 
+/* Width of a padded input row: `left` zero columns, the image's W, and as many on the right as
+   the last output column's taps reach past the image. */
+static int64_t padded_width(const Work *k, int64_t *left) {
+  int64_t right = (k->OW - 1) * k->sw + k->KW - k->pw - k->W;
+  *left = k->pw > 0 ? k->pw : 0;
+  return *left + k->W + (right > 0 ? right : 0);
+}
+
 /* buffer: room for one padded image, zeros in the padding columns (they are never written). */
 static void forward(const Work *k, float *buffer) {
-  int64_t left = k->pw > 0 ? k->pw : 0;
-  int64_t right = (k->OW - 1) * k->sw + k->KW - k->pw - k->W;
-  if (right < 0) right = 0;
-  Padded in = {buffer, left + k->W + right, left - k->pw};
+  int64_t left;
+  int64_t width = padded_width(k, &left);
+  Padded in = {buffer, width, left - k->pw};
   for (int64_t n = k->n0; n < k->n1; ++n) {
     const float *x = k->x + n * k->H * k->W * k->C;
     for (int64_t ih = 0; ih < k->H; ++ih)
@@ -177,7 +184,9 @@ WEIGHT_TILE(1, 2)
 WEIGHT_TILE(4, 1)
 WEIGHT_TILE(1, 1)
 
-static void weight_grad(const Work *k) {
+/* scratch: unused (the signature run_parallel expects). */
+static void weight_grad(const Work *k, float *scratch) {
+  (void)scratch;
   for (int64_t n = k->n0; n < k->n1; ++n) {
     const float *x = k->x + n * k->H * k->W * k->C;
     const float *dy = k->other + n * k->OH * k->OW * k->CO;
@@ -317,17 +326,9 @@ static int run_parallel(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ctx,
   return failed ? -1 : 0;
 }
 
-static void forward_chunk(const Work *k, float *scratch) { forward(k, scratch); }
-
-static void weight_chunk(const Work *k, float *scratch) {
-  (void)scratch;
-  weight_grad(k);
-}
-
 static size_t padded_image_floats(const Work *k) {
-  int64_t left = k->pw > 0 ? k->pw : 0;
-  int64_t right = (k->OW - 1) * k->sw + k->KW - k->pw - k->W;
-  return (size_t)(k->H * (left + k->W + (right > 0 ? right : 0)) * k->C);
+  int64_t left;
+  return (size_t)(k->H * padded_width(k, &left) * k->C);
 }
 
 /* ---- XLA FFI handlers: two float32 rank-4 arguments, one result, int64 attributes pad_h,
@@ -371,7 +372,7 @@ static int metadata_query(XLA_FFI_CallFrame *frame) {
 }
 
 static int conv_forward(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ctx, Work shape) {
-  return run_parallel(api, ctx, forward_chunk, shape, shape.out, 0, padded_image_floats(&shape));
+  return run_parallel(api, ctx, forward, shape, shape.out, 0, padded_image_floats(&shape));
 }
 
 /* Each chunk sums into its own partial dW; the partials are then added in chunk order. */
@@ -381,7 +382,7 @@ static int conv_weight_grad(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ct
   float *partial = calloc((size_t)chunks * size, sizeof(float));
   if (partial == NULL) return -1;
   float *dw = shape.out;
-  if (run_parallel(api, ctx, weight_chunk, shape, partial, size, 0) != 0) {
+  if (run_parallel(api, ctx, weight_grad, shape, partial, size, 0) != 0) {
     free(partial);
     return -1;
   }
