@@ -1,6 +1,8 @@
 """cv_jax's CPU convolution kernels equal XLA's convolution and its gradients."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -158,3 +160,23 @@ def test_the_library_is_cached_per_source_and_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_kernels, "_cpu_features", lambda: "flags : sse2")
     assert cpu_kernels.library_path(compiler) != path  # another CPU: another library
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [os.path.basename(path)]
+
+
+def _has_avx512() -> bool:
+    return "avx512f" in cpu_kernels._cpu_features().split()
+
+
+@pytest.mark.skipif(not _has_avx512(), reason="the 16-float tiles need AVX-512; this CPU "
+                    "runs the 8-float ones in the tests above")
+def test_the_8_float_tiles_equal_xla_on_an_avx512_cpu(tmp_path):
+    """The kernels' AVX2 build (8-float vectors, 12 accumulators), compiled on this AVX-512
+    machine with -mno-avx512f, passes the same equality tests in a fresh process."""
+    env = dict(os.environ, CV_JAX_KERNEL_FLAGS="-mno-avx512f", CV_JAX_CACHE=str(tmp_path))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          __file__, "-k", "equals_xla or same_value"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "15 passed" in run.stdout
+    (library,) = (tmp_path / "kernels").iterdir()  # and it has no 16-float (zmm) code
+    assert b"zmm" not in subprocess.run(["objdump", "-d", str(library)], capture_output=True,
+                                        check=True).stdout

@@ -5,11 +5,11 @@ layouts (XLA:CPU runs Eigen's convolutions, and for the weight gradient first tr
 operands; measurements in experiments/speed/RESULTS.md).
 
 The C file is compiled with the system's C compiler (``$CC``, else ``cc``/``gcc``) for this
-machine (``-march=native``) into the cache folder (``$CV_JAX_CACHE`` or ``~/.cache/cv_jax``,
-``kernels/``), keyed by the source, the flags, the XLA FFI header and the CPU's features, and
-registered with XLA once per process. Without a compiler, or if compiling fails, :func:`load`
-returns False (with one warning) and callers keep XLA's own convolution; so does
-``CV_JAX_CPU_KERNELS=0``.
+machine (``-march=native``, plus ``$CV_JAX_KERNEL_FLAGS``) into the cache folder
+(``$CV_JAX_CACHE`` or ``~/.cache/cv_jax``, ``kernels/``), keyed by the source, the flags, the
+XLA FFI header and the CPU's features, and registered with XLA once per process. Without a
+compiler, or if compiling fails, :func:`load` returns False (with one warning) and callers keep
+XLA's own convolution; so does ``CV_JAX_CPU_KERNELS=0``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ FLAGS = ("-O3", "-march=native", "-std=gnu11", "-ffp-contract=fast", "-D_GNU_SOU
          "-shared", "-fPIC")
 
 
+def _flags() -> tuple[str, ...]:
+    """FLAGS plus any in ``$CV_JAX_KERNEL_FLAGS`` (e.g. ``-mno-avx512f`` builds the kernels'
+    8-float AVX2 tiles on a CPU with AVX-512)."""
+    return FLAGS + tuple(os.environ.get("CV_JAX_KERNEL_FLAGS", "").split())
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc"):
         if name and shutil.which(name):
@@ -57,7 +63,7 @@ def library_path(compiler: str) -> str:
     header = os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h")
     digest = hashlib.sha256()
     for part in (pathlib.Path(SOURCE).read_bytes(), pathlib.Path(header).read_bytes(),
-                 " ".join(FLAGS).encode(), compiler.encode(), _cpu_features().encode(),
+                 " ".join(_flags()).encode(), compiler.encode(), _cpu_features().encode(),
                  platform.machine().encode()):
         digest.update(hashlib.sha256(part).digest())
     return os.path.join(default_cache_dir(), "kernels",
@@ -78,7 +84,7 @@ def _compile(compiler: str, path: str) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp],
+        subprocess.run([compiler, *_flags(), "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp],
                        check=True, capture_output=True, text=True)
         os.replace(tmp, path)
     finally:

@@ -8,8 +8,10 @@
    of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
    kernel, so the caller uses the forward kernel for that too.)
 
-   Both keep a register tile of 8-float vectors (GCC vector extensions, compiled with
-   -march=native) and run it over output pixels; the batch is split into chunks that XLA's own
+   Both keep a register tile of accumulators (GCC vector extensions, compiled with
+   -march=native: 16-float vectors where the CPU has AVX-512, else 8) and run it over output
+   pixels; each row of pixels (or of input channels) is cut into the fewest tiles that fit the
+   register file, of near-equal widths, and each width has its own unrolled function. The batch is split into chunks that XLA's own
    intra-op threads work through. XLA:CPU instead hands its convolutions to Eigen, which packs
    its operands into fresh buffers on every call, and for the weight gradient first transposes
    both operands so that the batch becomes the contracted dimension. The output channel count
@@ -24,17 +26,30 @@
 
 #include "xla/ffi/api/c_api.h"
 
+/* The vector type of the register tiles: 16 floats where the CPU has AVX-512 (32 vector
+   registers, so tiles of up to 24 accumulators), else 8 (AVX2: 16 registers, 12). Output
+   channels left over after the full vectors (8 of them, on AVX-512) use 8-float vectors. */
+#ifdef __AVX512F__
+typedef float vec __attribute__((vector_size(64)));
+#define LANES 16
+#define MAX_ACC 24
+#else
+typedef float vec __attribute__((vector_size(32)));
+#define LANES 8
+#define MAX_ACC 12
+#endif
 typedef float v8 __attribute__((vector_size(32)));
 
-static inline v8 load8(const float *p) {
-  v8 v;
-  memcpy(&v, p, sizeof v);
-  return v;
+#define LOAD(T, p) ({ T v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define STORE(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+static inline v8 splat_v8(float f) { return (v8){f, f, f, f, f, f, f, f}; }
+#if LANES == 16
+static inline vec splat_vec(float f) {
+  return (vec){f, f, f, f, f, f, f, f, f, f, f, f, f, f, f, f};
 }
-
-static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
-
-static inline v8 splat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
+#else
+#define splat_vec splat_v8
+#endif
 
 typedef struct {
   const float *x, *other; /* other: w (forward) or dy (weight gradient) */
@@ -52,11 +67,45 @@ static void valid_range(int64_t size, int64_t out_size, int64_t s, int64_t k, in
   *hi = last < out_size ? last : out_size;
 }
 
-/* The next tile width, 6, 4, 2 or 1, for `remaining` pixels or channels: 6-wide tiles keep 12
-   accumulators in flight (enough to hide the FMA latency); 8 left over become two 4s. */
-static inline int64_t tile_width(int64_t remaining) {
-  if (remaining >= 6 && remaining != 8) return 6;
-  return remaining >= 4 ? 4 : remaining >= 2 ? 2 : 1;
+/* Tiles are instantiated for every width 1 .. MAX_ACC / (vectors per tile). */
+#define UPTO3(M, ...) M(1, __VA_ARGS__) M(2, __VA_ARGS__) M(3, __VA_ARGS__)
+#define UPTO6(M, ...) UPTO3(M, __VA_ARGS__) M(4, __VA_ARGS__) M(5, __VA_ARGS__) M(6, __VA_ARGS__)
+#define UPTO12(M, ...) UPTO6(M, __VA_ARGS__) M(7, __VA_ARGS__) M(8, __VA_ARGS__) \
+  M(9, __VA_ARGS__) M(10, __VA_ARGS__) M(11, __VA_ARGS__) M(12, __VA_ARGS__)
+#define UPTO24(M, ...) UPTO12(M, __VA_ARGS__) M(13, __VA_ARGS__) M(14, __VA_ARGS__) \
+  M(15, __VA_ARGS__) M(16, __VA_ARGS__) M(17, __VA_ARGS__) M(18, __VA_ARGS__)       \
+  M(19, __VA_ARGS__) M(20, __VA_ARGS__) M(21, __VA_ARGS__) M(22, __VA_ARGS__)       \
+  M(23, __VA_ARGS__) M(24, __VA_ARGS__)
+#if MAX_ACC == 24
+#define WIDTHS_1 UPTO24
+#define WIDTHS_2 UPTO12
+#define WIDTHS_4 UPTO6
+#else
+#define WIDTHS_1 UPTO12
+#define WIDTHS_2 UPTO6
+#define WIDTHS_4 UPTO3
+#endif
+#define WIDTHS_8LANE UPTO12 /* the 8 channels left over on AVX-512 */
+
+/* A family of tiles: functions for widths 1 .. max, each covering `channels` output channels. */
+typedef struct {
+  const void *const *fns;
+  int64_t max, channels;
+} Tiles;
+
+/* The family for the output channels from co on: the widest of 4, 2 or 1 vectors that fits,
+   else (on AVX-512, 8 channels left) one 8-float vector. */
+static const Tiles *tiles_for(const Tiles families[4], int64_t remaining) {
+  if (remaining >= 4 * LANES) return &families[0];
+  if (remaining >= 2 * LANES) return &families[1];
+  return remaining >= LANES ? &families[2] : &families[3];
+}
+
+/* Splits `total` pixels or channels into the fewest tiles of at most `max`, of near-equal
+   widths: the width of tile starting at `done`. */
+static int64_t tile_width(int64_t total, int64_t done, int64_t max) {
+  int64_t parts = (total + max - 1) / max, base = total / parts, wide = total % parts;
+  return done < wide * (base + 1) ? base + 1 : base;
 }
 
 /* ---- forward ---- */
@@ -69,14 +118,18 @@ typedef struct {
   int64_t WP, shift; /* padded row width; buffer column of ow * sw + kw is that + shift */
 } Padded;
 
-/* y[oh, ow0 .. ow0 + NPIX) x [co0 .. co0 + 8 * NV) of one image (w and y point at column co0
-   of the kernel and of the image's output). */
-#define FORWARD_TILE(NPIX, NV)                                                               \
-  static void forward_##NPIX##_##NV(const Work *k, const Padded *in, const float *w,         \
-                                    float *y, int64_t oh, int64_t ow0) {                     \
-    v8 a[NPIX][NV];                                                                          \
+typedef void (*forward_tile)(const Work *, const Padded *, const float *, float *, int64_t,
+                             int64_t);
+
+/* y[oh, ow0 .. ow0 + NPIX) x [co0 .. co0 + NV vectors of T) of one image (w and y point at
+   column co0 of the kernel and of the image's output). */
+#define FORWARD_TILE(NPIX, NV, T, NAME)                                                      \
+  static void NAME##_##NPIX(const Work *k, const Padded *in, const float *w, float *y,       \
+                            int64_t oh, int64_t ow0) {                                       \
+    enum { L = sizeof(T) / sizeof(float) };                                                  \
+    T a[NPIX][NV];                                                                           \
     for (int p = 0; p < NPIX; ++p)                                                           \
-      for (int v = 0; v < NV; ++v) a[p][v] = splat(0.0f);                                    \
+      for (int v = 0; v < NV; ++v) a[p][v] = (T){0};                                         \
     for (int64_t kh = 0; kh < k->KH; ++kh) {                                                 \
       int64_t ih = oh * k->sh + kh - k->ph;                                                  \
       if (ih < 0 || ih >= k->H) continue;                                                    \
@@ -84,26 +137,38 @@ typedef struct {
         const float *xp = in->x + (ih * in->WP + ow0 * k->sw + kw + in->shift) * k->C;       \
         const float *wp = w + (kh * k->KW + kw) * k->C * k->CO;                              \
         for (int64_t ci = 0; ci < k->C; ++ci) {                                              \
-          v8 g[NV];                                                                          \
-          for (int v = 0; v < NV; ++v) g[v] = load8(wp + ci * k->CO + 8 * v);                \
+          T g[NV];                                                                           \
+          for (int v = 0; v < NV; ++v) g[v] = LOAD(T, wp + ci * k->CO + L * v);             \
           for (int p = 0; p < NPIX; ++p) {                                                   \
-            v8 b = splat(xp[p * k->sw * k->C + ci]);                                         \
+            T b = splat_##T(xp[p * k->sw * k->C + ci]);                                       \
             for (int v = 0; v < NV; ++v) a[p][v] += b * g[v];                                \
           }                                                                                  \
         }                                                                                    \
       }                                                                                      \
     }                                                                                        \
     for (int p = 0; p < NPIX; ++p)                                                           \
-      for (int v = 0; v < NV; ++v)                                                           \
-        store8(y + (oh * k->OW + ow0 + p) * k->CO + 8 * v, a[p][v]);                         \
+      for (int v = 0; v < NV; ++v) STORE(y + (oh * k->OW + ow0 + p) * k->CO + L * v, a[p][v]); \
   }
+#define FORWARD_ENTRY(NPIX, NAME) NAME##_##NPIX,
 
-FORWARD_TILE(6, 2)
-FORWARD_TILE(4, 2)
-FORWARD_TILE(2, 2)
-FORWARD_TILE(1, 2)
-FORWARD_TILE(8, 1)
-FORWARD_TILE(1, 1)
+WIDTHS_4(FORWARD_TILE, 4, vec, forward_4)
+WIDTHS_2(FORWARD_TILE, 2, vec, forward_2)
+WIDTHS_1(FORWARD_TILE, 1, vec, forward_1)
+static const void *const forward_4_fns[] = {WIDTHS_4(FORWARD_ENTRY, forward_4)};
+static const void *const forward_2_fns[] = {WIDTHS_2(FORWARD_ENTRY, forward_2)};
+static const void *const forward_1_fns[] = {WIDTHS_1(FORWARD_ENTRY, forward_1)};
+#if LANES == 16
+WIDTHS_8LANE(FORWARD_TILE, 1, v8, forward_8lane)
+static const void *const forward_8lane_fns[] = {WIDTHS_8LANE(FORWARD_ENTRY, forward_8lane)};
+#else
+#define forward_8lane_fns forward_1_fns /* never used: CO is a multiple of 8 */
+#endif
+#define FAMILY(FNS, VECTORS, LANES_)                                      \
+  { (FNS), (int64_t)(sizeof(FNS) / sizeof(FNS)[0]), (VECTORS) * (LANES_) }
+static const Tiles forward_tiles[4] = {FAMILY(forward_4_fns, 4, LANES),
+                                       FAMILY(forward_2_fns, 2, LANES),
+                                       FAMILY(forward_1_fns, 1, LANES),
+                                       FAMILY(forward_8lane_fns, 1, 8)};
 
 /* Width of a padded input row: `left` zero columns, the image's W, and as many on the right as
    the last output column's taps reach past the image. */
@@ -126,23 +191,13 @@ static void forward(const Work *k, float *buffer) {
     float *y = k->out + n * k->OH * k->OW * k->CO;
     for (int64_t oh = 0; oh < k->OH; ++oh) {
       for (int64_t co = 0; co < k->CO;) {
-        const float *w = k->other + co;
-        int64_t ow = 0;
-        if (k->CO - co >= 16) {
-          while (ow < k->OW) {
-            int64_t width = tile_width(k->OW - ow);
-            if (width == 6) forward_6_2(k, &in, w, y + co, oh, ow);
-            else if (width == 4) forward_4_2(k, &in, w, y + co, oh, ow);
-            else if (width == 2) forward_2_2(k, &in, w, y + co, oh, ow);
-            else forward_1_2(k, &in, w, y + co, oh, ow);
-            ow += width;
-          }
-          co += 16;
-        } else {
-          for (; ow + 8 <= k->OW; ow += 8) forward_8_1(k, &in, w, y + co, oh, ow);
-          for (; ow < k->OW; ++ow) forward_1_1(k, &in, w, y + co, oh, ow);
-          co += 8;
+        const Tiles *tiles = tiles_for(forward_tiles, k->CO - co);
+        for (int64_t ow = 0; ow < k->OW;) {
+          int64_t pixels = tile_width(k->OW, ow, tiles->max);
+          ((forward_tile)tiles->fns[pixels - 1])(k, &in, k->other + co, y + co, oh, ow);
+          ow += pixels;
         }
+        co += tiles->channels;
       }
     }
   }
@@ -150,39 +205,54 @@ static void forward(const Work *k, float *buffer) {
 
 /* ---- weight gradient ---- */
 
-/* One register tile, dW[ci0 .. ci0 + NCI) x [co0 .. co0 + 8 * NV) of one kernel tap, summed
-   over output rows [oh_lo, oh_hi) and columns [lo, hi) of one image (those whose input pixel
-   oh * sh + dh, ow * sw + dw lies inside it); x and dy point at the image's channel ci0 / co0. */
-#define WEIGHT_TILE(NCI, NV)                                                                  \
-  static void weight_##NCI##_##NV(float *acc, const Work *k, const float *x, const float *dy, \
-                                  int64_t oh_lo, int64_t oh_hi, int64_t dh, int64_t lo,       \
-                                  int64_t hi, int64_t dw) {                                   \
-    v8 a[NCI][NV];                                                                            \
+typedef void (*weight_tile)(float *, const Work *, const float *, const float *, int64_t,
+                            int64_t, int64_t, int64_t, int64_t, int64_t);
+
+/* One register tile, dW[ci0 .. ci0 + NCI) x [co0 .. co0 + NV vectors of T) of one kernel tap,
+   summed over output rows [oh_lo, oh_hi) and columns [lo, hi) of one image (those whose input
+   pixel oh * sh + dh, ow * sw + dw lies inside it); x and dy point at the image's channel
+   ci0 / co0. */
+#define WEIGHT_TILE(NCI, NV, T, NAME)                                                          \
+  static void NAME##_##NCI(float *acc, const Work *k, const float *x, const float *dy,        \
+                           int64_t oh_lo, int64_t oh_hi, int64_t dh, int64_t lo, int64_t hi,  \
+                           int64_t dw) {                                                      \
+    enum { L = sizeof(T) / sizeof(float) };                                                   \
+    T a[NCI][NV];                                                                             \
     for (int j = 0; j < NCI; ++j)                                                             \
-      for (int v = 0; v < NV; ++v) a[j][v] = load8(acc + j * k->CO + 8 * v);                  \
+      for (int v = 0; v < NV; ++v) a[j][v] = LOAD(T, acc + j * k->CO + L * v);                \
     for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {                                              \
       const float *xrow = x + (oh * k->sh + dh) * k->W * k->C;                                \
       const float *gyrow = dy + oh * k->OW * k->CO;                                           \
       for (int64_t ow = lo; ow < hi; ++ow) {                                                  \
         const float *xp = xrow + (ow * k->sw + dw) * k->C;                                    \
-        v8 g[NV];                                                                             \
-        for (int v = 0; v < NV; ++v) g[v] = load8(gyrow + ow * k->CO + 8 * v);                \
+        T g[NV];                                                                              \
+        for (int v = 0; v < NV; ++v) g[v] = LOAD(T, gyrow + ow * k->CO + L * v);              \
         for (int j = 0; j < NCI; ++j) {                                                       \
-          v8 b = splat(xp[j]);                                                                \
+          T b = splat_##T(xp[j]);                                                              \
           for (int v = 0; v < NV; ++v) a[j][v] += b * g[v];                                   \
         }                                                                                     \
       }                                                                                       \
     }                                                                                         \
     for (int j = 0; j < NCI; ++j)                                                             \
-      for (int v = 0; v < NV; ++v) store8(acc + j * k->CO + 8 * v, a[j][v]);                  \
+      for (int v = 0; v < NV; ++v) STORE(acc + j * k->CO + L * v, a[j][v]);                   \
   }
 
-WEIGHT_TILE(6, 2)
-WEIGHT_TILE(4, 2)
-WEIGHT_TILE(2, 2)
-WEIGHT_TILE(1, 2)
-WEIGHT_TILE(4, 1)
-WEIGHT_TILE(1, 1)
+WIDTHS_4(WEIGHT_TILE, 4, vec, weight_4)
+WIDTHS_2(WEIGHT_TILE, 2, vec, weight_2)
+WIDTHS_1(WEIGHT_TILE, 1, vec, weight_1)
+static const void *const weight_4_fns[] = {WIDTHS_4(FORWARD_ENTRY, weight_4)};
+static const void *const weight_2_fns[] = {WIDTHS_2(FORWARD_ENTRY, weight_2)};
+static const void *const weight_1_fns[] = {WIDTHS_1(FORWARD_ENTRY, weight_1)};
+#if LANES == 16
+WIDTHS_8LANE(WEIGHT_TILE, 1, v8, weight_8lane)
+static const void *const weight_8lane_fns[] = {WIDTHS_8LANE(FORWARD_ENTRY, weight_8lane)};
+#else
+#define weight_8lane_fns weight_1_fns /* never used: CO is a multiple of 8 */
+#endif
+static const Tiles weight_tiles[4] = {FAMILY(weight_4_fns, 4, LANES),
+                                      FAMILY(weight_2_fns, 2, LANES),
+                                      FAMILY(weight_1_fns, 1, LANES),
+                                      FAMILY(weight_8lane_fns, 1, 8)};
 
 /* scratch: unused (the signature run_parallel expects). */
 static void weight_grad(const Work *k, float *scratch) {
@@ -199,20 +269,14 @@ static void weight_grad(const Work *k, float *scratch) {
         float *tap = k->out + (kh * k->KW + kw) * k->C * k->CO;
         int64_t dh = kh - k->ph, dw = kw - k->pw;
         for (int64_t co = 0; co < k->CO;) {
-          int wide = k->CO - co >= 16;
+          const Tiles *tiles = tiles_for(weight_tiles, k->CO - co);
           for (int64_t ci = 0; ci < k->C;) {
-            float *a = tap + ci * k->CO + co;
-            const float *xc = x + ci, *g = dy + co;
-            int64_t width = wide ? tile_width(k->C - ci) : (k->C - ci >= 4 ? 4 : 1);
-            if (width == 6) weight_6_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
-            else if (width == 4 && wide) weight_4_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
-            else if (width == 2) weight_2_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
-            else if (wide) weight_1_2(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
-            else if (width == 4) weight_4_1(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
-            else weight_1_1(a, k, xc, g, oh_lo, oh_hi, dh, lo, hi, dw);
-            ci += width;
+            int64_t channels = tile_width(k->C, ci, tiles->max);
+            ((weight_tile)tiles->fns[channels - 1])(tap + ci * k->CO + co, k, x + ci, dy + co,
+                                                    oh_lo, oh_hi, dh, lo, hi, dw);
+            ci += channels;
           }
-          co += wide ? 16 : 8;
+          co += tiles->channels;
         }
       }
     }
