@@ -11,8 +11,8 @@
    Both keep a register tile of accumulators (GCC vector extensions, compiled with
    -march=native: 16-float vectors where the CPU has AVX-512, else 8) and run it over output
    pixels; each row of pixels (or of input channels) is cut into the fewest tiles that fit the
-   register file, of near-equal widths, and each width has its own unrolled function. The batch is split into chunks that XLA's own
-   intra-op threads work through. XLA:CPU instead hands its convolutions to Eigen, which packs
+   register file, of near-equal widths, and each width has its own unrolled function. The
+   batch is split into chunks that XLA's own intra-op threads work through. XLA:CPU instead hands its convolutions to Eigen, which packs
    its operands into fresh buffers on every call, and for the weight gradient first transposes
    both operands so that the batch becomes the contracted dimension. The output channel count
    CO must be a multiple of 8 (the caller checks). Partial weight gradients are added in chunk
