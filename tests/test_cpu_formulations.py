@@ -1,6 +1,6 @@
 """The CPU formulations (config.training.cpu_formulations): materialised convolution inputs,
-cv_jax's convolution weight-gradient kernel and the max-pool gradient by shifted comparisons
-give the same values and the same training."""
+cv_jax's convolution kernels, the max-pool gradient by shifted comparisons and BatchNorm's
+written-out gradient give the same values and the same training."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cv_jax import bench, configlib, models, sharding, steps, train
-from cv_jax.models import cpu_formulations, cpu_kernels
+from cv_jax.models import cpu_formulations, cpu_kernels, layers
 
 SPECIAL = [0.0, -0.0, 1.5e-38, -3.5, 6.5e4, np.inf, -np.inf, np.nan]
 
@@ -171,3 +171,54 @@ def test_max_pool_uses_the_shifted_gradient_only_inside_the_context():
         jaxpr = pool_gradient_jaxpr()
     assert "select_and_scatter_add" not in jaxpr
     assert jaxpr.count(" = eq ") == 4  # one comparison per position of the 2x2 window
+
+
+def batch_norm_loss(x, weights, params, stats, formulations: bool):
+    """sum(relu(BatchNorm(x)) * weights) in training mode, and the updated running statistics."""
+    bn = layers.batch_norm(True, name="bn")
+    with cpu_formulations.cpu_formulations(formulations):
+        y, updates = bn.apply({"params": params, "batch_stats": stats}, x,
+                              mutable=["batch_stats"])
+    return jnp.sum(jax.nn.relu(y) * weights), (y, updates["batch_stats"])
+
+
+def test_batch_norm_equals_flax_in_value_gradient_and_running_statistics():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(1.5, 3.0, (8, 5, 5, 12)), jnp.float32).at[..., 3].set(2.0)
+    weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    params = {"scale": jnp.linspace(0.5, 2.0, 12), "bias": jnp.linspace(-1.0, 1.0, 12)}
+    stats = {"mean": jnp.full(12, 0.25), "var": jnp.full(12, 2.0)}
+    grad = jax.jit(jax.value_and_grad(batch_norm_loss, argnums=(0, 2), has_aux=True),
+                   static_argnums=4)
+    (loss, (y, new_stats)), (dx, dparams) = grad(x, weights, params, stats, True)
+    (loss_ref, (y_ref, stats_ref)), (dx_ref, dparams_ref) = grad(x, weights, params, stats,
+                                                                 False)
+    np.testing.assert_array_equal(y, y_ref)  # the same expression, bit for bit
+    assert loss == loss_ref
+    for key in ("mean", "var"):
+        np.testing.assert_array_equal(new_stats[key], stats_ref[key])
+    assert float(jnp.abs(dx).max()) > 0.1
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dparams["bias"], dparams_ref["bias"], rtol=1e-6, atol=1e-6)
+    # d scale = inv * (sum(g * x) - mean * sum(g)): float32 cancellation at mean / std = 0.5
+    np.testing.assert_allclose(dparams["scale"], dparams_ref["scale"], rtol=1e-4, atol=1e-5)
+
+
+def batch_norm_jaxpr(x, train: bool = True, formulations: bool = True) -> str:
+    bn = layers.batch_norm(train, name="bn")
+    variables = bn.init(jax.random.key(0), x)
+
+    def loss(x):
+        with cpu_formulations.cpu_formulations(formulations):
+            y = bn.apply(variables, x, mutable=["batch_stats"])[0]
+        return jnp.sum(y)
+
+    return str(jax.make_jaxpr(loss)(x))
+
+
+def test_batch_norm_uses_its_written_out_gradient_only_where_it_applies():
+    x = jnp.ones((2, 3, 3, 8), jnp.float32)
+    assert "custom_vjp_call" in batch_norm_jaxpr(x)
+    assert "custom_vjp_call" not in batch_norm_jaxpr(x, formulations=False)
+    assert "custom_vjp_call" not in batch_norm_jaxpr(x, train=False)  # running averages
+    assert "custom_vjp_call" not in batch_norm_jaxpr(x.astype(jnp.bfloat16))

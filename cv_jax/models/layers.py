@@ -95,6 +95,36 @@ class Conv(nn.Conv):
         return super().__call__(inputs)
 
 
+class BatchNorm(nn.BatchNorm):
+    """``flax.linen.BatchNorm``; in training mode inside
+    :func:`cpu_formulations.cpu_formulations`, a float32 BatchNorm over the last axis (with
+    scale and bias, no mask, no cross-device axis) normalises through
+    :func:`cpu_formulations.batch_norm_train`: the same values and variables, a gradient XLA:CPU
+    runs in fewer passes."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None) -> jax.Array:
+        train = not nn.merge_param("use_running_average", self.use_running_average,
+                                   use_running_average)
+        fused = (train and cpu_formulations.enabled() and not self.is_initializing()
+                 and mask is None and self.axis_name is None and self.axis in (-1, x.ndim - 1)
+                 and self.use_scale and self.use_bias and self.use_fast_variance
+                 and x.dtype == self.param_dtype == jnp.float32
+                 and self.dtype in (None, jnp.float32))
+        if not fused:
+            return super().__call__(x, use_running_average, mask=mask)
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        mean, var = jax.lax.stop_gradient(cpu_formulations.batch_statistics(x))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        return cpu_formulations.batch_norm_train(x, scale, bias, self.epsilon)
+
+
 class Dropout(nn.Dropout):
     """``flax.linen.Dropout`` whose rate may also be an array: a traced value, one per member
     of a vectorised run (``cv_jax.vectorized --vary``). A Python number takes flax's path
@@ -169,13 +199,13 @@ def batch_norm(
     momentum: float = 0.9,
     epsilon: float = 1e-5,
     scale_init: Callable = nn.initializers.ones,
-) -> nn.BatchNorm:
-    """BatchNorm using batch statistics when ``train`` and the running averages otherwise
+) -> BatchNorm:
+    """:class:`BatchNorm` using batch statistics when ``train`` and the running averages otherwise
     (or always, inside :func:`frozen_batch_norm`).
 
     ``momentum`` is flax's decay of the running average (PyTorch's momentum 0.1 is 0.9 here).
     """
-    return nn.BatchNorm(
+    return BatchNorm(
         use_running_average=not train or _FROZEN_BATCH_NORM.get(),
         momentum=momentum,
         epsilon=epsilon,
