@@ -2,7 +2,8 @@
 
 For each 3x3 layer shape of a CIFAR ResNet (and the stride-2 ones), prints the median time in
 ms (and GFLOP/s) of the forward pass, the input gradient and the weight gradient, each as its
-own jitted program (PyTorch: eager, channels_last, torch.nn.grad).
+own jitted program (cv_jax: the kernels as the CPU formulations call them; PyTorch: eager,
+channels_last, torch.nn.grad).
 
     python benchmarks/conv_layers.py --batch=128 --repeats=15
 """
@@ -18,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from cv_jax.models import cpu_kernels
+from cv_jax.models import cpu_formulations, cpu_kernels
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 128, "Batch size.")
@@ -55,9 +56,8 @@ def _jax_passes(x, w, stride):
         "weight grad": jax.jit(lambda x, g: cpu_kernels.conv_weight_grad(
             x, g, (3, 3), strides, (1, 1))),
     }
-    if stride == 1:
-        kernel["input grad"] = jax.jit(lambda g, w: cpu_kernels.conv_forward(
-            g, jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2)), x.shape[1:3], (1, 1), (1, 1)))
+    kernel["input grad"] = jax.jit(lambda g, w: cpu_formulations._input_gradient(
+        g, w, x.shape[1:3], strides, (1, 1)))
     xla_passes = {
         "forward": jax.jit(xla),
         "input grad": jax.jit(lambda g, w: jax.vjp(lambda x: xla(x, w), x)[1](g)[0]),

@@ -95,12 +95,19 @@ def conv_layer_gradients(case, formulations: bool):
     return y, vjp(dy), program
 
 
-@pytest.mark.parametrize("case, kernel_calls", [(CASES[0], 3), (CASES[1], 2), (CASES[5], 3)],
-                         ids=["stride 1", "stride 2", "wide padding"])
+@pytest.mark.parametrize("case, kernel_calls", [
+    (CASES[0], 3),
+    (CASES[1], 2),  # 5 input channels: XLA's input gradient
+    ((2, 9, 7, 8, 16, (3, 3), (2, 2), "SAME"), 2 + 4),  # one call per residue class (r, q)
+    ((2, 8, 8, 16, 8, (1, 1), (2, 2), "VALID"), 2 + 1),  # three classes without taps
+    ((1, 10, 11, 8, 8, (5, 3), (2, 3), ((2, 1), (0, 2))), 2 + 6),
+    (CASES[5], 3),
+], ids=["stride 1", "stride 2, 5 channels", "stride 2", "1x1 stride 2", "strides 2, 3",
+        "wide padding"])
 def test_conv_layer_uses_the_kernels_with_the_same_value_and_gradients(case, kernel_calls):
     y, (param_grad, input_grad), program = conv_layer_gradients(case, formulations=True)
     y0, (param_grad0, input_grad0), program0 = conv_layer_gradients(case, formulations=False)
-    # forward, weight gradient, and the input gradient as a forward convolution (stride 1)
+    # forward, weight gradient, and the input gradient as forward convolutions
     calls = program.count(f"@{cpu_kernels.FORWARD}") + program.count(f"@{cpu_kernels.WEIGHT_GRAD}")
     assert calls == kernel_calls and "cv_jax_conv" not in program0
     for ours, xla in ((y, y0), (input_grad, input_grad0),
@@ -176,7 +183,7 @@ def test_the_8_float_tiles_equal_xla_on_an_avx512_cpu(tmp_path):
                           __file__, "-k", "equals_xla or same_value"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "15 passed" in run.stdout
+    assert "18 passed" in run.stdout
     (library,) = (tmp_path / "kernels").iterdir()  # and it has no 16-float (zmm) code
     assert b"zmm" not in subprocess.run(["objdump", "-d", str(library)], capture_output=True,
                                         check=True).stdout

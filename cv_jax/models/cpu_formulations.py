@@ -139,7 +139,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """``lax.conv_general_dilated``; inside :func:`cpu_formulations`, a float32 NHWC 2-D
     convolution without dilation or groups, with a multiple of 8 output channels, runs on
     cv_jax's CPU kernels (:mod:`cv_jax.models.cpu_kernels`): its value, its weight gradient
-    and, for stride 1 onto a multiple of 8 input channels, its input gradient. Any other
+    and, onto a multiple of 8 input channels, its input gradient (:func:`_input_gradient`,
+    any stride). Any other
     convolution is XLA's, on its input passed through :func:`materialize`. (A kernel's input
     is a buffer of its own anyway, so it needs no materialising.)"""
     args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -180,20 +181,55 @@ def _conv_forward(x, w, strides, padding):
 
 
 def _conv_gradient(strides, padding, residuals, g):
-    """Weight gradient from cv_jax's kernel; input gradient too where it is a stride-1
-    convolution of ``g`` with the flipped, transposed kernel onto a multiple of 8 channels,
-    else from XLA."""
+    """Weight gradient from cv_jax's kernel; input gradient from its forward kernel too where
+    the input has a multiple of 8 channels (:func:`_input_gradient`), else from XLA."""
     x, w = residuals
-    (kh, kw), (height, width) = w.shape[:2], x.shape[1:3]
     (top, _), (left, _) = padding
-    weight_grad = cpu_kernels.conv_weight_grad(x, g, (kh, kw), strides, (top, left))
-    if strides == (1, 1) and x.shape[-1] % 8 == 0:
-        flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-        input_grad = cpu_kernels.conv_forward(g, flipped, (height, width), (1, 1),
-                                              (kh - 1 - top, kw - 1 - left))
+    weight_grad = cpu_kernels.conv_weight_grad(x, g, w.shape[:2], strides, (top, left))
+    if x.shape[-1] % 8 == 0:
+        input_grad = _input_gradient(g, w, x.shape[1:3], strides, (top, left))
     else:
         input_grad = jax.vjp(lambda x: _lax_conv(x, w, strides, padding), x)[1](g)[0]
     return input_grad, weight_grad
+
+
+def _input_gradient(g, w, size, strides, low):
+    """dx of ``y = conv(x, w)`` (NHWC, HWIO, input ``size`` (H, W)) from the output gradient
+    ``g``, as stride-1 forward convolutions on cv_jax's kernel.
+
+    Input row ih = s * i + r receives from the taps kh = k0 + s * t with k0 = (r + pad) mod s,
+    at output rows i + (r + pad - k0) / s - t: a stride-1 convolution of ``g`` with those taps,
+    flipped and transposed (in and out channels swapped). With stride 1 that is the whole
+    kernel; with stride s there is one such convolution per residue class (r, q) of (ih, iw),
+    and their results are interleaved (classes without taps receive zeros)."""
+    (sh, sw), (height, width) = strides, size
+    rows, cols = -(-height // sh), -(-width // sw)  # the largest class's size
+    classes = []
+    for r in range(sh):
+        row_first, row_pad = _class_taps(r, low[0], sh)
+        for q in range(sw):
+            col_first, col_pad = _class_taps(q, low[1], sw)
+            taps = w[row_first::sh, col_first::sw]
+            if taps.size == 0:
+                classes.append(jnp.zeros((g.shape[0], rows, cols, w.shape[2]), g.dtype))
+                continue
+            kernel = jnp.transpose(taps[::-1, ::-1], (0, 1, 3, 2))
+            pads = (row_pad + taps.shape[0] - 1, col_pad + taps.shape[1] - 1)
+            classes.append(cpu_kernels.conv_forward(g, kernel, (rows, cols), (1, 1), pads))
+    if sh == sw == 1:
+        return classes[0]
+    grid = jnp.stack(classes, axis=3).reshape(g.shape[0], rows, cols, sh, sw, -1)
+    interleaved = jnp.transpose(grid, (0, 1, 3, 2, 4, 5)).reshape(
+        g.shape[0], rows * sh, cols * sw, -1)
+    return interleaved[:, :height, :width]
+
+
+def _class_taps(r: int, pad: int, stride: int) -> tuple[int, int]:
+    """The first kernel tap k0 that reaches input positions s * i + r (the others are k0 + s,
+    k0 + 2s, ...), and the low padding of the stride-1 convolution of the output gradient with
+    those taps, less (their number - 1)."""
+    first = (r + pad) % stride
+    return first, -((r + pad - first) // stride)
 
 
 _conv.defvjp(_conv_forward, _conv_gradient)
