@@ -108,6 +108,24 @@ static int64_t tile_width(int64_t total, int64_t done, int64_t max) {
   return done < wide * (base + 1) ? base + 1 : base;
 }
 
+/* The tile functions of a pass for 4, 2 and 1 vectors and for 8 leftover channels (8-float
+   vectors; never used where the vectors are 8 floats already), and their table NAME_tiles
+   in the order tiles_for expects. */
+#define ENTRY(N, NAME) NAME##_##N,
+#define FAMILY(NAME, VECTORS, LANES_)                                                        \
+  { NAME##_fns, (int64_t)(sizeof NAME##_fns / sizeof NAME##_fns[0]), (VECTORS) * (LANES_) }
+#define FAMILIES(TILE, NAME)                                                                 \
+  WIDTHS_4(TILE, 4, vec, NAME##_4)                                                           \
+  WIDTHS_2(TILE, 2, vec, NAME##_2)                                                           \
+  WIDTHS_1(TILE, 1, vec, NAME##_1)                                                           \
+  WIDTHS_8LANE(TILE, 1, v8, NAME##_8lane)                                                    \
+  static const void *const NAME##_4_fns[] = {WIDTHS_4(ENTRY, NAME##_4)};                     \
+  static const void *const NAME##_2_fns[] = {WIDTHS_2(ENTRY, NAME##_2)};                     \
+  static const void *const NAME##_1_fns[] = {WIDTHS_1(ENTRY, NAME##_1)};                     \
+  static const void *const NAME##_8lane_fns[] = {WIDTHS_8LANE(ENTRY, NAME##_8lane)};         \
+  static const Tiles NAME##_tiles[4] = {FAMILY(NAME##_4, 4, LANES), FAMILY(NAME##_2, 2, LANES), \
+                                        FAMILY(NAME##_1, 1, LANES), FAMILY(NAME##_8lane, 1, 8)};
+
 /* ---- forward ---- */
 
 /* The forward pass reads each image from a copy whose rows carry the padding columns as zeros,
@@ -149,26 +167,8 @@ typedef void (*forward_tile)(const Work *, const Padded *, const float *, float 
     for (int p = 0; p < NPIX; ++p)                                                           \
       for (int v = 0; v < NV; ++v) STORE(y + (oh * k->OW + ow0 + p) * k->CO + L * v, a[p][v]); \
   }
-#define FORWARD_ENTRY(NPIX, NAME) NAME##_##NPIX,
 
-WIDTHS_4(FORWARD_TILE, 4, vec, forward_4)
-WIDTHS_2(FORWARD_TILE, 2, vec, forward_2)
-WIDTHS_1(FORWARD_TILE, 1, vec, forward_1)
-static const void *const forward_4_fns[] = {WIDTHS_4(FORWARD_ENTRY, forward_4)};
-static const void *const forward_2_fns[] = {WIDTHS_2(FORWARD_ENTRY, forward_2)};
-static const void *const forward_1_fns[] = {WIDTHS_1(FORWARD_ENTRY, forward_1)};
-#if LANES == 16
-WIDTHS_8LANE(FORWARD_TILE, 1, v8, forward_8lane)
-static const void *const forward_8lane_fns[] = {WIDTHS_8LANE(FORWARD_ENTRY, forward_8lane)};
-#else
-#define forward_8lane_fns forward_1_fns /* never used: CO is a multiple of 8 */
-#endif
-#define FAMILY(FNS, VECTORS, LANES_)                                      \
-  { (FNS), (int64_t)(sizeof(FNS) / sizeof(FNS)[0]), (VECTORS) * (LANES_) }
-static const Tiles forward_tiles[4] = {FAMILY(forward_4_fns, 4, LANES),
-                                       FAMILY(forward_2_fns, 2, LANES),
-                                       FAMILY(forward_1_fns, 1, LANES),
-                                       FAMILY(forward_8lane_fns, 1, 8)};
+FAMILIES(FORWARD_TILE, forward)
 
 /* Width of a padded input row: `left` zero columns, the image's W, and as many on the right as
    the last output column's taps reach past the image. */
@@ -237,22 +237,7 @@ typedef void (*weight_tile)(float *, const Work *, const float *, const float *,
       for (int v = 0; v < NV; ++v) STORE(acc + j * k->CO + L * v, a[j][v]);                   \
   }
 
-WIDTHS_4(WEIGHT_TILE, 4, vec, weight_4)
-WIDTHS_2(WEIGHT_TILE, 2, vec, weight_2)
-WIDTHS_1(WEIGHT_TILE, 1, vec, weight_1)
-static const void *const weight_4_fns[] = {WIDTHS_4(FORWARD_ENTRY, weight_4)};
-static const void *const weight_2_fns[] = {WIDTHS_2(FORWARD_ENTRY, weight_2)};
-static const void *const weight_1_fns[] = {WIDTHS_1(FORWARD_ENTRY, weight_1)};
-#if LANES == 16
-WIDTHS_8LANE(WEIGHT_TILE, 1, v8, weight_8lane)
-static const void *const weight_8lane_fns[] = {WIDTHS_8LANE(FORWARD_ENTRY, weight_8lane)};
-#else
-#define weight_8lane_fns weight_1_fns /* never used: CO is a multiple of 8 */
-#endif
-static const Tiles weight_tiles[4] = {FAMILY(weight_4_fns, 4, LANES),
-                                      FAMILY(weight_2_fns, 2, LANES),
-                                      FAMILY(weight_1_fns, 1, LANES),
-                                      FAMILY(weight_8lane_fns, 1, 8)};
+FAMILIES(WEIGHT_TILE, weight)
 
 /* scratch: unused (the signature run_parallel expects). */
 static void weight_grad(const Work *k, float *scratch) {
