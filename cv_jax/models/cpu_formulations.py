@@ -206,16 +206,16 @@ def _input_gradient(g, w, size, strides, low):
     rows, cols = -(-height // sh), -(-width // sw)  # the largest class's size
     classes = []
     for r in range(sh):
-        row_first, row_pad = _class_taps(r, low[0], sh)
+        row_first, row_pad = _class_taps(r, low[0], sh, w.shape[0])
         for q in range(sw):
-            col_first, col_pad = _class_taps(q, low[1], sw)
+            col_first, col_pad = _class_taps(q, low[1], sw, w.shape[1])
             taps = w[row_first::sh, col_first::sw]
             if taps.size == 0:
                 classes.append(jnp.zeros((g.shape[0], rows, cols, w.shape[2]), g.dtype))
                 continue
             kernel = jnp.transpose(taps[::-1, ::-1], (0, 1, 3, 2))
-            pads = (row_pad + taps.shape[0] - 1, col_pad + taps.shape[1] - 1)
-            classes.append(cpu_kernels.conv_forward(g, kernel, (rows, cols), (1, 1), pads))
+            classes.append(cpu_kernels.conv_forward(g, kernel, (rows, cols), (1, 1),
+                                                    (row_pad, col_pad)))
     if sh == sw == 1:
         return classes[0]
     grid = jnp.stack(classes, axis=3).reshape(g.shape[0], rows, cols, sh, sw, -1)
@@ -224,12 +224,13 @@ def _input_gradient(g, w, size, strides, low):
     return interleaved[:, :height, :width]
 
 
-def _class_taps(r: int, pad: int, stride: int) -> tuple[int, int]:
-    """The first kernel tap k0 that reaches input positions s * i + r (the others are k0 + s,
-    k0 + 2s, ...), and the low padding of the stride-1 convolution of the output gradient with
-    those taps, less (their number - 1)."""
+def _class_taps(r: int, pad: int, stride: int, size: int) -> tuple[int, int]:
+    """The first of the kernel taps k0, k0 + s, ... (of ``size``) that reach input positions
+    s * i + r, and the low padding of the stride-1 convolution of the output gradient with
+    them, flipped."""
     first = (r + pad) % stride
-    return first, -((r + pad - first) // stride)
+    count = len(range(first, size, stride))
+    return first, count - 1 - (r + pad - first) // stride
 
 
 _conv.defvjp(_conv_forward, _conv_gradient)
