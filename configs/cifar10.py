@@ -19,7 +19,10 @@ With no recipe named, 'headline' runs on GPU/TPU and 'cpu' on a CPU backend.
 Any other model (model=resnet20, ...) gets the classic He et al. SGD recipe instead:
 lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, 4-pixel pad-and-crop + flip.
 
-Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype.
+Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype, minutes.
+  minutes=14  train as many epochs as fit in 14 minutes on this machine, timed before the run
+              (config.training.time_budget_minutes; the recipe's schedule is scaled to them):
+              python -m cv_jax.main --config=configs/cifar10.py:cpu,minutes=14 --workdir=...
 
 Recipe toolkit (any recipe; every key is off at its default and documented where it lives:
 cv_jax/configlib.py base_config, cv_jax/optim.py, schedules.py, augment.py, losses.py, mixup.py):
@@ -84,7 +87,7 @@ AIRBENCH_FREEZE = r"whiten/kernel|scale$"
 
 def get_config(arg=None):
     arg = parse_arg(arg, recipes=RECIPES, model="", epochs=0.0, steps=0, batch_size=0, lr=0.0,
-                    seed=0, data_dir="", dtype="")
+                    seed=0, data_dir="", dtype="", minutes=0.0)
     config = base_config()
     config.recipe, config.recipe_reason = _choose_recipe(arg.recipe)
     {"headline": _headline, "cpu": _cpu, "smoke": _smoke, "keras": _keras,
@@ -187,6 +190,8 @@ def _apply_shortcuts(config, arg):
             config.schedule.warmup_epochs = min(config.schedule.warmup_epochs, 0.23 * arg.epochs)
     if arg.steps:
         config.training.num_steps = arg.steps
+    if arg.minutes:
+        config.training.time_budget_minutes = arg.minutes
     if arg.batch_size:
         config.optimizer.learning_rate *= arg.batch_size / config.training.batch_size
         config.training.batch_size = arg.batch_size

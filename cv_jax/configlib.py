@@ -113,6 +113,7 @@ _CHECKS = (
     Check("training.batch_size", lambda v: v > 0, "a positive integer"),
     Check("training.num_epochs", lambda v: v >= 0, "a number >= 0"),
     Check("training.num_steps", lambda v: v >= 0, "an integer >= 0 (0: use num_epochs)"),
+    Check("training.time_budget_minutes", lambda v: v >= 0, "a number of minutes >= 0 (0: off)"),
     Check("training.eval_every_epochs", lambda v: v > 0, "a positive number of epochs"),
     Check("training.log_every_steps", lambda v: v > 0, "a positive integer"),
     Check("training.keep_checkpoints", lambda v: v >= 1, "an integer >= 1"),
@@ -357,9 +358,15 @@ def check_model(model: mlc.ConfigDict) -> None:
 
 
 def check_run_length(config: mlc.ConfigDict) -> None:
-    """Durations in epochs must fit in a run given in epochs (``num_steps`` runs, whose length
-    in epochs depends on the data, clamp the warmup instead)."""
+    """One key sets the run's length (a time budget or num_steps), and durations in epochs
+    must fit in a run given in epochs (``num_steps`` runs, whose length in epochs depends on
+    the data, clamp the warmup instead)."""
     t = config.training
+    if t.time_budget_minutes and t.num_steps:
+        raise ConfigError(
+            f"config.training.time_budget_minutes={t.time_budget_minutes:g} and "
+            f"config.training.num_steps={t.num_steps} both set the run's length: set "
+            "num_steps=0 to train to the budget, or time_budget_minutes=0")
     if t.num_steps:
         return
     if config.schedule.warmup_epochs > t.num_epochs:
@@ -579,6 +586,9 @@ def base_config() -> mlc.ConfigDict:
         batch_size=128,  # global, split across devices
         num_epochs=30.0,
         num_steps=0,  # > 0 overrides num_epochs
+        # > 0: train as many epochs as fit in this many minutes on this machine, timed before
+        # the run; the schedule keeps its shape (cv_jax.time_budget)
+        time_budget_minutes=0.0,
         eval_every_epochs=1.0,
         log_every_steps=50,
         keep_checkpoints=2,  # latest K, plus the best by <eval split>_accuracy

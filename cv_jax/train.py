@@ -37,6 +37,7 @@ from cv_jax import (
     schedules,
     sharding,
     steps,
+    time_budget,
     transfer,
 )
 from cv_jax.data import pipeline
@@ -379,6 +380,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     ``max_steps_this_run`` stops the process after that many steps, with a checkpoint, so that
     a long run can be split across jobs; calling again continues it.
     """
+    started = time.perf_counter()
     configlib.validate(config)
     checkpoint.prepare_workdir(workdir)
     log.info("Recipe %r: %s", config.recipe, config.recipe_reason)
@@ -392,6 +394,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
 
     data = load_datasets(config)
+    if config.training.time_budget_minutes:
+        config = time_budget.resolve(
+            config, workdir, started, Plan.from_config(config, len(data.train)).steps_per_epoch,
+            lambda: measure_timings(config, data, mesh, started))
+        configlib.validate(config)
     plan = Plan.from_config(config, len(data.train))
     schedule, tx, settings = optimizer_and_settings(config, data.train, plan)
     ckpt = checkpoint.Checkpoints.for_run(workdir, config, resume=True)
@@ -507,6 +514,48 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
              "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
              results["test_examples"], step, train_time, compile_time)
     return results
+
+
+def measure_timings(config: mlc.ConfigDict, data: Datasets, mesh: jax.sharding.Mesh,
+                    started: float, min_steps: int = 5, min_seconds: float = 3.0
+                    ) -> time_budget.Timings:
+    """What a run of ``config`` costs here (cv_jax.time_budget): its train step compiled and
+    timed (the median of at least ``min_steps`` steps and ``min_seconds``, after two untimed
+    ones) from a throwaway initial state, and one batch of each evaluation set, timed after an
+    untimed one, times its batches."""
+    plan = Plan.from_config(config, len(data.train))
+    _, tx, settings = optimizer_and_settings(config, data.train, plan)
+    state = build_state(config, data.train, settings, tx, mesh)
+    images, labels, permute = device_train_set(data.train, config, mesh)
+    permutation = permute(0)
+    teacher = distill.load_teacher(config, data.train.class_names, mesh)
+    eval_batch = -(-config.eval.batch_size // mesh.devices.size) * mesh.devices.size
+    evaluators = [Evaluator(ds, eval_batch, settings, mesh) for ds in data.eval_sets().values()]
+    compile_start = time.perf_counter()
+    step = make_train_step(settings, config.training.batch_size, mesh).lower(
+        state, images, labels, permutation, 0, teacher).compile()
+    for evaluator in evaluators:
+        evaluator.compile(state)
+    compile_seconds = time.perf_counter() - compile_start
+    evaluation = 0.0
+    for evaluator in evaluators:
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            jax.block_until_ready(evaluator.step(state, evaluator.images, evaluator.labels, 0))
+            times.append(time.perf_counter() - start)
+        evaluation += times[-1] * evaluator.num_batches
+    if config.training.ema_decay > 0:  # the EMA weights are evaluated too
+        evaluation *= 2
+    times, timing_start = [], time.perf_counter()
+    while len(times) < min_steps + 2 or time.perf_counter() - timing_start < min_seconds:
+        start = time.perf_counter()
+        index = len(times) % plan.steps_per_epoch
+        state, metrics = step(state, images, labels, permutation, index, teacher)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return time_budget.Timings(elapsed=time.perf_counter() - started, compile=compile_seconds,
+                               step=float(np.median(times[2:])), evaluation=evaluation)
 
 
 def results_record(config: mlc.ConfigDict, plan: Plan, step: int, state: TrainState,
