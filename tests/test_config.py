@@ -29,7 +29,7 @@ def test_config_string_variants_and_shortcuts():
 
 
 @pytest.mark.parametrize("arg,message", [
-    ("fast", "unknown recipe 'fast'.*headline, cpu, smoke"),
+    ("fast", "unknown recipe 'fast'.*headline, cpu, cpu15, smoke"),
     ("smoke,epoch=3", "unknown config-string key 'epoch'.*epochs"),
     ("smoke,epochs=three", "'epochs' expects a float, got 'three'"),
 ])

@@ -51,6 +51,18 @@ def test_scale_run_scales_every_duration_in_epochs_and_clears_the_budget():
     assert config.training.num_epochs == 7.0 and config.schedule.boundaries == (2.0, 5.0)
 
 
+def test_the_cpu15_recipe_trains_to_15_minutes_unless_a_length_is_named():
+    config = load_config("cpu15")
+    configlib.validate(config)
+    assert config.training.time_budget_minutes == 15.0 and config.model.widths == (64, 128, 128)
+    assert load_config("cpu15,epochs=3").training.time_budget_minutes == 0.0
+    steps = load_config("cpu15,steps=5")
+    configlib.validate(steps)
+    assert steps.training.time_budget_minutes == 0.0 and steps.training.num_steps == 5
+    both = load_config("cpu,epochs=7,minutes=14").training
+    assert (both.time_budget_minutes, both.num_epochs) == (14.0, 7.0)
+
+
 def test_a_budget_and_num_steps_cannot_both_set_the_length():
     config = load_config("smoke,minutes=2,steps=10")
     with pytest.raises(configlib.ConfigError, match=(
