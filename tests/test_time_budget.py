@@ -15,14 +15,14 @@ from cv_jax.time_budget import Timings
 
 def test_fit_epochs_takes_the_most_tenths_whose_steps_and_evaluations_fit():
     timings = Timings(elapsed=10.0, compile=5.0, step=0.5, evaluation=2.0)
-    # (115 - 10) * 0.95 - 5 = 94.75 s; 10 steps per epoch; an evaluation every 10 steps and at
-    # the end: 13.3 epochs = 133 steps (66.5 s) + 14 evaluations (28 s) = 94.5 s.
-    assert time_budget.fit_epochs(115.0, timings, 10, 1.0) == 13.3
-    cost = 134 * 0.5 + time_budget.evaluations(134, 10) * 2.0  # 13.4 epochs: 95 s
-    assert cost > 94.75
-    # evaluating every 5 epochs leaves room for more steps: 17.5 epochs = 87.5 + 4 * 2 = 95.5
-    # s is over, 17.4 epochs = 87 + 4 * 2 = 95 s too; 17.3 epochs = 86.5 + 8 = 94.5 s.
-    assert time_budget.fit_epochs(115.0, timings, 10, 5.0) == 17.3
+    # (115 - 10) * 0.88 - 5 = 87.4 s; 10 steps per epoch; an evaluation every 10 steps and at
+    # the end: 12.2 epochs = 122 steps (61 s) + 13 evaluations (26 s) = 87 s.
+    assert time_budget.fit_epochs(115.0, timings, 10, 1.0) == 12.2
+    cost = 123 * 0.5 + time_budget.evaluations(123, 10) * 2.0  # 12.3 epochs: 87.5 s
+    assert cost > 87.4
+    # evaluating every 5 epochs leaves room for more steps: 15.8 epochs = 79 + 4 * 2 = 87 s;
+    # 15.9 epochs = 79.5 + 8 = 87.5 s is over.
+    assert time_budget.fit_epochs(115.0, timings, 10, 5.0) == 15.8
 
 
 def test_evaluations_counts_every_eval_step_and_the_last():
@@ -32,7 +32,7 @@ def test_evaluations_counts_every_eval_step_and_the_last():
 def test_a_budget_too_small_for_a_tenth_of_an_epoch_is_an_error():
     timings = Timings(elapsed=50.0, compile=5.0, step=1.0, evaluation=1.0)
     with pytest.raises(configlib.ConfigError, match=(
-            r"config.training.time_budget_minutes=1 leaves 4.5 s for training after 50.0 s of "
+            r"config.training.time_budget_minutes=1 leaves 3.8 s for training after 50.0 s of "
             r"loading and timing and 5.0 s of compiling, less than a tenth of an epoch \(21.0 s "
             r"here\): raise the budget")):
         time_budget.fit_epochs(60.0, timings, 200, 1.0)
@@ -73,11 +73,12 @@ def test_a_budget_and_num_steps_cannot_both_set_the_length():
 
 def test_a_budgeted_run_is_the_run_of_its_scaled_config_and_resumes_its_plan(
         tiny_folder, cache_dir, tmp_path, monkeypatch):
-    # 6 steps per epoch; 60 s * 0.95 = 57 s at 6 s per step: 1.5 epochs = 9 steps (54 s).
+    # 6 steps per epoch; 60 s * 0.88 = 52.8 s at 5.5 s per step: 1.5 epochs = 9 steps (49.5
+    # s), where 1.6 epochs = 10 steps would take 55 s.
     config = convnet_config(tiny_folder, cache_dir, num_epochs=2.0, time_budget_minutes=1.0)
     config.schedule.update(warmup_epochs=0.5, name="cosine")
     monkeypatch.setattr(train, "measure_timings",
-                        lambda *args: Timings(elapsed=0.0, compile=0.0, step=6.0, evaluation=0.0))
+                        lambda *args: Timings(elapsed=0.0, compile=0.0, step=5.5, evaluation=0.0))
     budgeted = str(tmp_path / "budgeted")
     results = train.train_and_evaluate(config, budgeted)
     with open(os.path.join(budgeted, time_budget.FILE)) as f:
