@@ -170,6 +170,39 @@ typedef void (*forward_tile)(const Work *, const Padded *, const float *, float 
 
 FAMILIES(FORWARD_TILE, forward)
 
+/* The one-vector tile of a stride-1 convolution 3 taps wide (16 output channels, on AVX-512):
+   each input pixel is broadcast once per input channel and used by all three taps, for the
+   accumulators of the output pixels it reaches, instead of once per tap (one broadcast per
+   FMA). 2.7 -> 2.2 ms at 32x32x16 -> 16, batch 128, on the Intel machine. */
+#define FOLD3_TILE(NPIX, NAME)                                                               \
+  static void NAME##_##NPIX(const Work *k, const Padded *in, const float *w, float *y,       \
+                            int64_t oh, int64_t ow0) {                                       \
+    vec a[NPIX];                                                                             \
+    for (int p = 0; p < NPIX; ++p) a[p] = (vec){0};                                          \
+    for (int64_t kh = 0; kh < k->KH; ++kh) {                                                 \
+      int64_t ih = oh + kh - k->ph;                                                          \
+      if (ih < 0 || ih >= k->H) continue;                                                    \
+      const float *xp = in->x + (ih * in->WP + ow0 + in->shift) * k->C;                      \
+      const float *wp = w + kh * 3 * k->C * k->CO;                                           \
+      for (int64_t ci = 0; ci < k->C; ++ci) {                                                \
+        vec g0 = LOAD(vec, wp + ci * k->CO), g1 = LOAD(vec, wp + (k->C + ci) * k->CO),       \
+            g2 = LOAD(vec, wp + (2 * k->C + ci) * k->CO);                                    \
+        _Pragma("GCC unroll 32")                                                             \
+        for (int q = 0; q < NPIX + 2; ++q) {                                                 \
+          vec b = splat_vec(xp[q * k->C + ci]);                                              \
+          if (q < NPIX) a[q] += b * g0;                                                      \
+          if (q >= 1 && q <= NPIX) a[q - 1] += b * g1;                                       \
+          if (q >= 2) a[q - 2] += b * g2;                                                    \
+        }                                                                                    \
+      }                                                                                      \
+    }                                                                                        \
+    for (int p = 0; p < NPIX; ++p) STORE(y + (oh * k->OW + ow0 + p) * k->CO, a[p]);          \
+  }
+#define FOLD3(N, NAME) FOLD3_TILE(N, NAME)
+WIDTHS_1(FOLD3, fold3)
+static const void *const fold3_fns[] = {WIDTHS_1(ENTRY, fold3)};
+static const Tiles fold3_tiles = FAMILY(fold3, 1, LANES);
+
 /* Width of a padded input row: `left` zero columns, the image's W, and as many on the right as
    the last output column's taps reach past the image. */
 static int64_t padded_width(const Work *k, int64_t *left) {
@@ -192,6 +225,7 @@ static void forward(const Work *k, float *buffer) {
     for (int64_t oh = 0; oh < k->OH; ++oh) {
       for (int64_t co = 0; co < k->CO;) {
         const Tiles *tiles = tiles_for(forward_tiles, k->CO - co);
+        if (tiles == &forward_tiles[2] && k->KW == 3 && k->sw == 1) tiles = &fold3_tiles;
         for (int64_t ow = 0; ow < k->OW;) {
           int64_t pixels = tile_width(k->OW, ow, tiles->max);
           ((forward_tile)tiles->fns[pixels - 1])(k, &in, k->other + co, y + co, oh, ow);
