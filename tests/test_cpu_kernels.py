@@ -26,6 +26,7 @@ CASES = [
     # one-vector 3-tap tiles (16 channels on AVX-512, 8 on AVX2) of uneven widths and padding
     (2, 5, 29, 16, 16, (3, 3), (1, 1), ((1, 1), (0, 2))),
     (2, 7, 9, 8, 8, (3, 3), (1, 1), "SAME"),
+    (2, 9, 12, 8, 16, (3, 3), (2, 1), ((1, 1), (2, 0))),  # stride 2 down, 1 across
 ]
 
 
@@ -186,7 +187,7 @@ def test_the_8_float_tiles_equal_xla_on_an_avx512_cpu(tmp_path):
                           __file__, "-k", "equals_xla or same_value"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "22 passed" in run.stdout
+    assert "24 passed" in run.stdout
     (library,) = (tmp_path / "kernels").iterdir()  # and it has no 16-float (zmm) code
     assert b"zmm" not in subprocess.run(["objdump", "-d", str(library)], capture_output=True,
                                         check=True).stdout

@@ -86,6 +86,14 @@ static void valid_range(int64_t size, int64_t out_size, int64_t s, int64_t k, in
 #define WIDTHS_4 UPTO3
 #endif
 #define WIDTHS_8LANE UPTO12 /* the 8 channels left over on AVX-512 */
+/* 3-tap weight-gradient tiles: 3 accumulators per input channel */
+#define UPTO4(M, ...) UPTO3(M, __VA_ARGS__) M(4, __VA_ARGS__)
+#define UPTO8(M, ...) UPTO6(M, __VA_ARGS__) M(7, __VA_ARGS__) M(8, __VA_ARGS__)
+#if MAX_ACC == 24
+#define WIDTHS_FOLD UPTO8
+#else
+#define WIDTHS_FOLD UPTO4
+#endif
 
 /* A family of tiles: functions for widths 1 .. max, each covering `channels` output channels. */
 typedef struct {
@@ -180,7 +188,7 @@ FAMILIES(FORWARD_TILE, forward)
     vec a[NPIX];                                                                             \
     for (int p = 0; p < NPIX; ++p) a[p] = (vec){0};                                          \
     for (int64_t kh = 0; kh < k->KH; ++kh) {                                                 \
-      int64_t ih = oh + kh - k->ph;                                                          \
+      int64_t ih = oh * k->sh + kh - k->ph;                                                  \
       if (ih < 0 || ih >= k->H) continue;                                                    \
       const float *xp = in->x + (ih * in->WP + ow0 + in->shift) * k->C;                      \
       const float *wp = w + kh * 3 * k->C * k->CO;                                           \
@@ -273,30 +281,96 @@ typedef void (*weight_tile)(float *, const Work *, const float *, const float *,
 
 FAMILIES(WEIGHT_TILE, weight)
 
-/* scratch: unused (the signature run_parallel expects). */
+/* The weight gradient of a stride-1 convolution 3 taps wide, for one vector of output
+   channels: the taps (kh, 0..2) together, dW[kh, kw, ci0 .. ci0 + NCI) summed over output rows
+   [oh_lo, oh_hi) of one image, each input pixel broadcast once for the three taps (as
+   FOLD3_TILE does). dy is read from a copy with zero columns (Padded), so every input column
+   iw meets output columns iw + pw - kw in range; acc points at dW[kh, 0, ci0, co0], x at the
+   image's channel ci0 and dyp at the copy's column co0. */
+#define WEIGHT_FOLD3_TILE(NCI, NAME)                                                         \
+  static void NAME##_##NCI(float *acc, const Work *k, const float *x, const Padded *dyp,     \
+                           int64_t oh_lo, int64_t oh_hi, int64_t dh) {                       \
+    vec a[3][NCI];                                                                           \
+    for (int t = 0; t < 3; ++t)                                                              \
+      for (int j = 0; j < NCI; ++j) a[t][j] = LOAD(vec, acc + (t * k->C + j) * k->CO);       \
+    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {                                             \
+      const float *xrow = x + (oh * k->sh + dh) * k->W * k->C;                               \
+      const float *grow = dyp->x + (oh * dyp->WP + k->pw + dyp->shift) * k->CO;              \
+      for (int64_t iw = 0; iw < k->W; ++iw) {                                                \
+        vec g0 = LOAD(vec, grow + iw * k->CO), g1 = LOAD(vec, grow + (iw - 1) * k->CO),      \
+            g2 = LOAD(vec, grow + (iw - 2) * k->CO);                                         \
+        _Pragma("GCC unroll 8")                                                              \
+        for (int j = 0; j < NCI; ++j) {                                                      \
+          vec b = splat_vec(xrow[iw * k->C + j]);                                            \
+          a[0][j] += b * g0;                                                                 \
+          a[1][j] += b * g1;                                                                 \
+          a[2][j] += b * g2;                                                                 \
+        }                                                                                    \
+      }                                                                                      \
+    }                                                                                        \
+    for (int t = 0; t < 3; ++t)                                                              \
+      for (int j = 0; j < NCI; ++j) STORE(acc + (t * k->C + j) * k->CO, a[t][j]);            \
+  }
+#define WEIGHT_FOLD3(N, NAME) WEIGHT_FOLD3_TILE(N, NAME)
+WIDTHS_FOLD(WEIGHT_FOLD3, weight_fold3)
+static const void *const weight_fold3_fns[] = {WIDTHS_FOLD(ENTRY, weight_fold3)};
+typedef void (*weight_fold3_tile)(float *, const Work *, const float *, const Padded *,
+                                  int64_t, int64_t, int64_t);
+
+static int uses_weight_fold3(const Work *k) { return k->KW == 3 && k->sw == 1; }
+
+/* The zero columns of the dy copy the 3-tap tiles read: output columns from pw - 2 to
+   W - 1 + pw. */
+static int64_t padded_dy_width(const Work *k, int64_t *left) {
+  int64_t right = k->W + k->pw - k->OW;
+  *left = k->pw < 2 ? 2 - k->pw : 0;
+  return *left + k->OW + (right > 0 ? right : 0);
+}
+
+/* scratch: room for one image's dy copy, zeros in the padding columns, where the 3-tap tiles
+   apply (uses_weight_fold3). */
 static void weight_grad(const Work *k, float *scratch) {
-  (void)scratch;
+  int64_t left = 0;
+  Padded dyp = {scratch, uses_weight_fold3(k) ? padded_dy_width(k, &left) : 0, 0};
+  dyp.shift = left;
   for (int64_t n = k->n0; n < k->n1; ++n) {
     const float *x = k->x + n * k->H * k->W * k->C;
     const float *dy = k->other + n * k->OH * k->OW * k->CO;
+    if (uses_weight_fold3(k))
+      for (int64_t oh = 0; oh < k->OH; ++oh)
+        memcpy(scratch + (oh * dyp.WP + left) * k->CO, dy + oh * k->OW * k->CO,
+               (size_t)(k->OW * k->CO) * sizeof(float));
     for (int64_t kh = 0; kh < k->KH; ++kh) {
       int64_t oh_lo, oh_hi, lo, hi;
       valid_range(k->H, k->OH, k->sh, kh, k->ph, &oh_lo, &oh_hi);
-      for (int64_t kw = 0; kw < k->KW; ++kw) {
-        valid_range(k->W, k->OW, k->sw, kw, k->pw, &lo, &hi);
-        if (oh_lo >= oh_hi || lo >= hi) continue;
-        float *tap = k->out + (kh * k->KW + kw) * k->C * k->CO;
-        int64_t dh = kh - k->ph, dw = kw - k->pw;
-        for (int64_t co = 0; co < k->CO;) {
-          const Tiles *tiles = tiles_for(weight_tiles, k->CO - co);
+      if (oh_lo >= oh_hi) continue;
+      int64_t dh = kh - k->ph;
+      for (int64_t co = 0; co < k->CO;) {
+        const Tiles *tiles = tiles_for(weight_tiles, k->CO - co);
+        if (tiles == &weight_tiles[2] && uses_weight_fold3(k)) {
+          int64_t max = sizeof weight_fold3_fns / sizeof weight_fold3_fns[0];
+          Padded at = {dyp.x + co, dyp.WP, dyp.shift};
           for (int64_t ci = 0; ci < k->C;) {
-            int64_t channels = tile_width(k->C, ci, tiles->max);
-            ((weight_tile)tiles->fns[channels - 1])(tap + ci * k->CO + co, k, x + ci, dy + co,
-                                                    oh_lo, oh_hi, dh, lo, hi, dw);
+            int64_t channels = tile_width(k->C, ci, max);
+            ((weight_fold3_tile)weight_fold3_fns[channels - 1])(
+                k->out + (kh * 3 * k->C + ci) * k->CO + co, k, x + ci, &at, oh_lo, oh_hi, dh);
             ci += channels;
           }
           co += tiles->channels;
+          continue;
         }
+        for (int64_t kw = 0; kw < k->KW; ++kw) {
+          valid_range(k->W, k->OW, k->sw, kw, k->pw, &lo, &hi);
+          if (lo >= hi) continue;
+          float *tap = k->out + (kh * k->KW + kw) * k->C * k->CO;
+          for (int64_t ci = 0; ci < k->C;) {
+            int64_t channels = tile_width(k->C, ci, tiles->max);
+            ((weight_tile)tiles->fns[channels - 1])(tap + ci * k->CO + co, k, x + ci, dy + co,
+                                                    oh_lo, oh_hi, dh, lo, hi, kw - k->pw);
+            ci += channels;
+          }
+        }
+        co += tiles->channels;
       }
     }
   }
@@ -465,7 +539,10 @@ static int conv_weight_grad(const XLA_FFI_Api *api, XLA_FFI_ExecutionContext *ct
   float *partial = calloc((size_t)chunks * size, sizeof(float));
   if (partial == NULL) return -1;
   float *dw = shape.out;
-  if (run_parallel(api, ctx, weight_grad, shape, partial, size, 0) != 0) {
+  int64_t left;
+  size_t scratch = uses_weight_fold3(&shape)
+                       ? (size_t)(shape.OH * padded_dy_width(&shape, &left) * shape.CO) : 0;
+  if (run_parallel(api, ctx, weight_grad, shape, partial, size, scratch) != 0) {
     free(partial);
     return -1;
   }
