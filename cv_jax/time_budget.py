@@ -100,10 +100,10 @@ def scale_run(config: mlc.ConfigDict, epochs: float) -> mlc.ConfigDict:
     return scaled
 
 
-def resolve(config: mlc.ConfigDict, workdir: str, started: float, steps_per_epoch: int,
+def resolve(config: mlc.ConfigDict, workdir: str, steps_per_epoch: int,
             measure: Callable[[], Timings]) -> mlc.ConfigDict:
     """The run of a budgeted ``config``: its plan from ``workdir``/time_budget.json when the run
-    is resumed, else from ``measure()`` (``started``: the run's time.perf_counter() start)."""
+    is resumed, else from ``measure()``."""
     budget = config.training.time_budget_minutes
     path = os.path.join(workdir, FILE)
     if os.path.exists(path):

@@ -206,6 +206,15 @@ class Evaluator:
         return summarize(self.predictions(state), self.dataset)
 
 
+def make_evaluators(config: mlc.ConfigDict, data: Datasets, settings: steps.StepSettings,
+                    mesh: jax.sharding.Mesh) -> dict[str, Evaluator]:
+    """An Evaluator per evaluation split, batched by ``eval.batch_size`` rounded up to a
+    multiple of the devices."""
+    devices = mesh.devices.size
+    batch = -(-config.eval.batch_size // devices) * devices
+    return {name: Evaluator(ds, batch, settings, mesh) for name, ds in data.eval_sets().items()}
+
+
 def summarize(outputs: dict[str, np.ndarray], dataset: ArrayDataset) -> dict[str, Any]:
     """Accuracy, balanced accuracy and mean loss of per-example eval outputs."""
     return classification_metrics(outputs["prediction"], outputs["loss"], dataset.labels,
@@ -391,12 +400,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     mesh = sharding.make_mesh(config.training.num_devices)
     num_devices = mesh.devices.size
     check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
-    eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
 
     data = load_datasets(config)
     if config.training.time_budget_minutes:
         config = time_budget.resolve(
-            config, workdir, started, Plan.from_config(config, len(data.train)).steps_per_epoch,
+            config, workdir, Plan.from_config(config, len(data.train)).steps_per_epoch,
             lambda: measure_timings(config, data, mesh, started))
         configlib.validate(config)
     plan = Plan.from_config(config, len(data.train))
@@ -424,8 +432,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
              describe_devices(mesh))
 
     images, labels, permute = device_train_set(data.train, config, mesh)
-    evaluators = {name: Evaluator(ds, eval_batch, settings, mesh)
-                  for name, ds in data.eval_sets().items()}
+    evaluators = make_evaluators(config, data, settings, mesh)
 
     compile_start = time.perf_counter()
     train_step = make_train_step(settings, config.training.batch_size, mesh)
@@ -529,8 +536,7 @@ def measure_timings(config: mlc.ConfigDict, data: Datasets, mesh: jax.sharding.M
     images, labels, permute = device_train_set(data.train, config, mesh)
     permutation = permute(0)
     teacher = distill.load_teacher(config, data.train.class_names, mesh)
-    eval_batch = -(-config.eval.batch_size // mesh.devices.size) * mesh.devices.size
-    evaluators = [Evaluator(ds, eval_batch, settings, mesh) for ds in data.eval_sets().values()]
+    evaluators = make_evaluators(config, data, settings, mesh).values()
     compile_start = time.perf_counter()
     step = make_train_step(settings, config.training.batch_size, mesh).lower(
         state, images, labels, permutation, 0, teacher).compile()
