@@ -30,7 +30,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 evaluate: install
-	$(PY) -m cv_jax.evaluate --workdir=$(WORKDIR) --data=$(DATA) --split=test
+	$(PY) -m cv_jax.tools.evaluate --workdir=$(WORKDIR) --data=$(DATA) --split=test
 
 clean:
 	rm -rf runs .pytest_cache
@@ -53,17 +53,17 @@ keep_result = mkdir -p experiments/results && \
 	cp $(WORKFLOW_DIR)/$(1).md experiments/results/$(WORKFLOW_NAME).md
 
 cv: install
-	$(PY) -m cv_jax.crossval --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) $(if $(K),--folds=$(K))
+	$(PY) -m cv_jax.workflows.crossval --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) $(if $(K),--folds=$(K))
 	$(call keep_result,crossval)
 
 ensemble: install
-	$(PY) -m cv_jax.ensemble --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
+	$(PY) -m cv_jax.workflows.ensemble --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
 		$(if $(METHOD),--method=$(METHOD)) $(if $(MEMBERS),--members=$(MEMBERS)) \
 		$(if $(VECTORIZED),--vectorized=$(VECTORIZED))
 	$(call keep_result,ensemble)
 
 pseudo-label: install
-	$(PY) -m cv_jax.pseudo_label --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
+	$(PY) -m cv_jax.workflows.pseudo_label --config=$(CONFIG) --workdir=$(WORKFLOW_DIR) \
 		$(if $(ROUNDS),--rounds=$(ROUNDS)) $(if $(THRESHOLD),--threshold=$(THRESHOLD)) \
 		$(if $(TOP_K),--top_k=$(TOP_K))
 	$(call keep_result,pseudo_label)
@@ -77,13 +77,13 @@ PARALLEL ?= 1
 REPORT_DIR ?= runs/report
 
 sweep: install
-	$(PY) -m cv_jax.sweep --sweep=$(SWEEP) --parallel=$(PARALLEL)
+	$(PY) -m cv_jax.analysis.sweep --sweep=$(SWEEP) --parallel=$(PARALLEL)
 
 ablation: install
-	$(PY) -m cv_jax.sweep --sweep=$(ABLATION) --parallel=$(PARALLEL)
+	$(PY) -m cv_jax.analysis.sweep --sweep=$(ABLATION) --parallel=$(PARALLEL)
 
 report: install
-	$(PY) -m cv_jax.report $(RUNS) --out=$(REPORT_DIR)
+	$(PY) -m cv_jax.analysis.report $(RUNS) --out=$(REPORT_DIR)
 
 # Studies whose second stage starts from the first stage's runs; SIZE=cpu|full. The reports
 # are copied to experiments/results/ (committed).
@@ -91,8 +91,8 @@ report: install
 SIZE ?= cpu
 
 transfer-study: install
-	$(PY) -m cv_jax.sweep --sweep=experiments/transfer_source.py:$(SIZE)
-	$(PY) -m cv_jax.sweep --sweep=experiments/transfer.py:$(SIZE)
+	$(PY) -m cv_jax.analysis.sweep --sweep=experiments/transfer_source.py:$(SIZE)
+	$(PY) -m cv_jax.analysis.sweep --sweep=experiments/transfer.py:$(SIZE)
 	mkdir -p experiments/results && rm -rf experiments/results/transfer_$(SIZE)
 	cp -r runs/sweeps/transfer_$(SIZE)/report experiments/results/transfer_$(SIZE)
 
@@ -100,13 +100,13 @@ transfer-study: install
 # make study STUDY=optimizers SIZE=cpu; its report is copied to experiments/results/<STUDY>_<SIZE>.
 .PHONY: study
 study: install
-	$(PY) -m cv_jax.sweep --sweep=experiments/$(STUDY).py:$(SIZE) --parallel=$(PARALLEL)
+	$(PY) -m cv_jax.analysis.sweep --sweep=experiments/$(STUDY).py:$(SIZE) --parallel=$(PARALLEL)
 	mkdir -p experiments/results && rm -rf experiments/results/$(STUDY)_$(SIZE)
 	cp -r runs/sweeps/$(STUDY)_$(SIZE)/report experiments/results/$(STUDY)_$(SIZE)
 
 distill-study: install
-	$(PY) -m cv_jax.sweep --sweep=experiments/distill_teacher.py:$(SIZE)
-	$(PY) -m cv_jax.sweep --sweep=experiments/distill.py:$(SIZE)
+	$(PY) -m cv_jax.analysis.sweep --sweep=experiments/distill_teacher.py:$(SIZE)
+	$(PY) -m cv_jax.analysis.sweep --sweep=experiments/distill.py:$(SIZE)
 	mkdir -p experiments/results && rm -rf experiments/results/distill_$(SIZE)
 	cp -r runs/sweeps/distill_$(SIZE)/report experiments/results/distill_$(SIZE)
 
@@ -120,9 +120,9 @@ MODE ?= vmap
 VECTORIZED_DIR = $(if $(filter file,$(origin WORKDIR)),runs/vectorized/$(CONFIG_NAME),$(WORKDIR))
 
 vectorized: install
-	$(PY) -m cv_jax.vectorized --config=$(CONFIG) --workdir=$(VECTORIZED_DIR) \
+	$(PY) -m cv_jax.workflows.vectorized --config=$(CONFIG) --workdir=$(VECTORIZED_DIR) \
 		--seeds=$(SEED_LIST) --mode=$(MODE) $(foreach v,$(VARY),--vary=$(v))
-	$(PY) -m cv_jax.report $(VECTORIZED_DIR) --out=$(VECTORIZED_DIR)/report \
+	$(PY) -m cv_jax.analysis.report $(VECTORIZED_DIR) --out=$(VECTORIZED_DIR)/report \
 		--title="$(CONFIG): seeds $(SEED_LIST)$(if $(VARY), x $(VARY))"
 
 # Speed: the train-step throughput table against PyTorch (make bench MODELS=resnet20,resnet50
@@ -136,9 +136,9 @@ SEEDS ?= 25
 SPEEDRUN_CONFIG ?= configs/cifar10.py:headline
 
 bench: install
-	$(PY) -m cv_jax.bench --models=$(MODELS) --batch_size=$(BATCH) --dtype=$(DTYPE) --torch \
+	$(PY) -m cv_jax.tools.bench --models=$(MODELS) --batch_size=$(BATCH) --dtype=$(DTYPE) --torch \
 		$(BENCH_FLAGS)
 
 speedrun: install
-	$(PY) -m cv_jax.speedrun --config=$(SPEEDRUN_CONFIG) --seeds=$(SEEDS) \
+	$(PY) -m cv_jax.tools.speedrun --config=$(SPEEDRUN_CONFIG) --seeds=$(SEEDS) \
 		--workdir=$(if $(filter file,$(origin WORKDIR)),runs/speedrun,$(WORKDIR))

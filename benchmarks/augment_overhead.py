@@ -20,8 +20,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cv_jax import sharding, train
-from cv_jax.bench import synthetic_train_set
+from cv_jax.tools.bench import synthetic_train_set
+from cv_jax.training import sharding, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar10.py:headline", "Config (and :variant).",

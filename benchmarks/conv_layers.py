@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from cv_jax.models import cpu_formulations, cpu_kernels
+from cv_jax.models.cpu import formulations as cpu_formulations
+from cv_jax.models.cpu import kernels as cpu_kernels
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 128, "Batch size.")

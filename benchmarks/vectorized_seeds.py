@@ -1,4 +1,4 @@
-"""Throughput of N seeds trained as one program (cv_jax.vectorized) against one run.
+"""Throughput of N seeds trained as one program (cv_jax.workflows.vectorized) against one run.
 
     python benchmarks/vectorized_seeds.py --config=configs/cifar10.py:headline \\
         [--members=1,4,8 --modes=vmap,unroll --steps=20 --batch_size=0]
@@ -21,8 +21,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cv_jax import members, sharding, train, vectorized
-from cv_jax.bench import synthetic_train_set
+from cv_jax.tools.bench import synthetic_train_set
+from cv_jax.training import sharding, train
+from cv_jax.workflows import members, vectorized
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar10.py:headline", "Config (and :variant).",
@@ -30,7 +31,7 @@ config_flags.DEFINE_config_file("config", "configs/cifar10.py:headline", "Config
 flags.DEFINE_integer("steps", 20, "Timed steps per row (after one compile and warm-up).")
 flags.DEFINE_integer("batch_size", 0, "Global batch size (0: the config's).")
 flags.DEFINE_list("members", ["1", "4", "8"], "Member (seed) counts to time.")
-flags.DEFINE_list("modes", ["vmap", "unroll"], "cv_jax.vectorized step modes to time.")
+flags.DEFINE_list("modes", ["vmap", "unroll"], "cv_jax.workflows.vectorized step modes to time.")
 
 
 def timed(step_fn, state, args: tuple, steps: int) -> tuple[float, float]:

@@ -3,10 +3,10 @@ cv_jax's CPU formulations (config.training.cpu_formulations), each in a fresh pr
 
     python benchmarks/xla_cpu_flags.py [--model=resnet20 --batch_size=128 --rounds=2 --steps=10]
 
-XLA reads its flags once per process, so every variant runs ``python -m cv_jax.bench`` in a
-subprocess with its own ``XLA_FLAGS`` (cv_jax's own CPU defaults, ``cv_jax.xla_flags``, are
+XLA reads its flags once per process, so every variant runs ``python -m cv_jax.tools.bench`` in a
+subprocess with its own ``XLA_FLAGS`` (cv_jax's own CPU defaults, ``cv_jax.runtime.xla_flags``, are
 switched off with CV_JAX_XLA_DEFAULTS=0 so that each row is exactly the flags it names;
-cv_jax's glibc malloc settings, ``cv_jax.host_malloc``, stay on in every row).
+cv_jax's glibc malloc settings, ``cv_jax.runtime.host_malloc``, stay on in every row).
 Rounds are interleaved (A B C A B C) so that a background load hits every variant alike;
 the table gives each variant's median images/s over the rounds and its ratio to the first.
 """
@@ -49,7 +49,7 @@ def run_bench(xla_flags: str, formulations: str, with_torch: bool) -> list[dict]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = {**os.environ, "XLA_FLAGS": xla_flags, "CV_JAX_XLA_DEFAULTS": "0",
                "JAX_PLATFORMS": "cpu"}
-        command = [sys.executable, "-m", "cv_jax.bench", f"--models={FLAGS.model}",
+        command = [sys.executable, "-m", "cv_jax.tools.bench", f"--models={FLAGS.model}",
                    f"--batch_size={FLAGS.batch_size}", f"--steps={FLAGS.steps}",
                    f"--cpu_formulations={formulations}",
                    f"--json={out.name}"] + (["--torch"] if with_torch else [])

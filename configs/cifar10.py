@@ -29,7 +29,8 @@ Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype, minutes.
               python -m cv_jax.main --config=configs/cifar10.py:cpu,minutes=14 --workdir=...
 
 Recipe toolkit (any recipe; every key is off at its default and documented where it lives:
-cv_jax/configlib.py base_config, cv_jax/optim.py, schedules.py, augment.py, losses.py, mixup.py):
+cv_jax/config/__init__.py base_config, cv_jax/optim/chain.py, schedules.py, augment.py, losses.py,
+mixup.py):
   --config.optimizer.name=sgd|adam|adamw|rmsprop|adagrad|adadelta|lamb|lars|lion|sam|
       schedule_free_sgd|schedule_free_adamw
   --config.optimizer.sam_base=sgd --config.optimizer.sam_rho=0.05   (one SAM update = 2 steps)
@@ -56,9 +57,11 @@ cv_jax/configlib.py base_config, cv_jax/optim.py, schedules.py, augment.py, loss
   --config.dataset.num_folds=5 --config.dataset.fold=0   (k-fold; make cv runs every fold)
   --config.dataset.num_labelled=4000   (class-balanced labelled subset; make pseudo-label)
   --config.dataset.resample_seed=0     (bootstrap resample; make ensemble)
-  python -m cv_jax.schedules --config=configs/cifar10.py:cpu --out=lr.png   (plot, no training)
-  python -m cv_jax.lr_find --config=configs/cifar10.py:cpu                  (LR range test)
-  python -m cv_jax.augment --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
+  python -m cv_jax.optim.schedules --config=configs/cifar10.py:cpu --out=lr.png   (plot, no
+  training)
+  python -m cv_jax.workflows.lr_find --config=configs/cifar10.py:cpu                  (LR range
+  test)
+  python -m cv_jax.data.augment --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
 
 Models (`python -m cv_jax.models` lists them with parameters and GFLOPs; `python -m cv_jax.models
 NAME` shows one layer by layer). Plain names are the ImageNet forms, built like torchvision's
@@ -82,7 +85,7 @@ The configurable ConvNet (model=convnet) takes every CNN hyper-parameter from co
 
 import jax
 
-from cv_jax.configlib import base_config, model_section, parse_arg
+from cv_jax.config import base_config, model_section, parse_arg
 
 RECIPES = ("headline", "cpu", "cpu15", "smoke", "keras", "timm")
 # airbench keeps the whitening filters and BatchNorm scales fixed; only biases of BN learn.

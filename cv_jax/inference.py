@@ -18,9 +18,9 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
-from cv_jax import runs, sharding, steps
 from cv_jax.data.sources import decode_image
-from cv_jax.state import TrainState
+from cv_jax.training import runs, sharding, steps
+from cv_jax.training.state import TrainState
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ exist is an error (the config is locked).
 Several processes (one per host) train one run together when given --coordinator_address,
 --num_processes and --process_id (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
 $JAX_PROCESS_ID), or when started by SLURM, Open MPI or on a Cloud TPU VM; see
-cv_jax/distributed.py.
+cv_jax/runtime/distributed.py.
 """
 
 import logging
@@ -17,7 +17,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from cv_jax import distributed, train
+from cv_jax.runtime import distributed
+from cv_jax.training import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (and :variant).", lock_config=True)

@@ -10,7 +10,7 @@ accuracy of the setting. About 6x the time of `make train`.
 
 import ml_collections as mlc
 
-from cv_jax.multirun import recipe_config
+from cv_jax.workflows.multirun import recipe_config
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ accuracies of so short a training are low.
 
 import ml_collections as mlc
 
-from cv_jax.multirun import recipe_config
+from cv_jax.workflows.multirun import recipe_config
 
 
 def get_config(arg=None):

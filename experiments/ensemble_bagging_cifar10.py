@@ -16,7 +16,7 @@ Sized for a 2-core CPU (the cpu recipe cut to 1.6 epochs, ~5 minutes a member):
 
 import ml_collections as mlc
 
-from cv_jax.multirun import recipe_config
+from cv_jax.workflows.multirun import recipe_config
 
 
 def get_config(arg=None):

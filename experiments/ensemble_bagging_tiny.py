@@ -11,7 +11,7 @@ trains on the bootstrap sample of seed i. Reports each member's and the ensemble
 
 import ml_collections as mlc
 
-from cv_jax.multirun import recipe_config
+from cv_jax.workflows.multirun import recipe_config
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ error, alpha and test accuracy, and the alpha-weighted vote's test accuracy.
 
 import ml_collections as mlc
 
-from cv_jax.multirun import recipe_config
+from cv_jax.workflows.multirun import recipe_config
 
 
 def get_config(arg=None):

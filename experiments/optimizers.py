@@ -2,8 +2,9 @@
 
 ResNet-20 with the classic recipe of configs/cifar10.py (cosine LR after 1 warmup epoch, 4-pixel
 crop + flip, weight decay 5e-4 as L2 in the gradient, decoupled for AdamW), batch 128. Each
-optimizer runs at the learning rate its LR range test suggests (cv_jax.lr_points: one
-`python -m cv_jax.lr_find` per optimizer, 100 steps from 1e-7 to 10, before its runs), or, in
+optimizer runs at the learning rate its LR range test suggests (cv_jax.analysis.lr_points: one
+`python -m cv_jax.workflows.lr_find` per optimizer, 100 steps from 1e-7 to 10, before its runs),
+or, in
 the `cpu` variant, at a learning rate usual for it (in OPTIMIZERS).
 
 Variants (--sweep=experiments/optimizers.py:VARIANT):
@@ -14,8 +15,8 @@ Variants (--sweep=experiments/optimizers.py:VARIANT):
                rates: for a GPU.
 """
 
-from cv_jax.lr_points import LRFind
-from cv_jax.sweep import Point, Sweep, choose
+from cv_jax.analysis.lr_points import LRFind
+from cv_jax.analysis.sweep import Point, Sweep, choose
 
 VARIANTS = ("cpu", "cpu_lr_find", "full")
 

@@ -20,7 +20,7 @@ On a CPU, give every round the same number of steps instead, and fewer rounds (4
 
 import ml_collections as mlc
 
-from cv_jax.multirun import recipe_config
+from cv_jax.workflows.multirun import recipe_config
 
 
 def get_config(arg=None):

@@ -2,7 +2,8 @@
 
 The smoke recipe's tiny airbench (widths 8/16/16) at 10 epochs, on a fixed 2,000-image subset
 of CIFAR-10 train of which 400 (40 per class) keep their labels; tested on a fixed 256-image
-subset of test; seed 0; label smoothing off (see cv_jax/pseudo_label.py). Round 0 (supervised
+subset of test; seed 0; label smoothing off (see cv_jax/workflows/pseudo_label.py). Round 0
+(supervised
 only) and 2 pseudo-labelling rounds, each adding the 60 most confident predictions of each
 class (no threshold: so weak a model is rarely confident). It checks the machinery; so small a
 model and training set give low accuracies and noisy pseudo-labels.
@@ -13,7 +14,7 @@ model and training set give low accuracies and noisy pseudo-labels.
 
 import ml_collections as mlc
 
-from cv_jax.multirun import recipe_config
+from cv_jax.workflows.multirun import recipe_config
 
 
 def get_config(arg=None):

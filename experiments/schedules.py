@@ -7,14 +7,15 @@ otherwise (1 warmup epoch, crop + flip, weight decay 5e-4). The schedules, over 
   exponential  x(0.01^(1/E)) per epoch, smoothly: ends at 1% of the peak
   cosine       cosine to 0
   one_cycle    linear up from 4% of the peak over 0.3 E, then linear down to 0
-`python -m cv_jax.schedules --config=... --out=lr.png` plots one; the report's lr.png shows all.
+`python -m cv_jax.optim.schedules --config=... --out=lr.png` plots one; the report's lr.png shows
+all.
 
 Variants (--sweep=experiments/schedules.py:VARIANT):
   cpu   reduced for a 2-core CPU: a fixed 10,000-image subset, 4 epochs, one seed (5 runs).
   full  all 50,000 images, 60 epochs, 3 seeds (15 runs), bf16: for a GPU.
 """
 
-from cv_jax.sweep import Point, Sweep, choose
+from cv_jax.analysis.sweep import Point, Sweep, choose
 
 VARIANTS = ("cpu", "full")
 

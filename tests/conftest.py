@@ -82,10 +82,10 @@ def tiny_config(data_dir, cache_dir, **training):
 def convnet_config(data_dir, cache_dir, **training):
     """``tiny_config`` with a one-layer convnet (no BatchNorm), no augmentation and no TTA:
     seconds per run."""
-    from cv_jax import configlib
+    from cv_jax.config import model_section
 
     config = tiny_config(data_dir, cache_dir, **training)
-    config.model = configlib.model_section("convnet", layers="conv:8,pool:max:2", fc="",
+    config.model = model_section("convnet", layers="conv:8,pool:max:2", fc="",
                                            batch_norm=False)
     config.optimizer.update(freeze="", lr_multipliers="", learning_rate=0.05)
     config.augment.update(crop_padding=0, flip=False)
@@ -97,7 +97,7 @@ def convnet_config(data_dir, cache_dir, **training):
 def trained_run(tiny_folder, cache_dir, tmp_path_factory):
     """``(workdir, results)`` of the tiny smoke run (12 steps, 2 epochs, on 8 devices), shared by
     the tests that need a finished run; they must not write into it."""
-    from cv_jax import train
+    from cv_jax.training import train
 
     workdir = str(tmp_path_factory.mktemp("trained_run"))
     return workdir, train.train_and_evaluate(tiny_config(tiny_folder, cache_dir), workdir)

@@ -275,7 +275,8 @@ def check_pseudo_labels(indices: np.ndarray, labels: np.ndarray, labelled: np.nd
         problem = f"labels must lie in 0..{num_classes - 1}"
     if problem:
         raise ValueError(f"config.dataset.pseudo_labels={path!r}: {problem}; give the "
-                         "pseudo_labels.npz that cv_jax.pseudo_label wrote for this training set")
+                          "pseudo_labels.npz that cv_jax.workflows.pseudo_label wrote for "
+                          "this training set")
 
 
 def read_pseudo_labels(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cv_jax.models import register
-from cv_jax.models.cpu_formulations import max_pool
+from cv_jax.models.cpu.formulations import max_pool
 from cv_jax.models.layers import Conv, batch_norm, torch_default_init
 
 WHITEN_PATCH = 2  # whitening conv kernel size; it has 2 * C * WHITEN_PATCH**2 output channels

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cv_jax.models import cpu_formulations
+from cv_jax.models.cpu import formulations as cpu_formulations
 
 Padding = str | int | Sequence[tuple[int, int]]
 
@@ -127,7 +127,7 @@ class BatchNorm(nn.BatchNorm):
 
 class Dropout(nn.Dropout):
     """``flax.linen.Dropout`` whose rate may also be an array: a traced value, one per member
-    of a vectorised run (``cv_jax.vectorized --vary``). A Python number takes flax's path
+    of a vectorised run (``cv_jax.workflows.vectorized --vary``). A Python number takes flax's path
     unchanged; an array always draws the mask, which for a rate of 0 keeps every unit."""
 
     def __call__(self, inputs: jax.Array, deterministic: bool | None = None,

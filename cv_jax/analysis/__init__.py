@@ -1,0 +1,1 @@
+"""Comparing runs: sweeps, reports, figures and FLOPs."""

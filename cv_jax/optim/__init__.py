@@ -1,0 +1,1 @@
+"""The optimizer: the optax chain and every source of the learning rate."""

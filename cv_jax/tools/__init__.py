@@ -1,0 +1,1 @@
+"""Command-line tools over trained runs: evaluate, predict, visualize, bench, speedrun."""

@@ -1,0 +1,212 @@
+"""Training throughput of cv_jax's train step, side by side with PyTorch on the same machine.
+
+    python -m cv_jax.tools.bench [--models=resnet20,resnet18_cifar] [--batch_size=128]
+        [--dtype=float32|bfloat16] [--steps=20] [--torch] [--torch_compile] [--json=FILE]
+
+For each model, the jitted ``train.make_train_step`` of a plain SGD recipe (Nesterov momentum,
+weight decay, no augmentation, so both sides do the same work) runs on device-resident
+synthetic images of the model's design size (32x32 or 224x224); with ``--torch`` the PyTorch
+counterpart from ``cv_jax.tools.torch_reference`` runs next (channels_last, bf16 autocast when
+``--dtype=bfloat16``, ``torch.compile`` with ``--torch_compile``). One row per side: images/s,
+milliseconds per step (median over ``--steps`` after compile and warm-up), the step's FLOPs as
+XLA counts them in the unoptimised step without cv_jax's CPU formulations (XLA cannot count
+inside cv_jax's CPU kernels), MFU against the device's peak (``--peak_tflops``, or a known
+GPU's dense peak), peak memory, and the ratio cv_jax / PyTorch. Throughput is measured here,
+never in a timed unit test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from typing import Any
+
+import jax
+import ml_collections as mlc
+import numpy as np
+from absl import app, flags
+
+from cv_jax import models
+from cv_jax.config import base_config, model_section
+from cv_jax.data.sources import ArrayDataset
+from cv_jax.training import sharding, train
+
+# Dense peak FLOP/s by device kind and compute dtype (vendor data sheets, SXM parts).
+PEAK_FLOPS = {
+    "H100": {"bfloat16": 989e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+}
+
+
+def synthetic_train_set(num_examples: int, image_shape=(32, 32, 3),
+                        classes: int = 10) -> ArrayDataset:
+    """Uniform random uint8 images with random labels (a fixed seed)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (num_examples, *image_shape), dtype=np.uint8)
+    labels = rng.integers(0, classes, num_examples).astype(np.int32)
+    return ArrayDataset(images, labels, tuple(f"class{i}" for i in range(classes)))
+
+
+def sgd_config(model: str, batch_size: int, dtype: str,
+               cpu_formulations: str = "auto") -> mlc.ConfigDict:
+    """The benchmark recipe: ``model`` trained by SGD + Nesterov, no augmentation."""
+    config = base_config()
+    config.model = model_section(model)
+    config.training.update(batch_size=batch_size, compute_dtype=dtype, num_steps=1000,
+                           cpu_formulations=cpu_formulations)
+    config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
+                            weight_decay=5e-4)
+    config.schedule.update(name="constant", warmup_epochs=0.0)
+    config.augment.update(crop_padding=0, flip=False)
+    config.model_init_examples = min(config.model_init_examples, batch_size)
+    return config
+
+
+def _memory_bytes(compiled) -> int | None:
+    """Peak device memory in use (GPU/TPU), else XLA's estimate for the compiled step."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+               + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def _flops(lowered, num_devices: int) -> float | None:
+    """FLOPs of one global step: XLA counts those of one device's share of the batch."""
+    cost = lowered.cost_analysis()
+    if isinstance(cost, list):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    return num_devices * float(cost["flops"]) if cost and cost.get("flops") else None
+
+
+def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: int = 3,
+                  cpu_formulations: str = "auto") -> dict[str, Any]:
+    """Median seconds per cv_jax train step of ``model``, with its FLOPs, memory, parameters."""
+    config = sgd_config(model, batch_size, dtype, cpu_formulations)
+    mesh = sharding.make_mesh(config.training.num_devices)
+    data = synthetic_train_set(batch_size * 2, models.default_input_shape(model))
+    plan = train.Plan.from_config(config, len(data))
+    _, tx, settings = train.optimizer_and_settings(config, data, plan)
+    state = train.build_state(config, data, settings, tx, mesh)
+    images, labels, permute = train.device_train_set(data, config, mesh)
+    permutation = permute(0)
+    start = time.perf_counter()
+    step = train.make_train_step(settings, batch_size, mesh)
+    step = step.lower(state, images, labels, permutation, 0).compile()
+    compile_time = time.perf_counter() - start
+    plain = train.make_train_step(dataclasses.replace(settings, cpu_formulations=False),
+                                  batch_size, mesh)
+    flops = _flops(plain.lower(state, images, labels, permutation, 0), mesh.devices.size)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = step(state, images, labels, permutation, i % 2)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    device = mesh.devices.flatten()[0]
+    return {"seconds": float(np.median(times[warmup:])), "flops": flops,
+            "peak_bytes": _memory_bytes(step), "compile_s": compile_time,
+            "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+            "device": f"{mesh.devices.size} x {device.device_kind}", "version": jax.__version__}
+
+
+def peak_flops(device_kind: str, dtype: str, override_tflops: float) -> float | None:
+    """The device's dense peak FLOP/s for ``dtype``: ``override_tflops`` if given, else the
+    table above when the device kind names a known GPU, else None (MFU is then left blank)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    for name, peaks in PEAK_FLOPS.items():
+        if name in device_kind:
+            return peaks.get(dtype, peaks["float32"])
+    return None
+
+
+def row(framework: str, model: str, batch_size: int, image: tuple, dtype: str,
+        result: dict, peak: float | None) -> dict[str, Any]:
+    seconds = result["seconds"]
+    flops = result.get("flops")
+    return {
+        "framework": framework, "model": model, "batch": batch_size,
+        "image": f"{image[0]}x{image[1]}", "dtype": dtype, "device": result["device"],
+        "version": result["version"], "parameters": result["parameters"],
+        "images_per_sec": batch_size / seconds, "step_ms": 1000 * seconds,
+        "gflops_per_step": flops / 1e9 if flops else None,
+        "mfu": flops / seconds / peak if flops and peak else None,
+        "peak_mib": result["peak_bytes"] / 2**20 if result.get("peak_bytes") else None,
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of benchmark rows; ``ratio`` is cv_jax's images/s over PyTorch's."""
+    header = ("| framework | model | batch | image | dtype | device | images/s | step ms "
+              "| GFLOP/step | MFU | peak MiB | cv_jax / PyTorch |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+
+    def cell(value, fmt):
+        return "–" if value is None else format(value, fmt)
+
+    for r in rows:
+        lines.append(
+            f"| {r['framework']} {r['version']} | {r['model']} | {r['batch']} | {r['image']} "
+            f"| {r['dtype']} | {r['device']} | {r['images_per_sec']:,.0f} "
+            f"| {r['step_ms']:.1f} | {cell(r['gflops_per_step'], '.1f')} "
+            f"| {cell(r['mfu'], '.1%')} | {cell(r['peak_mib'], ',.0f')} "
+            f"| {cell(r.get('ratio'), '.2f')} |")
+    return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("models", ["resnet20"], "cv_jax model names (python -m cv_jax.models).")
+    flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+    flags.DEFINE_integer("steps", 20, "Timed steps per row (after compile and 3 warm-up steps).")
+    flags.DEFINE_bool("torch", False, "Also time the PyTorch counterpart of each model.")
+    flags.DEFINE_bool("torch_compile", False, "torch.compile the PyTorch step.")
+    flags.DEFINE_bool("channels_last", True, "PyTorch in channels_last memory format.")
+    flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known GPUs only).")
+    flags.DEFINE_string("json", "", "Also write the rows to this JSON file.")
+    flags.DEFINE_enum("cpu_formulations", "auto", ["auto", "on", "off"],
+                      "config.training.cpu_formulations of the cv_jax step.")
+
+def main(argv):
+    del argv
+    device = jax.devices()[0]
+    peak = peak_flops(device.device_kind, FLAGS.dtype, FLAGS.peak_tflops)
+    rows = []
+    for model in FLAGS.models:
+        image = models.default_input_shape(model)
+        ours = row("cv_jax", model, FLAGS.batch_size, image, FLAGS.dtype,
+                   time_jax_step(model, FLAGS.batch_size, FLAGS.dtype, FLAGS.steps,
+                                 cpu_formulations=FLAGS.cpu_formulations), peak)
+        rows.append(ours)
+        if FLAGS.torch:
+            from cv_jax.tools import torch_reference
+
+            theirs = torch_reference.time_train_step(
+                model, FLAGS.batch_size, image, bf16=FLAGS.dtype == "bfloat16",
+                channels_last=FLAGS.channels_last, compile=FLAGS.torch_compile,
+                steps=FLAGS.steps)
+            theirs["flops"] = ours["gflops_per_step"] and ours["gflops_per_step"] * 1e9
+            name = "pytorch" + (" compiled" if FLAGS.torch_compile else "")
+            rows.append(row(name, model, FLAGS.batch_size, image, FLAGS.dtype, theirs, peak))
+            ours["ratio"] = ours["images_per_sec"] / rows[-1]["images_per_sec"]
+    print(f"{time.strftime('%Y-%m-%d')}, python {platform.python_version()}, "
+          f"{platform.processor() or platform.machine()}; median of {FLAGS.steps} steps")
+    print(format_table(rows))
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

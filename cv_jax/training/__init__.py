@@ -1,0 +1,1 @@
+"""One run: state, pure steps, the loop, exact evaluation, checkpoints and metrics."""

@@ -1,0 +1,457 @@
+"""Several seeds, and hyper-parameters that keep the shapes, of one config trained as one
+program: N models, one jitted step, one stream of batches.
+
+    python -m cv_jax.workflows.vectorized --config=configs/cifar10.py:cpu --workdir=runs/seeds \\
+        --seeds=0,1,2,3 [--vary=optimizer.learning_rate=0.05,0.1 ...] [--mode=vmap|unroll] \\
+        [--bootstrap]
+
+The members (``cv_jax.workflows.members``) are every seed crossed with every combination of the
+``--vary`` values. They share the stream of batches (ordered by ``config.data_seed``, or by
+``config.seed`` when that is -1) and every setting but the seed and the varied keys. Each member
+has its own initialisation and augmentation/dropout keys (``train.seed_keys``). Their states are
+stacked on a leading member axis, replicated over the mesh; the batch is split on the mesh's
+'data' axis exactly as in a single run, and one jitted step runs the single-run step for every
+member: vmapped over the member axis (the batch is shared, not mapped; varied values are traced),
+or with ``mode='unroll'`` as one copy per member. A member is ``train.train_and_evaluate`` of
+its config (its seed and values, the same ``data_seed``), up to the order of XLA's
+floating-point sums (tests/test_vectorized.py checks it).
+
+vmap pays off where one run leaves an accelerator idle (small models, small batches). On CPU,
+XLA lowers a vmapped convolution to a grouped one, which is many times slower than separate
+convolutions: use ``unroll`` there (or separate runs); benchmarks/vectorized_seeds.py measures.
+
+Each member is written as a complete run in ``workdir/seed_<s>/`` (with varied keys in
+``workdir/<key>=<value>,.../seed_<s>/``): config.json with its seed, values and the shared
+data_seed, metrics.jsonl, tensorboard/, checkpoints/, results.json. So ``cv_jax.tools.evaluate``,
+``cv_jax.training.runs``, ``cv_jax.training.curves`` and ``cv_jax.analysis.report`` read it as if
+it had been trained alone.
+Checkpoints are saved at every evaluation; rerunning the command resumes every member from their
+latest common checkpoint, and a finished run only reports. Early stopping (a per-run decision)
+is not supported.
+
+With ``--bootstrap`` (bagged ensembles: ``cv_jax.workflows.ensemble --vectorized=vmap``) each member
+trains on its own bootstrap sample of the training set, drawn with its seed
+(``dataset.resample_seed`` = seed, ``pipeline.resample_indices``): the full training set goes
+to the devices once, and member i's batch is the shared permutation's slice mapped through its
+sample's indices, so it equals the separate run with that ``resample_seed`` and ``data_seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from cv_jax.config import ConfigError, validate
+from cv_jax.data import pipeline
+from cv_jax.data.sources import ArrayDataset
+from cv_jax.optim import chain as optim
+from cv_jax.training import checkpoint, distill, sharding, steps, train
+from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
+from cv_jax.training.state import TrainState
+from cv_jax.workflows.members import (
+    MODES,
+    make_vectorized_step,
+    member,
+    member_config,
+    member_dir,
+    member_overrides,
+    parse_seeds,
+    parse_vary,
+)
+
+log = logging.getLogger("cv_jax")
+
+
+def stack(trees: Sequence[Any], mesh: jax.sharding.Mesh) -> Any:
+    """Stacks same-shaped pytrees on a new leading (member) axis, replicated over ``mesh``.
+
+    The tree structure (with its static fields, e.g. ``apply_fn``) is the first tree's. Leaves
+    get strong dtypes (a fresh state's step is weakly typed, a restored one's is not), so a fresh
+    and a resumed run compile the same step.
+    """
+    treedef = jax.tree.structure(trees[0])
+    leaves = [jnp.stack(column).astype(column[0].dtype)
+              for column in zip(*map(jax.tree.leaves, trees), strict=True)]
+    return jax.device_put(jax.tree.unflatten(treedef, leaves), sharding.replicated(mesh))
+
+
+def check_same_shapes(names: Sequence[str], states: Sequence[Any]) -> None:
+    """Members can only be stacked when their states have one structure and shape: a varied
+    key that changes them (a model width, a switched-off part) is refused, naming the member."""
+    def layout(state):  # leaf paths and shapes (the static fields, e.g. tx, may differ)
+        leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+        return [(jax.tree_util.keystr(path), jnp.shape(x)) for path, x in leaves]
+
+    first = layout(states[0])
+    for name, state in zip(names[1:], states[1:], strict=True):
+        if layout(state) != first:
+            raise ConfigError(
+                f"{name} has parameters or optimizer state of other shapes than {names[0]}: a "
+                "varied key changes the shapes, so those members need separate runs")
+
+
+def member_getter(mesh: jax.sharding.Mesh):
+    """``take(stacked, i)``: member ``i`` of a stacked pytree, replicated like a single run's."""
+    return jax.jit(member, out_shardings=sharding.replicated(mesh))
+
+
+def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
+                  settings: steps.StepSettings, tx, mesh: jax.sharding.Mesh,
+                  orders: np.ndarray | None = None) -> list[TrainState]:
+    """A fresh state per member config (each with its own seed), as ``train.build_state``;
+    with ``orders`` ([members, n] indices) member i starts from its own sample of ``data``
+    (a data-dependent init sees that sample, as in its separate run)."""
+    samples = [data] * len(configs) if orders is None else [pipeline.take(data, o) for o in orders]
+    return [train.build_state(c, d, settings, tx, mesh)
+            for c, d in zip(configs, samples, strict=True)]
+
+
+def without_resampling(config: mlc.ConfigDict) -> mlc.ConfigDict:
+    """``config`` reading the whole training set (the one bootstrap samples are drawn from)."""
+    base = config.copy_and_resolve_references()
+    base.dataset.resample_seed = -1
+    return base
+
+
+def through_samples(permute, orders: np.ndarray, mesh: jax.sharding.Mesh):
+    """``epoch -> [members, n]``: the shared permutation of that epoch mapped through each
+    member's sample (``orders``), i.e. indices into the whole training set."""
+    samples = jax.device_put(orders, sharding.replicated(mesh))
+    mapped = jax.jit(lambda s, p: s[:, p], out_shardings=sharding.replicated(mesh))
+    return lambda epoch: mapped(samples, permute(epoch))
+
+
+def bootstrap_orders(members: Sequence[Member], n: int) -> np.ndarray:
+    """[members, n]: each member's bootstrap sample of n examples, drawn with its seed."""
+    return np.stack([pipeline.resample_indices(n, m.seed) for m in members]).astype(np.int32)
+
+
+def per_member(history: list[dict], count: int) -> list[list[dict]]:
+    """Per-step metrics of shape [members] -> each member's per-step metrics."""
+    fetched = jax.device_get(history)
+    return [[{k: v[i] for k, v in m.items()} for m in fetched] for i in range(count)]
+
+
+@dataclasses.dataclass
+class Member:
+    """One member of the vectorised run (a seed, with its values of the varied keys): its
+    config and its run directory's writers."""
+
+    seed: int
+    overrides: dict[str, Any]
+    config: mlc.ConfigDict
+    workdir: str
+    ckpt: checkpoint.Checkpoints
+    writer: MetricWriter | None = None
+
+    @classmethod
+    def create(cls, config: mlc.ConfigDict, workdir: str, seed: int,
+               overrides: dict[str, Any] | None = None, bootstrap: bool = False) -> Member:
+        overrides = dict(overrides or {})
+        sample = {"dataset.resample_seed": seed} if bootstrap else {}
+        mconfig = member_config(config, seed, {**overrides, **sample})
+        directory = member_dir(workdir, seed, overrides)
+        os.makedirs(directory, exist_ok=True)
+        return cls(seed, overrides, mconfig, directory,
+                   checkpoint.Checkpoints.for_run(directory, mconfig))
+
+    @property
+    def name(self) -> str:
+        values = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return f"seed {self.seed}" + (f" ({values})" if values else "")
+
+    def close(self) -> None:
+        self.ckpt.wait()
+        if self.writer is not None:
+            self.writer.close()
+        self.ckpt.close()
+
+
+def check_supported(config: mlc.ConfigDict, mode: str, bootstrap: bool = False) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r}: use one of {MODES}")
+    if config.early_stopping.patience:
+        raise ConfigError(
+            "config.early_stopping.patience > 0: early stopping decides per run and is not "
+            "supported by the vectorised run; train the seeds separately (cv_jax.main)")
+    if not bootstrap:
+        return
+    d = config.dataset
+    if d.resample_seed >= 0 or d.resample_weights:
+        raise ConfigError(
+            f"config.dataset.resample_seed={d.resample_seed}, resample_weights="
+            f"{d.resample_weights!r}: bootstrap members draw their samples with their own "
+            "seeds; leave resample_seed at -1 and resample_weights at ''")
+    if d.normalization == "featurewise" or config.loss.class_weights == "balanced":
+        raise ConfigError(
+            "bootstrap members with dataset.normalization='featurewise' or "
+            "loss.class_weights='balanced' would each need statistics of their own sample, "
+            "which one program does not compute; use 'given' statistics and explicit class "
+            "weights, or separate runs (cv_jax.workflows.ensemble without --vectorized)")
+
+
+def resume_step(members: Sequence[Member]) -> int | None:
+    """The latest step every member has a checkpoint of (None: start afresh)."""
+    latest = [m.ckpt.latest_step() for m in members]
+    return None if None in latest else min(latest)
+
+
+def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.StepSettings,
+                  tx, plan: train.Plan, mesh: jax.sharding.Mesh,
+                  orders: np.ndarray | None = None) -> tuple[TrainState, dict]:
+    """The stacked state of the members (fresh, or restored from their latest common
+    checkpoint) and the model signature of their checkpoints."""
+    states = build_members([m.config for m in members], data, settings, tx, mesh, orders)
+    check_same_shapes([m.name for m in members], states)
+    sig = checkpoint.signature(members[0].config.model.to_dict(), states[0].params,
+                               data.class_names, data.images.shape[1:])
+    start = resume_step(members)
+    if start is not None:
+        states = [m.ckpt.restore(start, s, sig) for m, s in zip(members, states, strict=True)]
+        log.info("Resuming %d members from step %d of %d.", len(members), start,
+                 plan.total_steps)
+    return stack(states, mesh), sig
+
+
+def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
+                max_steps_this_run: int | None = None, mode: str = "vmap",
+                vary: Mapping[str, Sequence] | None = None,
+                bootstrap: bool = False) -> list[dict]:
+    """Trains one member per seed of ``config`` and combination of the ``vary`` values
+    (dotted key -> values, see ``cv_jax.workflows.members``) in one program (``mode``: see
+    ``members.make_vectorized_step``); with ``bootstrap`` each on its own bootstrap sample
+    of the training set. Returns the members' results, seed by seed within each combination
+    (each also written to its ``members.member_dir``/results.json)."""
+    seeds = parse_seeds(seeds)
+    validate(config)
+    check_supported(config, mode, bootstrap)
+    vary = dict(vary or {})
+    mesh = sharding.make_mesh(config.training.num_devices)
+    num_devices = mesh.devices.size
+    train.check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
+    eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
+    members = [Member.create(config, workdir, s, o, bootstrap)
+               for o in member_overrides(vary) for s in seeds]
+    lead = members[0].config
+    try:
+        data = train.load_datasets(without_resampling(lead))
+        plan = train.Plan.from_config(lead, len(data.train))
+        previous = [train.read_results(m.workdir) for m in members]
+        if all(train.is_finished(p, m.ckpt.latest_step(), plan)
+               for p, m in zip(previous, members, strict=True)):
+            log.info("Vectorised run in %s is finished.", workdir)
+            return previous
+        _, tx, settings = train.optimizer_and_settings(lead, data.train, plan)
+        orders = bootstrap_orders(members, len(data.train)) if bootstrap else None
+        state, sig = initial_state(members, data.train, settings, tx, plan, mesh, orders)
+        for m in members:
+            train.save_config(m.config, m.workdir)
+            m.writer = MetricWriter(m.workdir)
+        log.info("%d members (seeds %s%s): %d train / %d test examples; %d steps (%d per "
+                 "epoch) on %s.", len(members), list(seeds),
+                 "".join(f", {k} {list(v)}" for k, v in vary.items()),
+                 len(data.train), len(data.test), plan.total_steps,
+                 plan.steps_per_epoch, train.describe_devices(mesh))
+        program = Program.build(members, list(vary), data, plan, settings, state, mesh,
+                                eval_batch, mode, orders)
+        return _train(lead, members, plan, program, state, sig, mesh, max_steps_this_run)
+    finally:
+        for m in members:
+            m.close()
+
+
+@dataclasses.dataclass
+class Program:
+    """The device data and compiled functions of a vectorised run."""
+
+    train_step: Any  # (stacked state, images, labels, permutation, index, teacher)
+    evaluators: dict[str, train.Evaluator]
+    take: Any  # (stacked tree, i) -> member i
+    images: jax.Array
+    labels: jax.Array
+    permute: Any  # epoch -> permutation
+    teacher: Any
+    compile_time: float
+
+    @classmethod
+    def build(cls, members: Sequence[Member], varied: Sequence[str], data: train.Datasets,
+              plan: train.Plan, settings: steps.StepSettings, state: TrainState,
+              mesh: jax.sharding.Mesh, eval_batch: int, mode: str,
+              orders: np.ndarray | None = None) -> Program:
+        config = members[0].config
+        images, labels, permute = train.device_train_set(data.train, config, mesh)
+        if orders is not None:
+            permute = through_samples(permute, orders, mesh)
+        evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh)
+                      for name, ds in data.eval_sets().items()}
+        take = member_getter(mesh)
+        start = time.perf_counter()
+        teacher = distill.load_teacher(config, data.train.class_names, mesh)
+        step_fn = make_vectorized_step([m.config for m in members], varied, data.train, plan,
+                                       mesh, mode, own_orders=orders is not None)
+        step_fn = step_fn.lower(state, images, labels, permute(0), 0, teacher).compile()
+        for evaluator in evaluators.values():
+            evaluator.compile(take(state, 0))
+        compile_time = time.perf_counter() - start
+        log.info("Compiled in %.1f s.", compile_time)
+        return cls(step_fn, evaluators, take, images, labels, permute, teacher, compile_time)
+
+
+def log_train(members: Sequence[Member], history: list[dict], state: TrainState, step: int,
+              epoch: float, progress: Progress) -> float:
+    """Writes each member's train summary since the last call (``train.train_summary``: the
+    mean over applied steps, non-finite checks, skipped steps); returns images/s."""
+    summaries = []
+    for i, (m, steps_of_m) in enumerate(zip(members, per_member(history, len(members)),
+                                            strict=True)):
+        try:
+            summaries.append(train.train_summary(steps_of_m, member(state, i), step, m.config,
+                                                 m.ckpt))
+        except train.TrainingDiverged as e:
+            raise train.TrainingDiverged(f"{m.name}: {e}") from None
+    rate = progress.update(step, mean_metrics(summaries))
+    for m, summary in zip(members, summaries, strict=True):
+        m.writer.write(step, "train", summary | {"images_per_sec": rate, "epoch": epoch})
+    return rate
+
+
+def evaluate_members(members: Sequence[Member], program: Program, state: TrainState,
+                     step: int, sig: dict, plateau, scheduled: bool,
+                     mesh: jax.sharding.Mesh) -> tuple[TrainState, list[dict]]:
+    """Evaluates and checkpoints each member as ``train_and_evaluate`` does a run (with the
+    reduce-on-plateau update after a ``scheduled`` evaluation); returns the stacked state and
+    each member's eval metrics."""
+    singles = [program.take(state, i) for i in range(len(members))]
+    evals = []
+    for i, m in enumerate(members):
+        log.info("%s:", m.name)
+        evals.append(train.evaluate_weights(program.evaluators, singles[i], step, m.writer,
+                                            m.ckpt))
+        if plateau is not None and scheduled:
+            singles[i] = plateau(singles[i], evals[i])
+        m.ckpt.save(step, singles[i], sig, metrics=evals[i])
+    return (stack(singles, mesh) if plateau is not None else state), evals
+
+
+def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, program: Program,
+           state: TrainState, sig: dict, mesh: jax.sharding.Mesh,
+           max_steps_this_run: int | None) -> list[dict]:
+    """The loop of ``train_seeds`` from a stacked state."""
+    step = int(state.step[0])
+    end = plan.total_steps if max_steps_this_run is None else min(
+        plan.total_steps, step + max_steps_this_run)
+    progress = Progress(plan.total_steps, step, config.training.batch_size)
+    plateau = optim.plateau_updater(config)
+    history, rates, last_eval = [], [], [{} for _ in members]
+    train_start, epoch, permutation = time.perf_counter(), -1, None
+    try:
+        while step < end:
+            if step // plan.steps_per_epoch != epoch:
+                epoch = step // plan.steps_per_epoch
+                permutation = program.permute(epoch)
+            state, metrics = program.train_step(state, program.images, program.labels,
+                                                permutation, step % plan.steps_per_epoch,
+                                                program.teacher)
+            history.append(metrics)
+            step += 1
+            if step % config.training.log_every_steps == 0 or step == end:
+                rates.append(log_train(members, history, state, step,
+                                       step / plan.steps_per_epoch, progress))
+                history = []
+            if plan.is_eval_step(step) or step == end:
+                jax.block_until_ready(state)
+                progress.pause()
+                state, last_eval = evaluate_members(members, program, state, step, sig, plateau,
+                                                    plan.is_eval_step(step), mesh)
+                progress.resume()
+    finally:
+        progress.close()
+    if step < plan.total_steps:
+        log.info("Stopped at step %d of %d; rerun with the same workdir to continue.", step,
+                 plan.total_steps)
+        return [{"steps": step, "finished": False, **e} for e in last_eval]
+    timing = {"train_time_s": time.perf_counter() - train_start,
+              "compile_time_s": program.compile_time,
+              "images_per_sec": float(np.median(rates)) if rates else None}
+    together = {"vectorized_seeds": sorted({m.seed for m in members}),
+                "vectorized_vary": {k: sorted({m.overrides[k] for m in members})
+                                    for k in members[0].overrides}}
+    return [finish(m, program, program.take(state, i), last_eval[i], plan, timing, mesh,
+                   together) for i, m in enumerate(members)]
+
+
+def finish(member: Member, program: Program, state: TrainState, last_eval: dict,
+           plan: train.Plan, timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
+    """Writes a finished member's results.json and returns the results. A member this process
+    did not evaluate (it resumed at the last step) keeps its results.json, or is evaluated
+    when it has none (a crash before it was written)."""
+    member.ckpt.wait()
+    if not last_eval:
+        previous = train.read_results(member.workdir)
+        if train.is_finished(previous, member.ckpt.latest_step(), plan):
+            return previous
+        last_eval = train.evaluate_weights(program.evaluators, state, plan.total_steps, None,
+                                           member.ckpt)
+    results = member_results(member, plan, state, last_eval, timing, mesh, together)
+    train.write_results(member.workdir, results)
+    log.info("%s: final test accuracy %.4f (%d / %d examples).", member.name,
+             results["test_accuracy"], results["test_correct"], results["test_examples"])
+    return results
+
+
+def member_results(member: Member, plan: train.Plan, state: TrainState, last_eval: dict,
+                   timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
+    """A finished member's results.json, with the keys of ``train.train_and_evaluate``'s.
+
+    ``images_per_sec`` is each member's rate (the program processes members x that);
+    ``together`` (``vectorized_seeds`` and ``vectorized_vary``: the seeds and varied values
+    of the members trained together) is added.
+    """
+    return train.results_record(member.config, plan, plan.total_steps, state, last_eval,
+                                member.ckpt.best_step(), timing, mesh) | together
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import sys
+
+    from absl import app, flags
+    from absl import logging as absl_logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file (and :variant).",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory of the members' run directories.")
+    flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "Seeds to train together, e.g. 0,1,2,3.")
+    flags.DEFINE_multi_string(
+        "vary", [], "KEY=V1,V2,...: a hyper-parameter the members differ in, e.g. "
+        "optimizer.learning_rate=0.05,0.1,0.2 (repeatable; members are every seed x every "
+        "combination).")
+    flags.DEFINE_enum("mode", "vmap", MODES, "vmap: one batched step (GPU/TPU); unroll: one "
+                      "copy of the step per member (CPU, where a vmapped convolution is slow).")
+    flags.DEFINE_bool("bootstrap", False, "Each member trains on its own bootstrap sample of "
+                      "the training set, drawn with its seed (bagging).")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(args):
+        if len(args) > 1:
+            raise app.UsageError(f"Unexpected arguments: {args[1:]}")
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("cv_jax").setLevel(logging.INFO)
+        config = flags.FLAGS.config
+        train_seeds(config, flags.FLAGS.workdir, flags.FLAGS.seeds, mode=flags.FLAGS.mode,
+                    vary=parse_vary(flags.FLAGS.vary, config), bootstrap=flags.FLAGS.bootstrap)
+
+    app.run(run, argv=argv or sys.argv)
+
+
+if __name__ == "__main__":
+    main()
