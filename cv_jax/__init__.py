@@ -1,12 +1,6 @@
 """cv_jax: CNN image classification in JAX/Flax. ``cv_jax.load(workdir)`` loads a trained run
-for prediction (see cv_jax.inference); the package import itself stays light, and adds
-cv_jax's measured XLA:CPU flags (cv_jax.runtime.xla_flags) and glibc malloc settings
-(cv_jax.runtime.host_malloc) before JAX's backend starts."""
-
-from cv_jax.runtime import host_malloc, xla_flags
-
-xla_flags.apply_defaults()
-host_malloc.apply_defaults()
+for prediction (see cv_jax.inference). Importing the package changes nothing in the process:
+the commands apply cv_jax's CPU defaults themselves (cv_jax.runtime.cpu_defaults)."""
 
 
 def __getattr__(name: str):

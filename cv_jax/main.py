@@ -17,7 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from cv_jax.runtime import distributed
+from cv_jax.runtime import cpu_defaults, distributed
 from cv_jax.training import train
 
 FLAGS = flags.FLAGS
@@ -54,4 +54,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     app.run(main, flags_parser=parse_flags)

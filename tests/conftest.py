@@ -12,6 +12,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# As every command does in its __main__ block (the subprocesses tests start get them that way).
+from cv_jax.runtime import cpu_defaults  # noqa: E402
+
+cpu_defaults.apply()
+
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 import tempfile  # noqa: E402

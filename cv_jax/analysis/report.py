@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import curves
 from cv_jax.training.train import read_json, read_results
 
@@ -583,6 +584,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     from absl import app, flags
 
     flags.DEFINE_string("out", "runs/report", "Folder for report.md and the plots.")

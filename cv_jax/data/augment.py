@@ -109,6 +109,7 @@ import ml_collections as mlc
 import numpy as np
 
 from cv_jax.config import ConfigError, base_config, validate
+from cv_jax.runtime import cpu_defaults
 
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 PADDING_MODES = ("reflect", "constant", "edge")
@@ -789,4 +790,5 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     cli()

@@ -18,6 +18,7 @@ from absl import app, flags, logging
 
 from cv_jax.models import model_names
 from cv_jax.models.summary import ModelSummary, summarize
+from cv_jax.runtime import cpu_defaults
 
 _INPUT = flags.DEFINE_list("input", None, "H,W,C of the input (default: the model's design input)")
 _CLASSES = flags.DEFINE_integer("classes", None, "number of classes (default: 10 for 32x32 "
@@ -85,6 +86,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     try:
         app.run(main)
     except ValueError as error:  # unknown model, bad input shape: one line, no traceback

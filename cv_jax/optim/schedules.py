@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from cv_jax.config import ConfigError
+from cv_jax.runtime import cpu_defaults
 
 
 def _constant(lr: float, cfg: mlc.ConfigDict, steps: int, spe: int, offset: int):
@@ -250,4 +251,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     main()

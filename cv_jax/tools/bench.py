@@ -31,6 +31,7 @@ from absl import app, flags
 from cv_jax import models
 from cv_jax.config import base_config, model_section
 from cv_jax.data.sources import ArrayDataset
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import sharding, train
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor data sheets, SXM parts).
@@ -208,5 +209,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     define_flags()
     app.run(main)

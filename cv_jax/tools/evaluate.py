@@ -18,6 +18,7 @@ from absl import app, flags, logging
 
 from cv_jax.data.sources import DataError, load_split
 from cv_jax.optim import chain as optim
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import runs, sharding
 from cv_jax.training.metrics import per_class_accuracy
 from cv_jax.training.steps import StepSettings
@@ -73,5 +74,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     flags.mark_flags_as_required(["workdir", "data"])
     app.run(main)

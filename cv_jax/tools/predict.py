@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from cv_jax.data.sources import DataError, list_images
 from cv_jax.inference import LoadedModel, load
+from cv_jax.runtime import cpu_defaults
 
 FLAGS = flags.FLAGS
 
@@ -108,6 +109,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     define_flags()
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

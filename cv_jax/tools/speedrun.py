@@ -19,6 +19,7 @@ import ml_collections as mlc
 import numpy as np
 from absl import flags
 
+from cv_jax.runtime import cpu_defaults
 from cv_jax.workflows import multirun
 
 NAMES = ("seeds", "first_seed", "target")
@@ -81,4 +82,5 @@ def speedrun(config: mlc.ConfigDict, workdir: str, seeds: int = 25, first_seed: 
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     multirun.cli("speedrun", speedrun, define_flags, NAMES)

@@ -37,6 +37,7 @@ from cv_jax.analysis import figures
 from cv_jax.data import pipeline
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import curves, metrics, steps
 from cv_jax.training.state import TrainState
 
@@ -348,5 +349,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     define_flags()
     app.run(main)

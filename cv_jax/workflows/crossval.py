@@ -27,6 +27,7 @@ import ml_collections as mlc
 from absl import flags
 
 from cv_jax.config import ConfigError
+from cv_jax.runtime import cpu_defaults
 from cv_jax.workflows import multirun
 
 log = logging.getLogger("cv_jax")
@@ -107,4 +108,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     main()

@@ -46,6 +46,7 @@ from absl import flags
 
 from cv_jax.config import ConfigError
 from cv_jax.data import pipeline
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import train
 from cv_jax.workflows import members, multirun, vectorized
 from cv_jax.workflows.members import MODES
@@ -265,4 +266,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     main()

@@ -35,6 +35,7 @@ import numpy as np
 
 from cv_jax.config import ConfigError, validate
 from cv_jax.optim import chain as optim
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import sharding, train
 
 log = logging.getLogger("cv_jax")
@@ -203,4 +204,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     main()

@@ -36,6 +36,7 @@ from absl import flags
 from cv_jax.config import ConfigError
 from cv_jax.data import pipeline
 from cv_jax.data.sources import ArrayDataset
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import train
 from cv_jax.workflows import multirun
 
@@ -164,4 +165,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     main()

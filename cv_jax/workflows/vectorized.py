@@ -54,6 +54,7 @@ from cv_jax.config import ConfigError, validate
 from cv_jax.data import pipeline
 from cv_jax.data.sources import ArrayDataset
 from cv_jax.optim import chain as optim
+from cv_jax.runtime import cpu_defaults
 from cv_jax.training import checkpoint, distill, sharding, steps, train
 from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
 from cv_jax.training.state import TrainState
@@ -454,4 +455,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    cpu_defaults.apply()  # before JAX starts its backend
     main()

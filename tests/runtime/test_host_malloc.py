@@ -38,7 +38,8 @@ def test_accelerator_plugins_are_found_in_the_jax_plugins_namespace(tmp_path, mo
 # prints the page faults of the second round.
 REUSE_FAULTS = textwrap.dedent("""
     import ctypes, resource, threading
-    import cv_jax
+    from cv_jax.runtime import cpu_defaults
+    cpu_defaults.apply()
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]

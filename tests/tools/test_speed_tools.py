@@ -76,17 +76,3 @@ def test_speedrun_evaluates_once_and_summarizes():
     assert stats["accuracy"]["min"] == 0.93
     assert stats["reached_target"] == 2
     assert stats["train_time_s"]["mean"] == pytest.approx(4.0)
-
-
-def test_cpu_flags_are_added_once_and_only_for_measured_jaxlib_versions():
-    from cv_jax.runtime import xla_flags
-
-    flag = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
-    version = xla_flags.MEASURED_ON[0]
-    assert xla_flags.with_cpu_flags("", version) == flag
-    assert xla_flags.with_cpu_flags("--a=1", version) == f"--a=1 {flag}"
-    assert xla_flags.with_cpu_flags(flag, version) == flag  # never twice
-    mine = "--xla_cpu_experimental_ynn_fusion_type=dot"
-    assert xla_flags.with_cpu_flags(mine, version) == mine  # the user's value wins
-    assert xla_flags.with_cpu_flags("--a=1", "0.0.1") == "--a=1"  # unmeasured: unchanged
-    assert xla_flags.with_cpu_flags("--a=1", None) == "--a=1"
