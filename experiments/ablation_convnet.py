@@ -12,7 +12,7 @@ Variants (--sweep=experiments/ablation_convnet.py:VARIANT):
   full  all 50,000 images, 60 epochs, bf16 (21 runs): for a GPU.
 """
 
-from cv_jax.analysis.sweep import ablation, choose
+from cv_jax.analysis.sweep_definition import ablation, choose
 
 VARIANTS = ("cpu", "full")
 BLOCK = "conv:{0},conv:{0},pool:max:2"

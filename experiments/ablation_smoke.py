@@ -9,7 +9,7 @@ spread is as large as any ingredient's effect: it tests the sweep, not the ingre
     make ablation ABLATION=experiments/ablation_smoke.py
 """
 
-from cv_jax.analysis.sweep import ablation, choose
+from cv_jax.analysis.sweep_definition import ablation, choose
 
 
 def get_sweep(arg=None):

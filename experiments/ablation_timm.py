@@ -11,7 +11,7 @@ Variants (--sweep=experiments/ablation_timm.py:VARIANT):
   full  the recipe as it is: all 50,000 images, 200 epochs (21 runs): for a GPU.
 """
 
-from cv_jax.analysis.sweep import ablation, choose
+from cv_jax.analysis.sweep_definition import ablation, choose
 
 VARIANTS = ("cpu", "full")
 

@@ -12,7 +12,7 @@ Variants (--sweep=experiments/architectures.py:VARIANT):
   full  all 50,000 images, 100 epochs, 3 seeds (18 runs), bf16: for a GPU.
 """
 
-from cv_jax.analysis.sweep import Sweep, axis, choose
+from cv_jax.analysis.sweep_definition import Sweep, axis, choose
 
 VARIANTS = ("cpu", "full")
 MODELS = ("lenet5", "alexnet_cifar", "vgg11_bn_cifar", "googlenet_cifar", "resnet20",

@@ -11,7 +11,7 @@ Variants (--sweep=experiments/batch_size.py:VARIANT):
   full  all 50,000 images, 50 epochs (5 warmup), 3 seeds (18 runs), bf16: for a GPU.
 """
 
-from cv_jax.analysis.sweep import Sweep, axis, choose, zip_
+from cv_jax.analysis.sweep_definition import Sweep, axis, choose, zip_
 
 VARIANTS = ("cpu", "full")
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)

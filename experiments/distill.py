@@ -5,7 +5,7 @@ distilled from the full-width teacher of experiments/distill_teacher.py
     make distill-study            # the teacher, both students, the report
 """
 
-from cv_jax.analysis.sweep import Point, Sweep, choose
+from cv_jax.analysis.sweep_definition import Point, Sweep, choose
 
 VARIANTS = ("cpu", "full")
 SIZES = {  # the teacher's (experiments/distill_teacher.py)

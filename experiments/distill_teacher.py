@@ -5,7 +5,7 @@ test split. experiments/distill.py then trains a half-width student with and wit
 `make distill-study` runs both stages.
 """
 
-from cv_jax.analysis.sweep import Point, Sweep, choose
+from cv_jax.analysis.sweep_definition import Point, Sweep, choose
 
 VARIANTS = ("cpu", "full")
 SIZES = {

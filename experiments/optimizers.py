@@ -16,7 +16,7 @@ Variants (--sweep=experiments/optimizers.py:VARIANT):
 """
 
 from cv_jax.analysis.lr_points import LRFind
-from cv_jax.analysis.sweep import Point, Sweep, choose
+from cv_jax.analysis.sweep_definition import Point, Sweep, choose
 
 VARIANTS = ("cpu", "cpu_lr_find", "full")
 

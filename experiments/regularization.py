@@ -11,7 +11,7 @@ Variants (--sweep=experiments/regularization.py:VARIANT):
         (35 runs): for a GPU.
 """
 
-from cv_jax.analysis.sweep import ablation, choose
+from cv_jax.analysis.sweep_definition import ablation, choose
 
 VARIANTS = ("cpu", "full")
 

@@ -15,7 +15,7 @@ Variants (--sweep=experiments/schedules.py:VARIANT):
   full  all 50,000 images, 60 epochs, 3 seeds (15 runs), bf16: for a GPU.
 """
 
-from cv_jax.analysis.sweep import Point, Sweep, choose
+from cv_jax.analysis.sweep_definition import Point, Sweep, choose
 
 VARIANTS = ("cpu", "full")
 

@@ -9,7 +9,7 @@ training images of dog, frog, horse, ship and truck (`dataset.num_labelled`), 8 
     make transfer-study            # the source run, these four runs, the report
 """
 
-from cv_jax.analysis.sweep import Point, Sweep, choose
+from cv_jax.analysis.sweep_definition import Point, Sweep, choose
 
 VARIANTS = ("cpu", "full")
 

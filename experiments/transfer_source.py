@@ -5,7 +5,7 @@ bird, cat and deer, 1.6 epochs; tested on their 2,500 test images. Then
 experiments/transfer.py moves it to classes 5-9. Both run with `make transfer-study`.
 """
 
-from cv_jax.analysis.sweep import Point, Sweep, choose
+from cv_jax.analysis.sweep_definition import Point, Sweep, choose
 
 VARIANTS = ("cpu", "full")
 EPOCHS = {"cpu": 1.6, "full": 10.0}

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cv_jax.analysis.sweep import (
+from cv_jax.analysis.sweep_definition import (
     CONFIG_ARG,
     SEED,
     Point,

@@ -20,18 +20,15 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.data.walk import walk
-
-if TYPE_CHECKING:
-    from cv_jax.data.sources import ArrayDataset
+from cv_jax.runtime.paths import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "CV_JAX_CACHE"
 # Bump when the decoding or the stored layout changes, so old cache entries are not reused.
 CACHE_FORMAT_VERSION = 2  # 2: 16-bit images scaled, not clipped; `skipped` stored
 _HASH_BLOCK = 1 << 20
@@ -39,9 +36,6 @@ _HASH_BLOCK = 1 << 20
 _CORRUPT_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-def default_cache_dir() -> str:
-    """Return ``$CV_JAX_CACHE`` if set, else ``~/.cache/cv_jax``."""
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cv_jax")
 
 
 def _sha256_file(path: str) -> str:
@@ -86,9 +80,6 @@ def cache_path(key_parts: dict, cache_dir: str | None) -> str:
 
 def _read(path: str) -> ArrayDataset:
     """Load a cache file; raises one of ``_CORRUPT_ERRORS`` if it is damaged."""
-    # Imported here: sources imports this module at import time.
-    from cv_jax.data.sources import ArrayDataset
-
     with np.load(path, allow_pickle=False) as npz:
         return ArrayDataset(
             images=npz["images"],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from cv_jax.data.sources import ARCHIVE_SUFFIXES, TFDS_PREFIX, DataError
+from cv_jax.data.dataset import DataError
+from cv_jax.data.sources import ARCHIVE_SUFFIXES, TFDS_PREFIX
 
 DATA_ENV = "CV_JAX_DATA"
 # Extra names the official CIFAR python downloads use.

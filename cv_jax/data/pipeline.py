@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 
 
 def take(dataset: ArrayDataset, indices: np.ndarray) -> ArrayDataset:

@@ -30,7 +30,7 @@ from absl import app, flags
 
 from cv_jax import models
 from cv_jax.config import base_config, model_section
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import sharding, train
 

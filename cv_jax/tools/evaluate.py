@@ -16,7 +16,8 @@ import json
 
 from absl import app, flags, logging
 
-from cv_jax.data.sources import DataError, load_split
+from cv_jax.data.dataset import DataError
+from cv_jax.data.sources import load_split
 from cv_jax.optim import chain as optim
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import runs, sharding

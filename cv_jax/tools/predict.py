@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from cv_jax.data.sources import DataError, list_images
+from cv_jax.data.dataset import DataError
+from cv_jax.data.sources import list_images
 from cv_jax.inference import LoadedModel, load
 from cv_jax.runtime import cpu_defaults
 

@@ -35,8 +35,9 @@ from PIL import Image
 from cv_jax import inference
 from cv_jax.analysis import figures
 from cv_jax.data import pipeline
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.data.locate import find_dataset
-from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
+from cv_jax.data.sources import check_same_classes, load_split
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import curves, metrics, steps
 from cv_jax.training.state import TrainState

@@ -27,8 +27,9 @@ import optax
 from cv_jax import models
 from cv_jax.config import ConfigError, validate
 from cv_jax.data import pipeline
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.data.locate import find_dataset
-from cv_jax.data.sources import ArrayDataset, check_same_classes, load_split
+from cv_jax.data.sources import check_same_classes, load_split
 from cv_jax.optim import chain as optim
 from cv_jax.optim import schedules
 from cv_jax.training import (

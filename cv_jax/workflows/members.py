@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from cv_jax.analysis.sweep import check_key, point_name, short_keys
+from cv_jax.analysis.sweep_definition import check_key, point_name, short_keys
 from cv_jax.config import ConfigError, lookup, validate
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.training import sharding, train
 
 MODES = ("vmap", "unroll")

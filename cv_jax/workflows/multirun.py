@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from cv_jax import inference
 from cv_jax.analysis import report
 from cv_jax.config import ConfigError, lookup
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.training import train
 from cv_jax.training.metrics import classification_metrics
 

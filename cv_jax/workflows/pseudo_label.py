@@ -35,7 +35,7 @@ from absl import flags
 
 from cv_jax.config import ConfigError
 from cv_jax.data import pipeline
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import train
 from cv_jax.workflows import multirun

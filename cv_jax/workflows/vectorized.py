@@ -52,7 +52,7 @@ import numpy as np
 
 from cv_jax.config import ConfigError, validate
 from cv_jax.data import pipeline
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.optim import chain as optim
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import checkpoint, distill, sharding, steps, train

@@ -11,8 +11,8 @@ import threading
 import pytest
 from conftest import REPO
 
-from cv_jax.analysis import sweep
-from cv_jax.analysis.sweep import Point, Sweep, SweepError, axis, product, zip_
+from cv_jax.analysis import sweep, sweep_definition
+from cv_jax.analysis.sweep_definition import Point, Sweep, SweepError, axis, product, zip_
 from cv_jax.training import train
 
 SMOKE = f"{REPO}/configs/cifar10.py:smoke"
@@ -21,7 +21,7 @@ SMOKE = f"{REPO}/configs/cifar10.py:smoke"
 def write_definition(path, points, common=None, seeds=(), name="demo", config=SMOKE):
     """A definition file whose get_sweep() returns the given sweep."""
     path.write_text(textwrap.dedent(f"""
-        from cv_jax.analysis.sweep import Point, Sweep
+        from cv_jax.analysis.sweep_definition import Point, Sweep
 
         def get_sweep(arg=None):
             return Sweep(name={name!r}, config={config!r}, points={points!r},
@@ -75,13 +75,13 @@ def test_points_get_readable_unique_folder_names():
     s = Sweep("s", SMOKE, product(axis("optimizer.learning_rate", [0.1, 1e-3]),
                                   axis("model.name", ["a"]), axis("optimizer.name", ["sgd"]),
                                   axis("model.widths", [(8, 16)]), axis("config_arg", ["x=1"])))
-    assert [p.name for p in sweep.named_points(s)] == [
+    assert [p.name for p in sweep_definition.named_points(s)] == [
         "learning_rate=0.1,model.name=a,optimizer.name=sgd,widths=8-16,x=1",
         "learning_rate=0.001,model.name=a,optimizer.name=sgd,widths=8-16,x=1"]
     explicit = Sweep("s", SMOKE, [Point({"loss.label_smoothing": 0.0}, name="no_ls"), {}])
-    assert [p.name for p in sweep.named_points(explicit)] == ["no_ls", "base"]
+    assert [p.name for p in sweep_definition.named_points(explicit)] == ["no_ls", "base"]
     with pytest.raises(SweepError, match="both get the folder 'label_smoothing=0'"):
-        sweep.named_points(Sweep("s", SMOKE, [{"loss.label_smoothing": 0.0}] * 2))
+        sweep_definition.named_points(Sweep("s", SMOKE, [{"loss.label_smoothing": 0.0}] * 2))
 
 
 def test_runs_repeat_each_point_over_the_seeds_with_the_main_command(tmp_path):
@@ -100,15 +100,15 @@ def test_runs_repeat_each_point_over_the_seeds_with_the_main_command(tmp_path):
 
 
 def test_an_ablation_is_the_full_recipe_and_one_point_per_ingredient():
-    s = sweep.ablation("abl", SMOKE, {"Label smoothing": {"loss.label_smoothing": 0.0},
+    s = sweep_definition.ablation("abl", SMOKE, {"Label smoothing": {"loss.label_smoothing": 0.0},
                                       "crop + flip": {"augment.flip": False}})
-    assert [(p.name, p.label, p.overrides) for p in sweep.named_points(s)] == [
+    assert [(p.name, p.label, p.overrides) for p in sweep_definition.named_points(s)] == [
         ("full", "full recipe", {}),
         ("no_label_smoothing", "− Label smoothing", {"loss.label_smoothing": 0.0}),
         ("no_crop_flip", "− crop + flip", {"augment.flip": False})]
     assert s.seeds == (0, 1, 2) and s.baseline == "full"
     with pytest.raises(SweepError, match="at least 3 distinct seeds"):
-        sweep.ablation("abl", SMOKE, {}, seeds=(0, 1))
+        sweep_definition.ablation("abl", SMOKE, {}, seeds=(0, 1))
 
 
 def test_an_unknown_key_fails_before_any_run_naming_it(tmp_path):
@@ -191,7 +191,7 @@ def test_a_crashing_subprocess_is_logged_and_reported_failed(tmp_path, cache_dir
     assert f"DataError: config.dataset.data_dir='{nowhere}' does not exist" in log
     report = open(outcome.report).read()
     assert f"| {bad} | — | 0 | — | — | — | — | 1 failed |" in report
-    assert (f"- `{bad}`: **failed**: cv_jax.data.sources.DataError: "
+    assert (f"- `{bad}`: **failed**: cv_jax.data.dataset.DataError: "
             f"config.dataset.data_dir='{nowhere}' does not exist") in report
 
 
@@ -231,7 +231,7 @@ def write_lr_find_definition(path, config=SMOKE, common=None, steps=5):
     """Adam at the range test's LR and SGD at 0.1, seeds 3 and 4."""
     path.write_text(textwrap.dedent(f"""
         from cv_jax.analysis.lr_points import LRFind
-        from cv_jax.analysis.sweep import Sweep
+        from cv_jax.analysis.sweep_definition import Sweep
 
         def get_sweep(arg=None):
             return Sweep(name="demo", config={config!r}, common={common or {}!r}, seeds=(3, 4),

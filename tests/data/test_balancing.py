@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cv_jax.data import pipeline
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.training.metrics import classification_metrics, per_class_accuracy
 
 

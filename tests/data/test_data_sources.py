@@ -14,18 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cv_jax.data import (
-    ArrayDataset,
-    DataError,
-    cached,
-    check_same_classes,
-    find_dataset,
-    fingerprint,
-    load_split,
-    locate,
-    sources,
-)
 from cv_jax.data import cache as cache_lib
+from cv_jax.data import locate, sources
+from cv_jax.data.cache import cached, fingerprint
+from cv_jax.data.dataset import ArrayDataset, DataError
+from cv_jax.data.locate import find_dataset
+from cv_jax.data.sources import check_same_classes, load_split
 
 RNG = np.random.default_rng(0)
 

@@ -19,7 +19,9 @@ import pytest
 from conftest import tiny_config, write_image_folder
 from PIL import Image
 
-from cv_jax.data import DataError, find_dataset, load_split
+from cv_jax.data.dataset import DataError
+from cv_jax.data.locate import find_dataset
+from cv_jax.data.sources import load_split
 
 RNG = np.random.default_rng(0)
 SIZE = (4, 4)  # (H, W) of the corpus images and of the loaded split

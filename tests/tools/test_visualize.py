@@ -18,7 +18,8 @@ from PIL import Image
 from tensorboardX.proto import event_pb2
 
 from cv_jax.analysis import figures
-from cv_jax.data.sources import DataError, load_split
+from cv_jax.data.dataset import DataError
+from cv_jax.data.sources import load_split
 from cv_jax.tools import visualize
 from cv_jax.training import runs, sharding, steps, train
 

@@ -125,7 +125,7 @@ def test_durations_in_steps_or_epochs(tiny_folder, cache_dir):
 def test_evaluate_cli_matches_the_run_and_reports_per_class(straight_run, tiny_folder, tmp_path):
     from conftest import CLASSES, write_image_folder
 
-    from cv_jax.data.sources import DataError
+    from cv_jax.data.dataset import DataError
     from cv_jax.tools.evaluate import evaluate_run
 
     workdir, results = straight_run

@@ -14,7 +14,7 @@ from conftest import REPO, load_config, tiny_config
 
 from cv_jax.config import ConfigError, base_config, validate
 from cv_jax.data import pipeline
-from cv_jax.data.sources import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset
 from cv_jax.training import train
 from cv_jax.workflows import crossval, multirun
 

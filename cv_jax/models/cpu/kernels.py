@@ -28,7 +28,7 @@ import warnings
 import jax
 import numpy as np
 
-from cv_jax.data.cache import default_cache_dir
+from cv_jax.runtime.paths import default_cache_dir
 
 SOURCE = os.path.join(os.path.dirname(__file__), "conv2d.c")
 FORWARD, WEIGHT_GRAD = "cv_jax_conv_forward", "cv_jax_conv_weight_grad"  # XLA custom-call names
