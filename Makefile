@@ -4,18 +4,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/cifar10.py
 WORKDIR ?= runs/cifar10
-# pip extras: dev = pytest + ruff; torch = torchvision weight import and its tests
-# (`make install EXTRAS=dev` skips torch, whose tests are then skipped).
-EXTRAS ?= dev,torch
+# `make install` installs what training needs and nothing more. The pip extras: dev = pytest,
+# ruff, import-linter; torch = torchvision weight import, its tests and the PyTorch side of
+# `make bench`. `make install-dev` (used by test and lint) adds both.
+EXTRAS ?=
+DEV_EXTRAS ?= dev,torch
 
-.PHONY: install train test lint evaluate clean
+.PHONY: install install-dev train test lint evaluate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
 install: $(PY)
-	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -e ".$(if $(EXTRAS),[$(EXTRAS)])"
+
+install-dev: $(PY)
+	$(PY) -m pip install -e ".[$(DEV_EXTRAS)]"
 
 train: install
 	$(PY) -m cv_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
@@ -23,11 +28,13 @@ train: install
 # The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per worker at a time
 # (compiling is single-threaded, so two processes use both cores of a small CI machine).
 TEST_WORKERS ?= 2
-test: install
+test: install-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
-lint: install
+# Style, and the layering of the packages (import-linter contracts in pyproject.toml).
+lint: install-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 evaluate: install
 	$(PY) -m cv_jax.tools.evaluate --workdir=$(WORKDIR) --data=$(DATA) --split=test
@@ -135,6 +142,7 @@ DTYPE ?= float32
 SEEDS ?= 25
 SPEEDRUN_CONFIG ?= configs/cifar10.py:headline
 
+bench: EXTRAS = torch
 bench: install
 	$(PY) -m cv_jax.tools.bench --models=$(MODELS) --batch_size=$(BATCH) --dtype=$(DTYPE) --torch \
 		$(BENCH_FLAGS)
