@@ -364,7 +364,7 @@ def test_unknown_names_list_the_valid_ones():
 def test_cli_draws_a_grid_of_training_images(tiny_folder, cache_dir, tmp_path):
     out = tmp_path / "grid.png"
     result = subprocess.run(
-        [sys.executable, "-m", "cv_jax.data.augment", "--config=configs/cifar10.py:smoke",
+        [sys.executable, "-m", "cv_jax.tools.augmentations", "--config=configs/cifar10.py:smoke",
          f"--config.dataset.data_dir={tiny_folder}", f"--config.dataset.cache_dir={cache_dir}",
          "--config.augment.rotation_range=30", f"--out={out}", "--rows=3", "--cols=4"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
