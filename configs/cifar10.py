@@ -61,7 +61,7 @@ mixup.py):
   training)
   python -m cv_jax.workflows.lr_find --config=configs/cifar10.py:cpu                  (LR range
   test)
-  python -m cv_jax.data.augment --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
+  python -m cv_jax.tools.augmentations --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
 
 Models (`python -m cv_jax.models` lists them with parameters and GFLOPs; `python -m cv_jax.models
 NAME` shows one layer by layer). Plain names are the ImageNet forms, built like torchvision's
@@ -118,7 +118,7 @@ def _airbench_optimizer(config, peak_lr, epochs):
     config.optimizer.update(name="sgd", learning_rate=peak_lr, momentum=0.85, nesterov=True,
                             weight_decay=5e-4 * 1024 / config.training.batch_size,
                             freeze=AIRBENCH_FREEZE, lr_multipliers=r"bias$=8")
-    config.schedule.update(name="linear", warmup_epochs=0.23 * epochs, warmup_init_factor=0.2,
+    config.schedule.update(name="linear", warmup_fraction=0.23, warmup_init_factor=0.2,
                            end_factor=0.07)
     config.loss.label_smoothing = 0.2
     config.augment.update(crop_padding=2, padding_mode="reflect", flip=True)
@@ -195,8 +195,8 @@ def _classic_sgd(config, model):
     batch = config.training.batch_size
     config.optimizer.update(name="sgd", learning_rate=0.1 * batch / 128, momentum=0.9,
                             nesterov=True, weight_decay=5e-4, freeze="", lr_multipliers="")
-    config.schedule.update(name="cosine", warmup_epochs=1.0, warmup_init_factor=0.1,
-                           end_factor=0.0)
+    config.schedule.update(name="cosine", warmup_epochs=1.0, warmup_fraction=0.0,
+                           warmup_init_factor=0.1, end_factor=0.0)
     config.loss.label_smoothing = 0.0
     config.augment.update(crop_padding=4, padding_mode="constant", flip=True)
     config.eval.tta_flip = False
@@ -207,8 +207,6 @@ def _apply_shortcuts(config, arg):
         config.training.time_budget_minutes = 0.0
     if arg.epochs:
         config.training.num_epochs = arg.epochs
-        if config.schedule.warmup_epochs:
-            config.schedule.warmup_epochs = min(config.schedule.warmup_epochs, 0.23 * arg.epochs)
     if arg.steps:
         config.training.num_steps = arg.steps
     if arg.minutes:

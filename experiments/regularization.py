@@ -20,7 +20,7 @@ INGREDIENTS = {
     "flip augmentation": {"augment.flip": False},
     "label smoothing": {"loss.label_smoothing": 0.0},
     "weight decay": {"optimizer.weight_decay": 0.0},
-    "LR warmup": {"schedule.warmup_epochs": 0.0},
+    "LR warmup": {"schedule.warmup_fraction": 0.0},
     "flip TTA": {"eval.tta_flip": False},
 }
 

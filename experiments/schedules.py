@@ -7,7 +7,7 @@ otherwise (1 warmup epoch, crop + flip, weight decay 5e-4). The schedules, over 
   exponential  x(0.01^(1/E)) per epoch, smoothly: ends at 1% of the peak
   cosine       cosine to 0
   one_cycle    linear up from 4% of the peak over 0.3 E, then linear down to 0
-`python -m cv_jax.optim.schedules --config=... --out=lr.png` plots one; the report's lr.png shows
+`python -m cv_jax.tools.schedules --config=... --out=lr.png` plots one; the report's lr.png shows
 all.
 
 Variants (--sweep=experiments/schedules.py:VARIANT):

@@ -162,6 +162,8 @@ _CHECKS = (
     Check("optimizer.sam_rho", lambda v: v > 0, "a number > 0"),
     Check("optimizer.lars_trust", lambda v: v > 0, "a number > 0"),
     Check("schedule.warmup_epochs", lambda v: v >= 0, "a number of epochs >= 0"),
+    Check("schedule.warmup_fraction", lambda v: 0 <= v < 1,
+          "a fraction of the run in [0, 1) (0: warmup_epochs sets the warmup)"),
     Check("schedule.warmup_init_factor", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     Check("schedule.end_factor", lambda v: v >= 0, "a number >= 0"),
     Check("schedule.decay_factor", lambda v: 0 < v <= 1, "a number in (0, 1]"),
@@ -367,12 +369,17 @@ def check_run_length(config: mlc.ConfigDict) -> None:
             f"config.training.time_budget_minutes={t.time_budget_minutes:g} and "
             f"config.training.num_steps={t.num_steps} both set the run's length: set "
             "num_steps=0 to train to the budget, or time_budget_minutes=0")
-    if t.num_steps:
-        return
-    if config.schedule.warmup_epochs > t.num_epochs:
+    if not t.num_steps and config.schedule.warmup_epochs > t.num_epochs:
         raise ConfigError(
             f"config.schedule.warmup_epochs={config.schedule.warmup_epochs} is longer than the "
             f"run (config.training.num_epochs={t.num_epochs}): use a warmup <= num_epochs")
+    if config.schedule.warmup_epochs and config.schedule.warmup_fraction:
+        raise ConfigError(
+            f"config.schedule.warmup_epochs={config.schedule.warmup_epochs:g} and "
+            f"config.schedule.warmup_fraction={config.schedule.warmup_fraction:g} both set the "
+            "warmup: set one of them to 0")
+    if t.num_steps:
+        return
     periodic = [name for name, on in (
         ("config.early_stopping.patience > 0", config.early_stopping.patience),
         ("config.schedule.name='reduce_on_plateau'", config.schedule.name == "reduce_on_plateau"),
@@ -527,6 +534,8 @@ def base_config() -> mlc.ConfigDict:
         # sgdr | reduce_on_plateau (cv_jax/optim/schedules.py explains each)
         name="cosine",
         warmup_epochs=0.0,
+        # or: warm up over this fraction of the run's steps (airbench: 0.23); 0 = warmup_epochs
+        warmup_fraction=0.0,
         warmup_init_factor=0.0,  # warmup starts at this fraction of the peak LR
         # cosine/linear/polynomial/sgdr end at end_factor * peak; reduce_on_plateau's floor
         end_factor=0.0,

@@ -38,20 +38,20 @@ optimizers it is added to the gradient before the update, which is what PyTorch'
 ``weight_decay`` argument and an L2 penalty of ``wd/2 * |w|^2`` do. lars also skips its trust
 ratio on parameters outside the decay mask (biases, BatchNorm), as You et al. (2017) do.
 
-The learning-rate schedule is always a function of the *train step* (one mini-batch): it is
-what ``python -m cv_jax.optim.schedules`` plots and what the ``learning_rate`` metric logs. Wrappers
-that make one optimizer update out of several train steps (``accumulate_steps`` = k, sam = 2,
-both: 2k) feed the update rule ``schedule(n * steps_per_update)`` for its n-th update (n from 0),
-i.e. the schedule's value at the first train step of the window of train steps that update uses.
-Durations in epochs therefore stay epochs of data whatever k is.
+Every learning rate in the chain (the schedule, per-update scaling, multipliers, transfer
+groups, the plateau scale) comes from :mod:`cv_jax.optim.lr`, whose
+:func:`~cv_jax.optim.lr.learning_rate` says what a parameter is updated with at a step.
+
+:func:`run_optimizer` is a run's whole optimizer: with ``transfer.mode`` discriminative, staged
+or linear_probe, the head and the backbone each get their own chain
+(``optax.multi_transform``), and ``training.nonfinite='skip'`` wraps it all.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,15 +59,15 @@ import ml_collections as mlc
 import optax
 from optax import contrib
 
-from cv_jax.config import ConfigError, is_off, parse_multipliers
+from cv_jax.config import ConfigError, is_off
+from cv_jax.optim import lr as lr_lib
+from cv_jax.optim.plateau import plateau_scale
 
 PyTree = Any
-log = logging.getLogger("cv_jax")
 
 # Optimizers whose weight decay is decoupled (part of the rule, not added to the gradient).
 DECOUPLED_DECAY = ("adamw", "lamb", "lars", "lion", "schedule_free_adamw")
 WRAPPERS = ("sam", "schedule_free_sgd", "schedule_free_adamw")
-SAM_SYNC_PERIOD = 2  # train steps per SAM update: one adversarial step, one descent step
 
 
 def param_path(path: tuple) -> str:
@@ -152,72 +152,27 @@ def _rule_with_decay(cfg: mlc.ConfigDict, name: str,
     return parts
 
 
-def scale_by_path(multipliers: dict[str, float]) -> optax.GradientTransformation:
-    """Multiplies each update by the factor of the first regex matching its path (else 1)."""
-    compiled = [(re.compile(p), f) for p, f in multipliers.items()]
-
-    def factor(path: tuple) -> float:
-        name = param_path(path)
-        return next((f for regex, f in compiled if regex.search(name)), 1.0)
+def scale_by_path(factor: Callable[[str], float]) -> optax.GradientTransformation:
+    """Multiplies each update by ``factor(path)`` (:func:`cv_jax.optim.lr.multiplier`)."""
 
     def update(updates, state, params=None):
         del params
-        return jax.tree_util.tree_map_with_path(lambda p, u: u * factor(p), updates), state
+        return jax.tree_util.tree_map_with_path(lambda p, u: u * factor(param_path(p)),
+                                                updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def _reduce_on_plateau(config: mlc.ConfigDict) -> optax.GradientTransformationExtraArgs:
-    """optax's reduce-on-plateau rule with this config's settings (patience etc. in evals)."""
-    s = config.schedule
-    try:
-        return contrib.reduce_on_plateau(
-            factor=s.decay_factor, patience=s.plateau_patience, rtol=s.plateau_rtol, atol=0.0,
-            cooldown=s.plateau_cooldown, accumulation_size=1, min_scale=s.end_factor)
-    except ValueError as e:
-        raise ConfigError(f"config.schedule (reduce_on_plateau): {e} "
-                          "(decay_factor must be in (0, 1), plateau_rtol in (0, 1])") from None
-
-
-def plateau_scale(config: mlc.ConfigDict) -> optax.GradientTransformation:
-    """Multiplies the updates by the scale held in a ``ReduceLROnPlateauState``.
-
-    The state is optax's (``optax.contrib.reduce_on_plateau``), so it is checkpointed with the
-    rest of opt_state; it changes only in :func:`plateau_updater`, after an evaluation, because
-    the train step has no eval metric to pass as optax's ``value`` argument.
-    """
-    rule = _reduce_on_plateau(config)
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u: (state.scale * u).astype(u.dtype), updates), state
-
-    return optax.GradientTransformation(rule.init, update)
-
-
-def _per_update(schedule: optax.ScalarOrSchedule, steps_per_update: int):
-    """The schedule as the update rule sees it: its n-th update happens at train step
-    n * steps_per_update (the first step of its window)."""
-    if steps_per_update == 1 or not callable(schedule):
-        return schedule
-    return lambda count: schedule(count * steps_per_update)
-
-
-def steps_per_update(config: mlc.ConfigDict) -> int:
-    """Train steps (mini-batches) per optimizer update: accumulate_steps, times 2 for SAM."""
-    sam = SAM_SYNC_PERIOD if config.optimizer.name == "sam" else 1
-    return config.optimizer.accumulate_steps * sam
-
-
 def create_optimizer(config: mlc.ConfigDict,
                      learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
-    """The full optax chain of ``config.optimizer`` for a learning rate/schedule in train steps."""
+    """The optax chain of ``config.optimizer`` for one parameter group, whose learning rate
+    (or schedule) is given in train steps."""
     cfg = config.optimizer
     check_names(cfg)
     if cfg.accumulate_steps < 1:
         raise ConfigError(f"config.optimizer.accumulate_steps={cfg.accumulate_steps} is invalid: "
                           "use an integer >= 1 (1: off)")
-    lr = _per_update(learning_rate, steps_per_update(config))
+    lr = lr_lib.per_update(learning_rate, lr_lib.steps_per_update(config))
     clipping = []
     if cfg.agc_clip > 0:
         clipping.append(optax.adaptive_grad_clip(cfg.agc_clip))
@@ -226,15 +181,14 @@ def create_optimizer(config: mlc.ConfigDict,
     after = []
     if config.schedule.name == "reduce_on_plateau":
         after.append(plateau_scale(config))
-    multipliers = parse_multipliers(cfg.lr_multipliers)
-    if multipliers:
-        after.append(scale_by_path(multipliers))
+    if cfg.lr_multipliers:
+        after.append(scale_by_path(lr_lib.multiplier(config)))
 
     if cfg.name == "sam":
         outer = optax.chain(*_rule_with_decay(cfg, cfg.sam_base, lr), *after)
         adversarial = optax.chain(contrib.normalize(), optax.sgd(cfg.sam_rho))
         tx = optax.chain(*clipping, contrib.sam(outer, adversarial,
-                                                sync_period=SAM_SYNC_PERIOD))
+                                                sync_period=lr_lib.SAM_SYNC_PERIOD))
     elif cfg.name.startswith("schedule_free"):
         inner = optax.chain(*clipping, *_rule_with_decay(cfg, cfg.name, lr), *after)
         tx = contrib.schedule_free(inner, learning_rate=lr, b1=cfg.b1)
@@ -275,129 +229,58 @@ def skip_nonfinite(config: mlc.ConfigDict,
     return optax.apply_if_finite(tx, max_consecutive_errors=_NEVER)
 
 
-def nonfinite_guard(opt_state: PyTree) -> optax.ApplyIfFiniteState | None:
-    """The counters of :func:`skip_nonfinite` in an optimizer state (``last_finite``: whether
-    the last step was applied; ``notfinite_count``: skipped in a row; ``total_notfinite``),
-    or None when the run stops at a non-finite step instead."""
-    found = _find(opt_state, optax.ApplyIfFiniteState)
-    return found[0] if found else None
+# --- Transfer learning: the head and the backbone ----------------------------------------
+
+class DelayedState(NamedTuple):
+    count: jax.Array
+    inner: Any
 
 
-def skipped_steps(opt_state: PyTree) -> int:
-    """How many steps :func:`skip_nonfinite` has skipped so far (0 without it)."""
-    guard = nonfinite_guard(opt_state)
-    return 0 if guard is None else int(guard.total_notfinite)
+def delayed(inner: optax.GradientTransformation, start: int) -> optax.GradientTransformation:
+    """Zero updates for the first ``start`` steps, then ``inner`` (whose state, and step count,
+    start at that point: nothing is accumulated while frozen)."""
+
+    def init(params):
+        return DelayedState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        def run(_):
+            return inner.update(updates, state.inner, params)
+
+        def hold(_):
+            return jax.tree.map(jnp.zeros_like, updates), state.inner
+
+        new_updates, new_inner = jax.lax.cond(state.count >= start, run, hold, None)
+        return new_updates, DelayedState(state.count + 1, new_inner)
+
+    return optax.GradientTransformation(init, update)
 
 
-# --- Evaluation parameters (schedule-free, SAM) -------------------------------------------
-
-def _find(tree: PyTree, cls: type) -> list:
-    """Every node of type ``cls`` inside an optimizer state."""
-    nodes = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls))
-    return [n for n in nodes if isinstance(n, cls)]
-
-
-def _is_masked(x) -> bool:
-    return isinstance(x, optax.MaskedNode)
+def group_optimizer(config: mlc.ConfigDict, schedule: optax.Schedule,
+                    group: lr_lib.TransferGroup) -> optax.GradientTransformation:
+    """The chain of one transfer group: zero updates when frozen, else
+    :func:`create_optimizer` at the group's schedule, from its start step."""
+    if group.frozen:
+        return optax.set_to_zero()
+    tx = create_optimizer(config, lr_lib.group_schedule(schedule, group))
+    return delayed(tx, group.start) if group.delayed else tx
 
 
-def _fill_masked(masked: PyTree, params: PyTree) -> PyTree:
-    """``masked`` (a params-like tree from inside ``multi_transform``, MaskedNode for frozen
-    leaves) with the frozen leaves taken from ``params``."""
-    return jax.tree.map(lambda m, p: p if _is_masked(m) else m, masked, params,
-                        is_leaf=_is_masked)
+def backbone_labels(head: frozenset[str]) -> Callable[[Any], Any]:
+    """A labelling function for ``optax.multi_transform``: 'head' or 'backbone' per leaf."""
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: lr_lib.HEAD if param_path(path) in head else lr_lib.BACKBONE, params)
 
 
-def eval_params(opt_state: PyTree, params: PyTree) -> PyTree:
-    """The parameters to evaluate: ``params`` except for
-
-    * schedule-free: the averaged sequence x, ``optax.contrib.schedule_free_eval_params``;
-    * sam, after an adversarial step: the clean weights SAM keeps in its state.
-
-    Frozen parameters (``optimizer.freeze``) are returned unchanged.
-    """
-    for sf in _find(opt_state, contrib.ScheduleFreeState):
-        # Inside multi_transform, z has MaskedNode at the frozen leaves: mask params alike.
-        like_z = jax.tree.map(lambda z, p: z if _is_masked(z) else p, sf.z, params,
-                              is_leaf=_is_masked)
-        params = _fill_masked(contrib.schedule_free_eval_params(sf, like_z), params)
-    for sam in _find(opt_state, contrib.SAMState):
-        # After the adversarial step (steps_since_sync == 1) the weights are perturbed and
-        # SAM's cache holds the clean ones; after a descent step (0) the weights are clean.
-        clean = jax.tree.map(
-            lambda c, p, s=sam: c if _is_masked(c) else jnp.where(s.steps_since_sync != 0, c, p),
-            sam.cache, params, is_leaf=_is_masked)
-        params = _fill_masked(clean, params)
-    return params
-
-
-_eval_params_jit = jax.jit(eval_params)
-
-
-def eval_state(state):
-    """``state`` (a TrainState) with :func:`eval_params` as its params, on the same devices;
-    the state itself when the optimizer keeps no separate evaluation weights."""
-    if not (_find(state.opt_state, contrib.ScheduleFreeState)
-            or _find(state.opt_state, contrib.SAMState)):
-        return state
-    params = _eval_params_jit(state.opt_state, state.params)
-    params = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), params,
-                          state.params)
-    return state.replace(params=params)
-
-
-# --- Reduce on plateau ----------------------------------------------------------------------
-
-def plateau_metric(config: mlc.ConfigDict) -> str:
-    """The eval metric reduce_on_plateau watches: '<split>_<loss|accuracy>', where split is
-    the model-selection split (validation when dataset.validation_size > 0, else test)."""
-    split = "validation" if config.dataset.validation_size else "test"
-    return f"{split}_{config.schedule.plateau_metric}"
-
-
-def plateau_updater(config: mlc.ConfigDict) -> Callable | None:
-    """``update(state, eval_metrics) -> state`` for schedule 'reduce_on_plateau', else None.
-
-    Runs optax's reduce_on_plateau update once with the watched eval metric (for accuracy,
-    the error rate 1 - accuracy: optax minimises, and its relative tolerance needs a positive
-    value) and stores its new state, and so its LR scale, in
-    ``state.opt_state``. Call it after each regular evaluation and before saving the
-    checkpoint, so that a resumed run continues with the same scale and patience counters.
-    """
-    if config.schedule.name != "reduce_on_plateau":
-        return None
-    rule = _reduce_on_plateau(config)
-    metric = plateau_metric(config)
-    to_value = ((lambda v: 1.0 - v) if config.schedule.plateau_metric == "accuracy"
-                else (lambda v: v))
-    is_rop = lambda x: isinstance(x, contrib.ReduceLROnPlateauState)  # noqa: E731
-
-    @jax.jit
-    def step(opt_state, value):
-        def one(node):
-            return rule.update({}, node, value=value)[1] if is_rop(node) else node
-        return jax.tree.map(one, opt_state, is_leaf=is_rop)
-
-    def update(state, eval_metrics: dict):
-        if metric not in eval_metrics:
-            raise ConfigError(f"reduce_on_plateau watches {metric!r}, which the evaluation did "
-                              f"not produce (it has {sorted(eval_metrics)})")
-        old = _find(state.opt_state, contrib.ReduceLROnPlateauState)
-        new_opt_state = step(state.opt_state, to_value(eval_metrics[metric]))
-        new_opt_state = jax.tree.map(lambda n, o: jax.device_put(n, o.sharding),
-                                     new_opt_state, state.opt_state)
-        new = _find(new_opt_state, contrib.ReduceLROnPlateauState)
-        if old and float(new[0].scale) != float(old[0].scale):
-            log.info("reduce_on_plateau: %s = %.4f has not improved for %d evaluations; "
-                     "LR scale %.4g -> %.4g", metric, eval_metrics[metric],
-                     config.schedule.plateau_patience, float(old[0].scale),
-                     float(new[0].scale))
-        return state.replace(opt_state=new_opt_state)
-
-    return update
-
-
-def plateau_lr_scale(opt_state: PyTree) -> float | None:
-    """The current reduce-on-plateau LR factor, or None without that schedule."""
-    found = _find(opt_state, contrib.ReduceLROnPlateauState)
-    return float(found[0].scale) if found else None
+def run_optimizer(config: mlc.ConfigDict, schedule: optax.Schedule, head: frozenset[str],
+                  steps_per_epoch: int) -> optax.GradientTransformation:
+    """A run's optimizer: :func:`create_optimizer` at ``schedule``
+    (:func:`cv_jax.optim.lr.schedule`), split into the new ``head`` (parameter paths) and the
+    backbone when the transfer mode makes them learn differently, and skipping non-finite steps
+    if the config says so."""
+    if not lr_lib.splits_by_transfer(config):
+        return skip_nonfinite(config, create_optimizer(config, schedule))
+    groups = {name: group_optimizer(config, schedule,
+                                    lr_lib.transfer_group(config, name, steps_per_epoch))
+              for name in (lr_lib.HEAD, lr_lib.BACKBONE)}
+    return skip_nonfinite(config, optax.multi_transform(groups, backbone_labels(head)))

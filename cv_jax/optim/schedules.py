@@ -1,8 +1,8 @@
-"""Learning-rate schedules from config, with durations given in epochs.
+"""The shapes of learning-rate schedules, with durations given in epochs.
 
-Every schedule is an optax schedule (train step -> learning rate). Warmup, when asked for, is a
-linear ramp from ``warmup_init_factor * lr`` to ``lr`` over ``warmup_epochs``, joined in front
-of the main schedule, which then runs over the remaining steps. ``config.schedule.name``:
+Every schedule is an optax schedule (train step -> learning rate) from the peak ``lr``.
+:func:`cv_jax.optim.lr.schedule` puts the warmup in front of the shape, which then runs over the
+remaining steps. ``config.schedule.name``:
 
   constant           lr.
   multistep          lr times a factor at each boundary (epochs from the start of the run):
@@ -19,28 +19,24 @@ of the main schedule, which then runs over the remaining steps. ``config.schedul
                      down to ``end_factor * lr`` and back to lr. The cycles are laid out until
                      the run ends; the last is cut off at the end of training.
   reduce_on_plateau  constant lr (after warmup), multiplied at run time by optax.contrib's
-                     reduce_on_plateau factor, driven by the eval metric (cv_jax.optim.chain):
+                     reduce_on_plateau factor, driven by the eval metric (cv_jax.optim.plateau):
                      ``decay_factor`` after ``plateau_patience`` evaluations without a relative
                      improvement of ``plateau_rtol``, never below ``end_factor``. The logged
                      ``learning_rate`` metric is the unscaled schedule; each change of the
                      factor is logged, and the factor is checkpointed with the optimizer state.
 
-``python -m cv_jax.optim.schedules --config=configs/cifar10.py[:...] [--out=lr.png]`` prints and
-plots
-a config's schedule without training or loading data.
+``python -m cv_jax.tools.schedules --config=configs/cifar10.py[:...] [--out=lr.png]`` prints and
+plots a config's learning rate without training or loading data.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import ml_collections as mlc
-import numpy as np
 import optax
 
 from cv_jax.config import ConfigError
-from cv_jax.runtime import cpu_defaults
 
 
 def _constant(lr: float, cfg: mlc.ConfigDict, steps: int, spe: int, offset: int):
@@ -129,127 +125,3 @@ SCHEDULES: dict[str, Callable] = {
     "sgdr": _sgdr,
     "reduce_on_plateau": _constant,  # the plateau factor is applied by the optimizer chain
 }
-
-
-def warmup_steps(config: mlc.ConfigDict, steps_per_epoch: int, total_steps: int) -> int:
-    return min(round(config.schedule.warmup_epochs * steps_per_epoch), total_steps)
-
-
-def create_schedule(config: mlc.ConfigDict, steps_per_epoch: int,
-                    total_steps: int) -> optax.Schedule:
-    """The learning-rate schedule of ``config.schedule`` for ``config.optimizer.learning_rate``."""
-    cfg = config.schedule
-    if cfg.name not in SCHEDULES:
-        raise ConfigError(
-            f"config.schedule.name={cfg.name!r} is unknown; choose one of {sorted(SCHEDULES)}"
-        )
-    lr = config.optimizer.learning_rate
-    warmup = warmup_steps(config, steps_per_epoch, total_steps)
-    main = SCHEDULES[cfg.name](lr, cfg, total_steps - warmup, steps_per_epoch, warmup)
-    if warmup == 0:
-        return main
-    ramp = optax.linear_schedule(cfg.warmup_init_factor * lr, lr, transition_steps=warmup)
-    return optax.join_schedules([ramp, main], boundaries=[warmup])
-
-
-# --- python -m cv_jax.optim.schedules ------------------------------------------------------------
-
-def events(config: mlc.ConfigDict, spe: int, total: int) -> list[int]:
-    """Steps where the schedule changes course: warmup end, multistep boundaries, restarts."""
-    cfg = config.schedule
-    warmup = warmup_steps(config, spe, total)
-    points = [warmup] if warmup else []
-    if cfg.name in ("multistep", "piecewise"):
-        points += [warmup + s for s in multistep_scales(cfg, spe, warmup)]
-    if cfg.name == "sgdr":
-        points += [warmup + s for s in np.cumsum(sgdr_cycles(cfg, total - warmup, spe))[:-1]]
-    return [int(p) for p in points if 0 < p < total]
-
-
-def describe(config: mlc.ConfigDict, train_examples: int) -> tuple[str, np.ndarray, int]:
-    """A text report of a config's schedule, the LR at every step 0..total-1, and steps/epoch."""
-    from cv_jax.optim import chain as optim
-    from cv_jax.training.train import Plan  # here: train imports this module
-
-    num_train = train_examples - config.dataset.validation_size
-    if config.dataset.max_train_examples:
-        num_train = min(num_train, config.dataset.max_train_examples)
-    plan = Plan.from_config(config, num_train)
-    spe, total = plan.steps_per_epoch, plan.total_steps
-    schedule = create_schedule(config, spe, total)
-    lrs = np.asarray(schedule(np.arange(total)), np.float64)
-    cfg = config.schedule
-    lines = [
-        f"schedule {cfg.name!r}, peak LR {config.optimizer.learning_rate:g}, optimizer "
-        f"{config.optimizer.name!r}; {num_train} training examples / batch "
-        f"{config.training.batch_size} = {spe} steps per epoch, {total} steps "
-        f"({total / spe:g} epochs)",
-        f"{'step':>8} {'epoch':>8}  learning rate",
-    ]
-    rows = sorted({*np.linspace(0, total - 1, 11).round().astype(int).tolist(),
-                   *events(config, spe, total)})
-    lines += [f"{s:>8} {s / spe:>8.3f}  {lrs[s]:.6g}" for s in rows]
-    peak = int(np.argmax(lrs))
-    lines += [f"peak  {lrs[peak]:.6g} at step {peak} (epoch {peak / spe:.3f})",
-              f"final {lrs[-1]:.6g} at step {total - 1} (the last update)"]
-    per_update = optim.steps_per_update(config)
-    if per_update > 1:
-        lines.append(f"one optimizer update every {per_update} steps (accumulate_steps, sam); "
-                     "each uses the LR of the first step of its window")
-    if cfg.name == "reduce_on_plateau":
-        lines.append(f"reduce_on_plateau: at run time the LR is also multiplied by "
-                     f"{cfg.decay_factor:g} after {cfg.plateau_patience} evaluations without "
-                     f"improvement of {optim.plateau_metric(config)} (floor "
-                     f"{cfg.end_factor:g} x)")
-    return "\n".join(lines), lrs, spe
-
-
-def plot(lrs: np.ndarray, spe: int, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(np.arange(len(lrs)) / spe, lrs)
-    ax.set(xlabel="epoch", ylabel="learning rate", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from absl import app, flags
-    from absl import logging as absl_logging
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Config file (and :variant).",
-                                    lock_config=True)
-    flags.DEFINE_string("out", "lr.png", "Where to save the plot ('' = no plot).")
-    flags.DEFINE_integer("train_examples", 50000,
-                         "Training-set size (before validation_size / max_train_examples), "
-                         "which the config does not know.")
-    flags.mark_flags_as_required(["config"])
-
-    def run(args):
-        if len(args) > 1:
-            raise app.UsageError(f"Unexpected arguments: {args[1:]}")
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        config = flags.FLAGS.config
-        from cv_jax.config import validate
-
-        validate(config)
-        text, lrs, spe = describe(config, flags.FLAGS.train_examples)
-        print(text)
-        if flags.FLAGS.out:
-            plot(lrs, spe, flags.FLAGS.out, f"{config.schedule.name} (peak "
-                 f"{config.optimizer.learning_rate:g}, {len(lrs) / spe:g} epochs)")
-            print(f"plot: {flags.FLAGS.out}")
-
-    app.run(run, argv=argv or sys.argv)
-
-
-if __name__ == "__main__":
-    cpu_defaults.apply()  # before JAX starts its backend
-    main()

@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 from cv_jax.data.dataset import DataError
 from cv_jax.data.sources import load_split
-from cv_jax.optim import chain as optim
+from cv_jax.optim import opt_state
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import runs, sharding
 from cv_jax.training.metrics import per_class_accuracy
@@ -58,7 +58,7 @@ def evaluate_run(workdir: str, data: str, split: str = "test", which: str = "lat
     size = -(-size // mesh.devices.size) * mesh.devices.size
     settings = StepSettings.from_config(run.config, schedule=lambda count: 0.0)
     evaluator = Evaluator(dataset, size, settings, mesh)
-    out = evaluator.predictions(optim.eval_state(run.state))  # schedule-free: averaged weights
+    out = evaluator.predictions(opt_state.eval_state(run.state))  # schedule-free: averaged weights
     return summarize(out, dataset) | {
         "per_class_accuracy": per_class_accuracy(out["prediction"], dataset.labels,
                                                  dataset.class_names),

@@ -1,4 +1,5 @@
-"""Loading a trained run back from its workdir: config, model and restored state."""
+"""A run's model and optimizer from its config, and a trained run loaded back from its workdir
+(config, model and restored state)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import optax
 
 from cv_jax import models
 from cv_jax.config import base_config, model_kwargs
-from cv_jax.optim import chain as optim
-from cv_jax.training import checkpoint, sharding, transfer
+from cv_jax.models import heads
+from cv_jax.optim import chain, lr, opt_state
+from cv_jax.training import checkpoint, sharding
 from cv_jax.training.state import TrainState, create_train_state, ema_view, init_variables
 
 CHECKPOINTS = ("latest", "best")
@@ -42,7 +45,7 @@ class Run:
         optimizer's evaluation weights) or ``'ema'``, the moving average of weights and
         BatchNorm statistics (needs ``training.ema_decay > 0``)."""
         if weights == "raw":
-            return optim.eval_state(self.state)
+            return opt_state.eval_state(self.state)
         if weights != "ema":
             raise ValueError(f"weights={weights!r}: use 'raw' or 'ema'")
         if not self.config.training.ema_decay:
@@ -59,6 +62,22 @@ def build_model(config: mlc.ConfigDict, num_classes: int) -> nn.Module:
     return models.create_model(config.model.name, num_classes=num_classes,
                                dtype=jnp.dtype(config.training.compute_dtype),
                                **model_kwargs(config.model))
+
+
+def head_paths(config: mlc.ConfigDict, num_classes: int,
+               image_shape: tuple[int, ...]) -> frozenset[str]:
+    """The paths of the model's head (:func:`cv_jax.models.heads.head_paths`)."""
+    return heads.head_paths(lambda k: build_model(config, k), num_classes, image_shape)
+
+
+def build_optimizer(config: mlc.ConfigDict, schedule: optax.Schedule, num_classes: int,
+                    image_shape: tuple[int, ...],
+                    steps_per_epoch: int) -> optax.GradientTransformation:
+    """The run's optimizer (:func:`cv_jax.optim.chain.run_optimizer`), split at the model's
+    head when it is a transfer run whose head and backbone learn differently."""
+    head = (head_paths(config, num_classes, image_shape) if lr.splits_by_transfer(config)
+            else frozenset())
+    return chain.run_optimizer(config, schedule, head, steps_per_epoch)
 
 
 def read_config(workdir: str) -> mlc.ConfigDict:
@@ -101,8 +120,8 @@ def load_run(workdir: str, which: str = "latest", num_devices: int = 0) -> Run:
     sig = ckpt.signature(step)
     model = build_model(config, len(sig["class_names"]))
     # The optimizer only fixes the structure of opt_state; any schedule callable gives the same.
-    tx = transfer.run_optimizer(config, lambda count: 0.0, len(sig["class_names"]),
-                                tuple(sig["image_shape"]), steps_per_epoch=1)
+    tx = build_optimizer(config, lambda count: 0.0, len(sig["class_names"]),
+                         tuple(sig["image_shape"]), steps_per_epoch=1)
 
     def skeleton():
         variables = init_variables(model, jax.random.key_data(jax.random.key(0)),

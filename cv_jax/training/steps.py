@@ -18,7 +18,7 @@ from cv_jax.config import is_off
 from cv_jax.data import augment, mixup
 from cv_jax.models import layers
 from cv_jax.models.cpu import formulations as cpu_formulations
-from cv_jax.optim import chain as optim
+from cv_jax.optim import chain, opt_state
 from cv_jax.training import distill, losses, transfer
 from cv_jax.training.state import TrainState, update_ema
 
@@ -96,7 +96,7 @@ def normalize(images: jax.Array, settings: StepSettings) -> jax.Array:
 def _add_weight_noise(params: Any, key: jax.Array, settings: StepSettings) -> Any:
     """Gaussian noise on the masked weights for this step's forward and backward pass (the
     update itself applies to the clean weights)."""
-    mask = optim.path_mask(settings.decay_mask)(params)
+    mask = chain.path_mask(settings.decay_mask)(params)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
     return jax.tree.map(
@@ -166,7 +166,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
             aux_loss = jnp.mean(weights * losses.soft_cross_entropy(aux, targets))
             loss = loss + settings.aux_weight * aux_loss
         if not is_off(settings.l2_penalty):
-            mask = optim.path_mask(settings.decay_mask)(params)
+            mask = chain.path_mask(settings.decay_mask)(params)
             loss = loss + settings.l2_penalty * losses.l2_penalty(params, mask)
         if capture:
             loss = loss + losses.activity_penalty(
@@ -187,7 +187,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
     if not is_off(settings.ema_decay):
         new_state = new_state.replace(ema=update_ema(
             state.ema, new_state.params, new_state.batch_stats, settings.ema_decay))
-    guard = optim.nonfinite_guard(new_state.opt_state)
+    guard = opt_state.nonfinite_guard(new_state.opt_state)
     if guard is not None:  # training.nonfinite='skip'
         metrics["skipped"] = jnp.logical_not(guard.last_finite)
         new_state = keep_if_skipped(state, new_state, metrics["skipped"])
@@ -197,7 +197,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
 def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> TrainState:
     """``new``, with the weights, BatchNorm statistics and EMA of ``old`` when ``skipped``.
 
-    A skipped step (non-finite gradients, ``optim.skip_nonfinite``) still advances the step
+    A skipped step (non-finite gradients, ``chain.skip_nonfinite``) still advances the step
     counter, so the next step takes the next batch and a resumed run the same one; its
     optimizer state is the one optax kept, plus the wrapper's counters.
     """

@@ -10,8 +10,8 @@ training, evaluations and compiling fit in the budget, counted from the start of
 2. :func:`fit_epochs` picks the epochs from those times, keeping :data:`MARGIN` of what is left
    spare;
 3. :func:`scale_run` sets ``num_epochs`` to them and scales every duration given in epochs by
-   the same factor (warmup, multistep boundaries, SGDR cycles, ...; a per-epoch exponential
-   decay becomes the one that ends at the same factor), so the recipe keeps its shape.
+   the same factor (the learning rate's through :func:`cv_jax.optim.lr.scale_durations`:
+   warmup, multistep boundaries, SGDR cycles, ...), so the recipe keeps its shape.
 
 The plan is written to ``workdir/time_budget.json``, and a resumed run reads it instead of
 timing again. The run is then exactly the run of the scaled config (the timing steps update
@@ -32,6 +32,7 @@ import jax
 import ml_collections as mlc
 
 from cv_jax.config import ConfigError
+from cv_jax.optim import lr
 
 log = logging.getLogger("cv_jax")
 
@@ -41,10 +42,9 @@ log = logging.getLogger("cv_jax")
 # run; experiments/speed/RESULTS.md).
 MARGIN = 0.12
 FILE = "time_budget.json"
-# Durations in epochs that scale with the run (schedule.boundaries too, and exponential decay).
-EPOCH_DURATIONS = (("schedule", "warmup_epochs"), ("schedule", "cycle_epochs"),
-                   ("mixup", "off_epoch"), ("early_stopping", "start_epoch"),
-                   ("transfer", "frozen_epochs"))
+# Durations in epochs besides the learning rate's (cv_jax.optim.lr.scale_durations) that scale
+# with the run.
+EPOCH_DURATIONS = (("mixup", "off_epoch"), ("early_stopping", "start_epoch"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +95,7 @@ def scale_run(config: mlc.ConfigDict, epochs: float) -> mlc.ConfigDict:
     scaled.training.time_budget_minutes = 0.0
     for section, key in EPOCH_DURATIONS:
         scaled[section][key] = config[section][key] * factor
-    scaled.schedule.boundaries = tuple(b * factor for b in config.schedule.boundaries)
-    if config.schedule.name == "exponential":  # the same factor at the end of the run
-        scaled.schedule.decay_factor = config.schedule.decay_factor ** (1 / factor)
+    lr.scale_durations(scaled, factor)
     return scaled
 
 

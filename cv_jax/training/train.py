@@ -30,8 +30,8 @@ from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.data.locate import find_dataset
 from cv_jax.data.sources import check_same_classes, load_split
-from cv_jax.optim import chain as optim
-from cv_jax.optim import schedules
+from cv_jax.optim import lr, opt_state
+from cv_jax.optim.plateau import plateau_updater
 from cv_jax.training import (
     checkpoint,
     distill,
@@ -129,9 +129,9 @@ def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
 def optimizer_and_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan):
     """``(schedule, tx, settings)`` of a run: the LR schedule over its plan, the optimizer
     (split by the transfer mode) and the step settings."""
-    schedule = schedules.create_schedule(config, plan.steps_per_epoch, plan.total_steps)
-    tx = transfer.run_optimizer(config, schedule, len(train.class_names), train.images.shape[1:],
-                                plan.steps_per_epoch)
+    schedule = lr.schedule(config, plan.steps_per_epoch, plan.total_steps)
+    tx = runs.build_optimizer(config, schedule, len(train.class_names), train.images.shape[1:],
+                              plan.steps_per_epoch)
     return schedule, tx, step_settings(config, train, plan, schedule)
 
 
@@ -372,9 +372,9 @@ def train_summary(history: list[dict], state: TrainState, step: int, config: mlc
                          first + offset, ckpt)
     summary = mean_metrics([m for m, skip in zip(fetched, skipped, strict=True) if not skip]
                            or fetched)  # all skipped: their own non-finite values
-    guard = optim.nonfinite_guard(state.opt_state)
+    guard = opt_state.nonfinite_guard(state.opt_state)
     if guard is not None:
-        summary["skipped_steps"] = optim.skipped_steps(state.opt_state)
+        summary["skipped_steps"] = opt_state.skipped_steps(state.opt_state)
         in_a_row, limit = int(guard.notfinite_count), config.training.max_consecutive_skips
         if in_a_row >= limit:
             raise diverged(f"the last {in_a_row} steps up to step {step} had non-finite "
@@ -451,7 +451,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
         plan.total_steps, step + max_steps_this_run)
     progress = Progress(plan.total_steps, step, config.training.batch_size)
     history, rates, last_eval = [], [], {}
-    plateau = optim.plateau_updater(config)  # None unless schedule.name='reduce_on_plateau'
+    plateau = plateau_updater(config)  # None unless schedule.name='reduce_on_plateau'
     stopper = early_stopping.EarlyStopping.from_config(config, plan.steps_per_epoch)
     stop = stopper is not None and stopper.replay(workdir, step, plan.is_eval_step)
     train_start = time.perf_counter()
@@ -588,7 +588,7 @@ def results_record(config: mlc.ConfigDict, plan: Plan, step: int, state: TrainSt
         "recipe": config.recipe,
         "model": config.model.name,
         "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
-        "skipped_steps": optim.skipped_steps(state.opt_state),  # training.nonfinite='skip'
+        "skipped_steps": opt_state.skipped_steps(state.opt_state),  # training.nonfinite='skip'
         "num_skipped_files": len(skipped),
         "skipped_files": dict(skipped),
         "finished": True,
@@ -599,7 +599,7 @@ def evaluate_weights(evaluators: dict[str, Evaluator], state: TrainState, step: 
                      writer: MetricWriter | None, ckpt: checkpoint.Checkpoints) -> dict[str, Any]:
     """Evaluates the weights a run reports (schedule-free: the averaged ones) and, when the
     run keeps an EMA, the EMA weights too (as '<split>_ema_*')."""
-    flat = evaluate_all(evaluators, optim.eval_state(state), step, writer, ckpt)
+    flat = evaluate_all(evaluators, opt_state.eval_state(state), step, writer, ckpt)
     if state.ema:
         flat |= evaluate_all(evaluators, ema_view(state), step, writer, ckpt, suffix="_ema")
     return flat

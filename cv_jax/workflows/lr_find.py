@@ -34,7 +34,7 @@ import ml_collections as mlc
 import numpy as np
 
 from cv_jax.config import ConfigError, validate
-from cv_jax.optim import chain as optim
+from cv_jax.optim import chain
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import sharding, train
 
@@ -83,7 +83,7 @@ def lr_find(config: mlc.ConfigDict, num_steps: int = 100, min_lr: float = 1e-7,
     data = train.load_datasets(config)
     plan = train.Plan.from_config(config, len(data.train))
     schedule = exponential_lrs(min_lr, max_lr, num_steps)
-    tx = optim.create_optimizer(config, schedule)
+    tx = chain.create_optimizer(config, schedule)
     settings = train.step_settings(config, data.train, plan, schedule)
     state = train.build_state(config, data.train, settings, tx, mesh)
     images, labels, permute = train.device_train_set(data.train, config, mesh)

@@ -53,7 +53,7 @@ import numpy as np
 from cv_jax.config import ConfigError, validate
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
-from cv_jax.optim import chain as optim
+from cv_jax.optim.plateau import plateau_updater
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import checkpoint, distill, sharding, steps, train
 from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
@@ -351,7 +351,7 @@ def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, prog
     end = plan.total_steps if max_steps_this_run is None else min(
         plan.total_steps, step + max_steps_this_run)
     progress = Progress(plan.total_steps, step, config.training.batch_size)
-    plateau = optim.plateau_updater(config)
+    plateau = plateau_updater(config)
     history, rates, last_eval = [], [], [{} for _ in members]
     train_start, epoch, permutation = time.perf_counter(), -1, None
     try:

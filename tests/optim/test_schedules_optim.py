@@ -1,9 +1,5 @@
 """Schedules at chosen steps, and the optimizer chain's masks and freezing."""
 
-import os
-import re
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -11,11 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import REPO, load_config
+from conftest import load_config
 
 from cv_jax.config import ConfigError, base_config, model_section, validate
-from cv_jax.optim import chain as optim
-from cv_jax.optim import schedules
+from cv_jax.optim import chain, lr, opt_state, plateau, schedules
 
 
 def schedule_config(**schedule):
@@ -26,7 +21,7 @@ def schedule_config(**schedule):
 
 
 def values(config, steps, spe=10, total=100):
-    fn = schedules.create_schedule(config, steps_per_epoch=spe, total_steps=total)
+    fn = lr.schedule(config, steps_per_epoch=spe, total_steps=total)
     return [float(fn(s)) for s in steps]
 
 
@@ -61,7 +56,7 @@ def test_linear_one_cycle_triangle():
 
 def test_unknown_schedule_lists_names():
     with pytest.raises(ConfigError, match="cosine.*piecewise|constant"):
-        schedules.create_schedule(schedule_config(name="cosin"), 10, 100)
+        lr.schedule(schedule_config(name="cosin"), 10, 100)
 
 
 class ConvBN(nn.Module):
@@ -77,8 +72,8 @@ def params():
 
 
 def test_decay_mask_selects_kernels_only():
-    mask = optim.path_mask(base_config().optimizer.decay_mask)(params())
-    flat = {optim.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+    mask = chain.path_mask(base_config().optimizer.decay_mask)(params())
+    flat = {chain.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
     assert flat == {"conv/kernel": True, "conv/bias": False, "bn/scale": False,
                     "bn/bias": False, "head/kernel": True, "head/bias": False}
 
@@ -86,7 +81,7 @@ def test_decay_mask_selects_kernels_only():
 def test_weight_decay_applies_to_kernels_not_biases_or_bn():
     config = base_config()
     config.optimizer.update(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.1)
-    tx = optim.create_optimizer(config, 1.0)
+    tx = chain.create_optimizer(config, 1.0)
     p = params()
     zero_grads = jax.tree.map(jnp.zeros_like, p)
     updates, _ = tx.update(zero_grads, tx.init(p), p)
@@ -98,7 +93,7 @@ def test_weight_decay_applies_to_kernels_not_biases_or_bn():
 def test_sgd_nesterov_matches_optax_reference():
     config = base_config()
     config.optimizer.update(name="sgd", momentum=0.9, nesterov=True, weight_decay=0.0)
-    tx, ref = optim.create_optimizer(config, 0.1), optax.sgd(0.1, momentum=0.9, nesterov=True)
+    tx, ref = chain.create_optimizer(config, 0.1), optax.sgd(0.1, momentum=0.9, nesterov=True)
     p = params()
     grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), p)
     s, r = tx.init(p), ref.init(p)
@@ -112,7 +107,7 @@ def test_frozen_parameters_get_zero_updates_and_multipliers_scale():
     config = base_config()
     config.optimizer.update(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0,
                             freeze="^conv/", lr_multipliers="bias$=3")
-    tx = optim.create_optimizer(config, 1.0)
+    tx = chain.create_optimizer(config, 1.0)
     p = params()
     grads = jax.tree.map(jnp.ones_like, p)
     updates, _ = tx.update(grads, tx.init(p), p)
@@ -125,7 +120,7 @@ def test_unknown_optimizer_and_bad_values_name_the_key():
     config = base_config()
     config.optimizer.name = "sgdd"
     with pytest.raises(ConfigError, match="optimizer.name='sgdd'.*adam"):
-        optim.create_optimizer(config, 0.1)
+        chain.create_optimizer(config, 0.1)
     config = load_config("smoke")
     config.optimizer.learning_rate = -1.0
     with pytest.raises(ConfigError, match="optimizer.learning_rate=-1.0"):
@@ -196,26 +191,6 @@ def test_bad_schedule_values_fail_validation_naming_the_key():
             validate(config)
 
 
-def test_schedules_cli_prints_and_plots_a_config(tmp_path):
-    out = tmp_path / "lr.png"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cv_jax.optim.schedules", "--config=configs/cifar10.py:cpu",
-         f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert proc.returncode == 0, proc.stderr
-    text = proc.stdout
-    # 50000 / 256 = 195 steps per epoch; 7 epochs = 1365 steps; warmup 0.23 x 7 = 1.61 epochs
-    # = 313.95 -> 314 steps.
-    assert "195 steps per epoch, 1365 steps (7 epochs)" in text
-    assert re.search(r"^\s+0\s+0\.000\s+0\.2$", text, re.M)
-    assert re.search(r"^\s+314\s+1\.610\s+1$", text, re.M)
-    assert "peak  1 at step 314 (epoch 1.610)" in text
-    last = 0.07 + 0.93 * (1365 - 1364) / (1365 - 314)
-    final = re.search(r"^final (\S+) at step 1364 \(the last update\)$", text, re.M)
-    assert float(final.group(1)) == pytest.approx(last, rel=1e-5)
-    assert out.stat().st_size > 1000
-
-
 # --- Optimizers added by the recipe toolkit ---------------------------------------------------
 
 def grads_at(step, p):
@@ -262,8 +237,8 @@ REFERENCES = {
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_lamb_lars_lion_match_optax(name):
     config = optimizer_config(name=name, weight_decay=0.1, b2=0.99)
-    mask = optim.path_mask(config.optimizer.decay_mask)
-    ours, _, _ = run_updates(optim.create_optimizer(config, 0.01), params(), 3)
+    mask = chain.path_mask(config.optimizer.decay_mask)
+    ours, _, _ = run_updates(chain.create_optimizer(config, 0.01), params(), 3)
     ref, _, _ = run_updates(REFERENCES[name](config.optimizer, mask), params(), 3)
     assert_trees_equal(ours, ref)
     assert not np.array_equal(ours[-1]["head"]["kernel"], params()["head"]["kernel"])
@@ -275,7 +250,7 @@ def test_sam_matches_optax_contrib_sam():
     ref = optax.contrib.sam(optax.sgd(0.1, momentum=0.9, nesterov=True),
                             optax.chain(optax.contrib.normalize(), optax.sgd(0.05)),
                             sync_period=2)
-    ours, _, _ = run_updates(optim.create_optimizer(config, 0.1), params(), 4)
+    ours, _, _ = run_updates(chain.create_optimizer(config, 0.1), params(), 4)
     theirs, _, _ = run_updates(ref, params(), 4)
     assert_trees_equal(ours, theirs)
 
@@ -286,17 +261,17 @@ def test_sam_two_steps_are_one_update_at_the_perturbed_point():
     config = optimizer_config(name="sam", sam_base="sgd", momentum=0.0, nesterov=False,
                               weight_decay=0.0, sam_rho=0.05)
     p = params()
-    trail, updates, _ = run_updates(optim.create_optimizer(config, 0.1), p, 2)
+    trail, updates, _ = run_updates(chain.create_optimizer(config, 0.1), p, 2)
     g1, g2 = grads_at(0, p), grads_at(1, p)
     norm = optax.tree.norm(g1)
     assert_trees_equal(updates[0], jax.tree.map(lambda g: 0.05 * g / norm, g1), rtol=1e-6)
     assert_trees_equal(trail[1], jax.tree.map(lambda w, g: w - 0.1 * g, p, g2), rtol=1e-5,
                        atol=1e-7)
-    tx = optim.create_optimizer(config, 0.1)
+    tx = chain.create_optimizer(config, 0.1)
     state = tx.init(p)
     _, state = tx.update(g1, state, p)
     perturbed = optax.apply_updates(p, _)
-    assert_trees_equal(optim.eval_params(state, perturbed), p)
+    assert_trees_equal(opt_state.eval_params(state, perturbed), p)
 
 
 @pytest.mark.parametrize("name", ["schedule_free_sgd", "schedule_free_adamw"])
@@ -308,19 +283,19 @@ def test_schedule_free_matches_optax_and_evaluates_the_averaged_weights(name):
     else:
         ref = optax.contrib.schedule_free_adamw(0.1, b1=0.9, b2=c.b2, eps=c.eps,
                                                 weight_decay=0.01)
-    ours, _, our_state = run_updates(optim.create_optimizer(config, 0.1), params(), 3)
+    ours, _, our_state = run_updates(chain.create_optimizer(config, 0.1), params(), 3)
     theirs, _, ref_state = run_updates(ref, params(), 3)
     assert_trees_equal(ours, theirs)
     expected = optax.contrib.schedule_free_eval_params(ref_state, theirs[-1])
-    assert_trees_equal(optim.eval_params(our_state, ours[-1]), expected)
+    assert_trees_equal(opt_state.eval_params(our_state, ours[-1]), expected)
     assert not np.allclose(expected["head"]["kernel"], ours[-1]["head"]["kernel"])
 
 
 def test_schedule_free_eval_params_with_frozen_groups():
     config = optimizer_config(name="schedule_free_adamw", freeze="^conv/")
-    trail, _, state = run_updates(optim.create_optimizer(config, 0.1), params(), 3)
+    trail, _, state = run_updates(chain.create_optimizer(config, 0.1), params(), 3)
     p = trail[-1]
-    ev = optim.eval_params(state, p)
+    ev = opt_state.eval_params(state, p)
     assert_trees_equal(ev["conv"], params()["conv"])
     z = optax.tree.get(state, "z")  # the schedule-free state's z, MaskedNode where frozen
     assert isinstance(z["conv"]["kernel"], optax.MaskedNode)
@@ -336,7 +311,7 @@ def test_accumulation_makes_one_update_from_the_mean_of_k_gradients():
         return 0.1 / (1.0 + step)
 
     p = params()
-    trail, updates, _ = run_updates(optim.create_optimizer(config, schedule), p, 6)
+    trail, updates, _ = run_updates(chain.create_optimizer(config, schedule), p, 6)
     for i in (0, 1, 3, 4):
         assert not any(np.any(u) for u in jax.tree.leaves(updates[i])), i
     # The n-th update uses the schedule at its window's first train step, 3n.
@@ -348,15 +323,15 @@ def test_accumulation_makes_one_update_from_the_mean_of_k_gradients():
         u, state = ref.update(mean, state, q)
         q = optax.apply_updates(q, u)
         assert_trees_equal(trail[3 * window + 2], q, rtol=1e-6, atol=1e-7)
-    assert optim.steps_per_update(config) == 3
+    assert lr.steps_per_update(config) == 3
     config.optimizer.name = "sam"
-    assert optim.steps_per_update(config) == 6
+    assert lr.steps_per_update(config) == 6
 
 
 def test_adaptive_gradient_clipping_is_per_unit():
     config = optimizer_config(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0,
                               agc_clip=0.1)
-    tx = optim.create_optimizer(config, 1.0)
+    tx = chain.create_optimizer(config, 1.0)
     p = {"dense": {"kernel": jnp.array([[3.0, 0.0], [4.0, 1.0]]), "bias": jnp.array([0.0, 2.0])}}
     # kernel units are output columns: |w| = 5 and 1, so at most 0.5 and 0.1 of gradient norm.
     g = {"dense": {"kernel": jnp.array([[0.03, 1.0], [0.04, 0.0]]),
@@ -377,20 +352,20 @@ def test_frozen_parameters_stay_bit_identical(name):
     config = optimizer_config(name=name, weight_decay=0.1, freeze="^conv/|^bn/",
                               accumulate_steps=2 if name == "lion" else 1)
     p = params()
-    trail, _, _ = run_updates(optim.create_optimizer(config, 0.1), p, 4)
+    trail, _, _ = run_updates(chain.create_optimizer(config, 0.1), p, 4)
     assert_trees_equal({k: trail[-1][k] for k in ("conv", "bn")}, {k: p[k] for k in ("conv", "bn")})
     assert not np.array_equal(trail[-1]["head"]["kernel"], p["head"]["kernel"])
 
 
-@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("name", chain.OPTIMIZERS)
 def test_lr_multipliers_and_freezing_work_with_every_optimizer(name):
     """The first optimizer update of the bias group is exactly 3x larger with 'bias$=3'."""
     moves = {}
-    steps = optim.steps_per_update(optimizer_config(name=name))
+    steps = lr.steps_per_update(optimizer_config(name=name))
     for spec in ("", "bias$=3"):
         config = optimizer_config(name=name, weight_decay=0.0, freeze="^conv/",
                                   lr_multipliers=spec)
-        trail, _, _ = run_updates(optim.create_optimizer(config, 0.01), params(), steps)
+        trail, _, _ = run_updates(chain.create_optimizer(config, 0.01), params(), steps)
         moves[spec] = jax.tree.map(lambda a, b: a - b, trail[-1], params())
         assert not np.any(moves[spec]["conv"]["kernel"]), name
     np.testing.assert_allclose(moves["bias$=3"]["head"]["bias"], 3 * moves[""]["head"]["bias"],
@@ -408,11 +383,11 @@ def test_bad_optimizer_values_fail_naming_the_key():
         with pytest.raises(ConfigError, match=f"config.optimizer.{key}="):
             validate(config)
     with pytest.raises(ConfigError, match="sam_base='sam'.*sgd"):
-        optim.create_optimizer(optimizer_config(name="sam", sam_base="sam"), 0.1)
+        chain.create_optimizer(optimizer_config(name="sam", sam_base="sam"), 0.1)
     with pytest.raises(ConfigError, match="optimizer.name='lamb2'.*lion"):
-        optim.create_optimizer(optimizer_config(name="lamb2"), 0.1)
+        chain.create_optimizer(optimizer_config(name="lamb2"), 0.1)
     with pytest.raises(ConfigError, match="schedule.name='sgdr2'.*sgdr"):
-        schedules.create_schedule(schedule_config(name="sgdr2"), 10, 100)
+        lr.schedule(schedule_config(name="sgdr2"), 10, 100)
 
 
 # --- Reduce on plateau -----------------------------------------------------------------------
@@ -422,7 +397,7 @@ def plateau_state(config):
 
     model = ConvBN()
     variables = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
-    tx = optim.create_optimizer(config, schedules.create_schedule(config, 10, 100))
+    tx = chain.create_optimizer(config, lr.schedule(config, 10, 100))
     return create_train_state(model, tx, variables, jax.random.key_data(jax.random.key(1)))
 
 
@@ -431,12 +406,12 @@ def test_reduce_on_plateau_scales_updates_after_patience_evaluations():
                               learning_rate=1.0)
     config.schedule.update(name="reduce_on_plateau", decay_factor=0.5, plateau_patience=2,
                            plateau_metric="accuracy", end_factor=0.2)
-    update = optim.plateau_updater(config)
+    update = plateau.plateau_updater(config)
     state = plateau_state(config)
     scales = []
     for accuracy in (0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7):
         state = update(state, {"test_accuracy": accuracy, "test_loss": 1.0})
-        scales.append(optim.plateau_lr_scale(state.opt_state))
+        scales.append(plateau.plateau_lr_scale(state.opt_state))
     # Improvements at 0.5, 0.6, 0.7; two evaluations without one halve the scale, floor 0.2.
     np.testing.assert_allclose(scales, [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2],
                                rtol=1e-6)
@@ -446,8 +421,8 @@ def test_reduce_on_plateau_scales_updates_after_patience_evaluations():
                                rtol=1e-6)
     config.dataset.validation_size = 100
     with pytest.raises(ConfigError, match="validation_accuracy"):
-        optim.plateau_updater(config)(state, {"test_accuracy": 0.5})
-    assert optim.plateau_updater(schedule_config(name="cosine")) is None
+        plateau.plateau_updater(config)(state, {"test_accuracy": 0.5})
+    assert plateau.plateau_updater(schedule_config(name="cosine")) is None
 
 
 def test_plateau_and_schedule_free_run_resumes_exactly_and_evaluates_averaged_weights(
@@ -476,11 +451,11 @@ def test_plateau_and_schedule_free_run_resumes_exactly_and_evaluates_averaged_we
     a, b = runs.load_run(str(tmp_path / "straight")), runs.load_run(str(tmp_path / "split"))
     assert_trees_equal(a.state.params, b.state.params)
     assert resumed["test_loss"] == straight["test_loss"]
-    assert optim.plateau_lr_scale(a.state.opt_state) == 0.5 ** 2
+    assert plateau.plateau_lr_scale(a.state.opt_state) == 0.5 ** 2
     # The reported test metrics are those of the schedule-free average x, not of y.
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
     settings = steps.StepSettings.from_config(a.config, schedule=lambda count: 0.0)
     evaluator = train.Evaluator(test, 16, settings, sharding.make_mesh())
-    assert evaluator(optim.eval_state(a.state))["loss"] == pytest.approx(straight["test_loss"],
+    assert evaluator(opt_state.eval_state(a.state))["loss"] == pytest.approx(straight["test_loss"],
                                                                         rel=1e-6)
     assert evaluator(a.state)["loss"] != pytest.approx(straight["test_loss"], rel=1e-6)

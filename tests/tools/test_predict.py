@@ -16,7 +16,7 @@ from PIL import Image
 import cv_jax
 from cv_jax.config import model_section
 from cv_jax.data.sources import load_split
-from cv_jax.optim import chain as optim
+from cv_jax.optim import opt_state
 from cv_jax.tools import predict
 from cv_jax.training import runs, sharding, steps, train
 
@@ -68,7 +68,7 @@ def test_predictions_equal_the_evaluator(model, workdir, tiny_folder):
     run = runs.load_run(workdir, "best")
     settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
     evaluator = train.Evaluator(test, 16, settings, sharding.make_mesh())
-    expected = evaluator.predictions(optim.eval_state(run.state))["prediction"]
+    expected = evaluator.predictions(opt_state.eval_state(run.state))["prediction"]
     probabilities = model.predict(test.images)
     assert probabilities.shape == (36, 4)
     np.testing.assert_array_equal(probabilities.argmax(-1), expected)

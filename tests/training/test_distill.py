@@ -9,8 +9,7 @@ from conftest import load_config, tiny_config
 
 from cv_jax import models
 from cv_jax.config import model_kwargs, model_section
-from cv_jax.optim import chain as optim
-from cv_jax.optim import schedules
+from cv_jax.optim import chain, lr
 from cv_jax.training import distill, losses, sharding, steps, train
 from cv_jax.training.state import create_train_state, init_variables
 
@@ -36,7 +35,7 @@ def small_model_state(config, image_shape=(16, 16, 3), seed=0):
                                 **model_kwargs(config.model))
     key = jax.random.key_data(jax.random.key(seed))
     variables = init_variables(model, key, image_shape)
-    tx = optim.create_optimizer(config, schedules.create_schedule(config, 10, 10))
+    tx = chain.create_optimizer(config, lr.schedule(config, 10, 10))
     return model, variables, create_train_state(model, tx, variables, key)
 
 

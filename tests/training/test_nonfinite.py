@@ -18,7 +18,7 @@ import pytest
 from conftest import convnet_config
 
 from cv_jax.config import base_config
-from cv_jax.optim import chain as optim
+from cv_jax.optim import chain, opt_state
 from cv_jax.training import runs, steps, train
 from cv_jax.training.state import create_train_state
 from cv_jax.workflows import members, vectorized
@@ -50,7 +50,7 @@ def fresh_state(nonfinite: str = "skip"):
     config.training.nonfinite = nonfinite
     model = TinyBN()
     variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)), train=False)
-    tx = optim.skip_nonfinite(config, optax.sgd(0.1, momentum=0.9))
+    tx = chain.skip_nonfinite(config, optax.sgd(0.1, momentum=0.9))
     return create_train_state(model, tx, variables, jax.random.key_data(jax.random.key(1)),
                               ema=True)
 
@@ -80,17 +80,17 @@ def test_skip_keeps_the_state_of_a_nan_step_and_counts_it() -> None:
     assert same_bits(bad.opt_state.inner_state, first.opt_state.inner_state)
     assert [int(s.step) for s in (first, bad, after)] == [1, 2, 3]
     counts = [(int(g.notfinite_count), int(g.total_notfinite))
-              for g in map(optim.nonfinite_guard, (first.opt_state, bad.opt_state,
+              for g in map(opt_state.nonfinite_guard, (first.opt_state, bad.opt_state,
                                                    after.opt_state))]
     assert counts == [(0, 0), (1, 1), (0, 1)]
-    assert optim.skipped_steps(after.opt_state) == 1
+    assert opt_state.skipped_steps(after.opt_state) == 1
 
 
 def test_stop_mode_has_no_guard_and_reports_the_gradient_norm() -> None:
     start, step = fresh_state("stop"), step_fn()
     state, metrics = step(start, BATCH)
-    assert optim.nonfinite_guard(state.opt_state) is None and "skipped" not in metrics
-    assert optim.skipped_steps(state.opt_state) == 0
+    assert opt_state.nonfinite_guard(state.opt_state) is None and "skipped" not in metrics
+    assert opt_state.skipped_steps(state.opt_state) == 0
 
     def loss(params):
         return step(start.replace(params=params), BATCH)[1]["loss"]
@@ -209,7 +209,7 @@ def test_skip_run_counts_the_skipped_step(tiny_folder, cache_dir, tmp_path, monk
     with open(os.path.join(tmp_path, "results.json")) as f:
         assert json.load(f)["skipped_steps"] == 1
     # The counter is part of the checkpointed optimizer state, so a resumed run keeps it.
-    assert optim.skipped_steps(runs.load_run(str(tmp_path)).state.opt_state) == 1
+    assert opt_state.skipped_steps(runs.load_run(str(tmp_path)).state.opt_state) == 1
 
 
 @pytest.mark.parametrize("nonfinite", ["skip", "stop"])

@@ -12,7 +12,7 @@ import pytest
 
 from cv_jax.config import ConfigError, base_config, validate
 from cv_jax.data import mixup
-from cv_jax.optim import chain as optim
+from cv_jax.optim import chain
 from cv_jax.training import losses, steps
 from cv_jax.training.state import create_train_state
 
@@ -109,7 +109,7 @@ def step_setup(**config_overrides):
         section, key = dotted.split(".")
         config[section][key] = value
     schedule = optax.constant_schedule(0.1)
-    tx = optim.create_optimizer(config, schedule)
+    tx = chain.create_optimizer(config, schedule)
     model = TinyNet()
     variables = model.init(KEY, jnp.zeros((1, 2, 2, 3)), train=False)
     state = create_train_state(model, tx, variables, jax.random.key_data(jax.random.key(1)))

@@ -42,7 +42,8 @@ def test_a_budget_too_small_for_a_tenth_of_an_epoch_is_an_error():
 def test_scale_run_scales_every_duration_in_epochs_and_clears_the_budget():
     config = load_config("cpu,minutes=14")
     assert config.training.time_budget_minutes == 14.0 and config.training.num_epochs == 7.0
-    config.schedule.update(name="exponential", decay_factor=0.5, boundaries=(2.0, 5.0))
+    config.schedule.update(name="exponential", decay_factor=0.5, boundaries=(2.0, 5.0),
+                           warmup_fraction=0.0, warmup_epochs=0.23 * 7.0)
     config.mixup.off_epoch = 6.0
     scaled = time_budget.scale_run(config, 21.0)
     assert scaled.training.num_epochs == 21.0 and scaled.training.time_budget_minutes == 0.0
@@ -77,7 +78,7 @@ def test_a_budgeted_run_is_the_run_of_its_scaled_config_and_resumes_its_plan(
     # 6 steps per epoch; 60 s * 0.88 = 52.8 s at 5.5 s per step: 1.5 epochs = 9 steps (49.5
     # s), where 1.6 epochs = 10 steps would take 55 s.
     config = convnet_config(tiny_folder, cache_dir, num_epochs=2.0, time_budget_minutes=1.0)
-    config.schedule.update(warmup_epochs=0.5, name="cosine")
+    config.schedule.update(warmup_epochs=0.5, warmup_fraction=0.0, name="cosine")
     monkeypatch.setattr(train, "measure_timings",
                         lambda *args: Timings(elapsed=0.0, compile=0.0, step=5.5, evaluation=0.0))
     budgeted = str(tmp_path / "budgeted")

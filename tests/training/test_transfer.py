@@ -9,6 +9,7 @@ import pytest
 from conftest import load_config, tiny_config
 
 from cv_jax.config import ConfigError, validate
+from cv_jax.optim import chain
 from cv_jax.training import runs, train, transfer
 
 
@@ -23,12 +24,12 @@ def variables_of(workdir):
 
 
 def test_head_is_every_parameter_whose_shape_follows_the_class_count():
-    assert transfer.head_paths(load_config("smoke"), 4, (16, 16, 3)) == {"head/kernel"}
+    assert runs.head_paths(load_config("smoke"), 4, (16, 16, 3)) == {"head/kernel"}
     config = load_config("smoke,model=resnet20")
-    assert transfer.head_paths(config, 10, (32, 32, 3)) == {"head/kernel", "head/bias"}
+    assert runs.head_paths(config, 10, (32, 32, 3)) == {"head/kernel", "head/bias"}
     config = load_config("smoke,model=googlenet_cifar")
     config.model.aux_heads = True
-    heads = transfer.head_paths(config, 10, (32, 32, 3))
+    heads = runs.head_paths(config, 10, (32, 32, 3))
     assert {"fc/kernel", "fc/bias"} < heads and any(p.startswith("aux_head") for p in heads)
 
 
@@ -105,10 +106,10 @@ def updates_over_steps(mode, steps, **transfer_settings):
     config = load_config("smoke")
     config.optimizer.update(name="sgd", momentum=0.9, nesterov=False, weight_decay=0.0,
                             freeze="", lr_multipliers="")
-    config.transfer.update(mode=mode, **transfer_settings)
+    config.transfer.update(init_from="a_source_run", mode=mode, **transfer_settings)
     params = {"body": {"kernel": jnp.ones(3)}, "head": {"kernel": jnp.ones(2)}}
-    tx = transfer.create_optimizer(config, optax.constant_schedule(0.5),
-                                   frozenset({"head/kernel"}), steps_per_epoch=2)
+    tx = chain.run_optimizer(config, optax.constant_schedule(0.5), frozenset({"head/kernel"}),
+                             steps_per_epoch=2)
     state, grads = tx.init(params), jax.tree.map(jnp.ones_like, params)
     out = []
     for _ in range(steps):

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 
 from cv_jax.config import ConfigError, model_section
-from cv_jax.optim import chain as optim
+from cv_jax.optim import plateau
 from cv_jax.training import curves, runs, sharding, steps, train
 from cv_jax.workflows import members, vectorized
 
@@ -84,8 +84,8 @@ def assert_members_match(workdir, results, separate, test):
             assert result[key] == single[key], key
         np.testing.assert_allclose(result["test_loss"], single["test_loss"], rtol=1e-5)
         params.append(jax.device_get(state.params))
-        lr_scales.append(optim.plateau_lr_scale(state.opt_state))
-        assert lr_scales[-1] == optim.plateau_lr_scale(single_state.opt_state)
+        lr_scales.append(plateau.plateau_lr_scale(state.opt_state))
+        assert lr_scales[-1] == plateau.plateau_lr_scale(single_state.opt_state)
     assert not np.allclose(params[0]["head"]["kernel"], params[1]["head"]["kernel"])
     assert lr_scales[0] != lr_scales[1]  # reduce-on-plateau decided per member
 
