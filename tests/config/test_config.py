@@ -7,15 +7,9 @@ import jax
 import pytest
 from conftest import REPO, load_config, tiny_config
 
-from cv_jax.config import (
-    _CHECKS,
-    ConfigError,
-    _leaves,
-    base_config,
-    lookup,
-    model_section,
-    validate,
-)
+from cv_jax.config import ConfigError, base_config, lookup, model_section, validate
+from cv_jax.config.schema import _CHECKS
+from cv_jax.config.validate import _leaves
 from cv_jax.training import train
 
 

@@ -1,0 +1,173 @@
+"""``validate``: every key known and present, of its default's type, in range, and the
+combinations of keys that cannot work together."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import re
+from typing import Any
+
+import ml_collections as mlc
+
+from cv_jax.config.errors import ConfigError
+from cv_jax.config.schema import _CHECKS, WORKFLOW_SECTIONS, Check, base_config
+from cv_jax.config.values import lookup, parse_multipliers
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# A value must have its default's type (ConfigDict lets a bool into an int field, and a
+# section replaced wholesale or built from a dict is not type-checked at all).
+_TYPES = {
+    bool: (lambda v: isinstance(v, bool), "True or False"),
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a finite number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    tuple: (lambda v: isinstance(v, (tuple, list)), "a tuple"),
+}
+
+
+def _lib(name: str) -> Any:
+    """``cv_jax.<name>``, imported on first use (the library imports this module)."""
+    return importlib.import_module(f"cv_jax.{name}")
+
+
+def _check_value(key: str, value: Any, default: Any, check: Check | None) -> None:
+    """Raises ConfigError unless ``value`` has the type of ``default`` and passes ``check``."""
+    has_type, type_name = _TYPES.get(type(default), (lambda v: True, ""))
+    try:
+        good = has_type(value) and (check is None or bool(check.ok(value)))
+    except TypeError:
+        good = False
+    if not good:
+        allowed = check.allowed if check else type_name
+        raise ConfigError(f"config.{key}={value!r} is invalid: use {allowed}")
+
+
+def _check_keys(section: Any, defaults: mlc.ConfigDict, path: str) -> None:
+    """Unknown and missing keys of one section (``path`` '' for the top level), recursively."""
+    where = f"config.{path}" if path else "the config"
+    if not isinstance(section, mlc.ConfigDict):
+        raise ConfigError(f"{where}={section!r} is invalid: use a section with the keys "
+                          f"{sorted(defaults)}")
+    unknown = sorted(set(section) - set(defaults) - set(() if path else WORKFLOW_SECTIONS))
+    if unknown and path == "augment":
+        _lib("data.augment").check_keys(section)  # its message maps Keras names to these keys
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: "
+                          f"{', '.join(sorted(defaults))}")
+    missing = sorted(set(defaults) - set(section))
+    if missing:
+        raise ConfigError(f"{where} lacks the key(s) {missing}: start from "
+                          "configlib.base_config() and override values")
+    for key, default in defaults.items():
+        if isinstance(default, mlc.ConfigDict) and key != "model":  # see check_model
+            _check_keys(section[key], default, f"{path}.{key}".lstrip("."))
+
+
+def _leaves(section: mlc.ConfigDict, path: str = ""):
+    """``(dotted key, value)`` of every non-section value, in order."""
+    for key, value in section.items():
+        if isinstance(value, mlc.ConfigDict):
+            yield from _leaves(value, f"{path}{key}.")
+        else:
+            yield path + key, value
+
+
+def check_model(model: mlc.ConfigDict) -> None:
+    """``config.model`` names a registered model and holds only its fields, with their types."""
+    models = _lib("models")
+    if model.name not in models.model_names():
+        raise ConfigError(f"config.model.name={model.name!r} is unknown; choose one of "
+                          f"{', '.join(models.model_names())}")
+    fields = {"name": model.name, **models.model_fields(model.name)}
+    unknown = sorted(set(model) - set(fields))
+    if unknown:
+        raise ConfigError(f"model {model.name!r} has no field(s) {unknown} in config.model; its "
+                          f"fields are {sorted(fields)}")
+    for key in model:
+        _check_value(f"model.{key}", model[key], fields[key], None)
+
+
+def check_run_length(config: mlc.ConfigDict) -> None:
+    """One key sets the run's length (a time budget or num_steps), and durations in epochs
+    must fit in a run given in epochs (``num_steps`` runs, whose length in epochs depends on
+    the data, clamp the warmup instead)."""
+    t = config.training
+    if t.time_budget_minutes and t.num_steps:
+        raise ConfigError(
+            f"config.training.time_budget_minutes={t.time_budget_minutes:g} and "
+            f"config.training.num_steps={t.num_steps} both set the run's length: set "
+            "num_steps=0 to train to the budget, or time_budget_minutes=0")
+    if t.num_steps:
+        return
+    if config.schedule.warmup_epochs > t.num_epochs:
+        raise ConfigError(
+            f"config.schedule.warmup_epochs={config.schedule.warmup_epochs} is longer than the "
+            f"run (config.training.num_epochs={t.num_epochs}): use a warmup <= num_epochs")
+    periodic = [name for name, on in (
+        ("config.early_stopping.patience > 0", config.early_stopping.patience),
+        ("config.schedule.name='reduce_on_plateau'", config.schedule.name == "reduce_on_plateau"),
+    ) if on]
+    if periodic and t.eval_every_epochs >= t.num_epochs:
+        raise ConfigError(
+            f"config.training.eval_every_epochs={t.eval_every_epochs} leaves only the final "
+            f"evaluation of a {t.num_epochs}-epoch run, but {periodic[0]} acts on evaluations "
+            "during the run: use eval_every_epochs < num_epochs")
+
+
+def validate(config: mlc.ConfigDict) -> None:
+    """Raises ConfigError naming the first key whose value cannot work: an unknown or missing
+    key, a value of the wrong type or out of range, or an inconsistent combination."""
+    defaults = base_config()
+    _check_keys(config, defaults, "")
+    checks = {check.key: check for check in _CHECKS}
+    for key, default in _leaves(defaults):
+        if not key.startswith("model."):
+            _check_value(key, lookup(config, key), default, checks.get(key))
+    for key in ("optimizer.freeze", "optimizer.decay_mask"):
+        pattern = lookup(config, key)
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"config.{key}={pattern!r} is not a valid regex: {e}") from None
+    parse_multipliers(config.optimizer.lr_multipliers)
+    if config.training.num_epochs == 0 and config.training.num_steps == 0:
+        raise ConfigError(
+            "config.training.num_epochs and config.training.num_steps are both 0: "
+            "set one of them to say how long to train"
+        )
+    check_monitor(config)
+    if config.transfer.mode != "finetune" and not config.transfer.init_from:
+        raise ConfigError(f"config.transfer.mode={config.transfer.mode!r} needs the weights to "
+                          "start from: set config.transfer.init_from to a run's workdir or a "
+                          ".msgpack file")
+    if config.training.best_by_ema and not config.training.ema_decay:
+        raise ConfigError("config.training.best_by_ema=True needs config.training.ema_decay > 0 "
+                          "(e.g. 0.999)")
+    check_run_length(config)
+    d = config.dataset
+    if len(d.mean) != len(d.std):
+        raise ConfigError(f"config.dataset.mean={tuple(d.mean)} and config.dataset.std="
+                          f"{tuple(d.std)} differ in length: give one value per channel in each")
+    _lib("optim.chain").check_names(config.optimizer)
+    check_model(config.model)
+
+
+def check_monitor(config: mlc.ConfigDict) -> None:
+    """``early_stopping.monitor`` must name a split and weights the run evaluates."""
+    monitor = config.early_stopping.monitor
+    if monitor.startswith("validation") and not config.dataset.validation_size:
+        raise ConfigError(f"config.early_stopping.monitor={monitor!r} needs a validation split: "
+                          "set config.dataset.validation_size (e.g. 5000)")
+    if "_ema_" in monitor and not config.training.ema_decay:
+        raise ConfigError(f"config.early_stopping.monitor={monitor!r} needs "
+                          "config.training.ema_decay > 0 (e.g. 0.999)")
