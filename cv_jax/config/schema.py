@@ -8,6 +8,19 @@ from typing import Any
 
 import ml_collections as mlc
 
+from cv_jax.config.values import parse_fill_value
+
+# optimizer.name: the update rules, and the wrappers among them (cv_jax/optim/chain.py).
+OPTIMIZERS = ("adadelta", "adagrad", "adam", "adamw", "lamb", "lars", "lion", "rmsprop", "sam",
+              "schedule_free_adamw", "schedule_free_sgd", "sgd")
+WRAPPERS = ("sam", "schedule_free_sgd", "schedule_free_adamw")
+# dataset.bad_files: what loading does with files it cannot decode (cv_jax/data/sources.py).
+BAD_FILES_POLICIES = ("strict", "skip")
+# augment: keys a Keras or torchvision user may reach for, and what this config calls them.
+AUGMENT_KEY_HINTS = {"horizontal_flip": "flip", "random_erasing": "erasing_prob",
+                     "randaugment": "auto_augment='randaugment'",
+                     "brightness": "brightness_range"}
+
 
 def _is_regex(value: str) -> bool:
     try:
@@ -149,7 +162,7 @@ _CHECKS = (
     Check("augment.erasing_aspect", lambda v: len(v) == 2 and 0 < v[0] <= v[1],
           "a pair of aspect ratios (height/width), 0 < lo <= hi"),
     Check("augment.erasing_value",
-          lambda v: __import__("cv_jax.data.augment", fromlist=["_"]).parse_fill_value(v) != "",
+          lambda v: parse_fill_value(v) != "",
           "a pixel value in 0..255 written as text ('0') or 'random'"),
     Check("eval.batch_size", lambda v: v > 0, "a positive integer"),
     Check("eval.tta_translate", lambda v: v >= 0 and v == int(v),
@@ -158,7 +171,7 @@ _CHECKS = (
           "'given' (dataset.mean/std) or 'featurewise' (computed from the training set)"),
     Check("dataset.imbalance_ratio", lambda v: v >= 1, "a number >= 1 (1: as is)"),
     Check("dataset.bad_files",
-          lambda v: v in __import__("cv_jax.data.sources", fromlist=["_"]).BAD_FILES_POLICIES,
+          lambda v: v in BAD_FILES_POLICIES,
           "'strict' (stop, listing every bad file) or 'skip' (leave them out and report them)"),
     Check("dataset.balance", lambda v: v in ("", "oversample", "undersample"),
           "'', 'oversample' or 'undersample'"),

@@ -3,17 +3,26 @@ combinations of keys that cannot work together."""
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections as mlc
 
+from cv_jax import models
 from cv_jax.config.errors import ConfigError
-from cv_jax.config.schema import _CHECKS, WORKFLOW_SECTIONS, Check, base_config
-from cv_jax.config.values import lookup, parse_multipliers
+from cv_jax.config.schema import (
+    _CHECKS,
+    AUGMENT_KEY_HINTS,
+    OPTIMIZERS,
+    WORKFLOW_SECTIONS,
+    WRAPPERS,
+    Check,
+    base_config,
+)
+from cv_jax.config.values import is_off, lookup, parse_multipliers
 
 
 def _is_int(v: Any) -> bool:
@@ -33,11 +42,6 @@ _TYPES = {
     str: (lambda v: isinstance(v, str), "a string"),
     tuple: (lambda v: isinstance(v, (tuple, list)), "a tuple"),
 }
-
-
-def _lib(name: str) -> Any:
-    """``cv_jax.<name>``, imported on first use (the library imports this module)."""
-    return importlib.import_module(f"cv_jax.{name}")
 
 
 def _check_value(key: str, value: Any, default: Any, check: Check | None) -> None:
@@ -60,7 +64,7 @@ def _check_keys(section: Any, defaults: mlc.ConfigDict, path: str) -> None:
                           f"{sorted(defaults)}")
     unknown = sorted(set(section) - set(defaults) - set(() if path else WORKFLOW_SECTIONS))
     if unknown and path == "augment":
-        _lib("data.augment").check_keys(section)  # its message maps Keras names to these keys
+        check_augment_keys(section)  # its message maps Keras names to these keys
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: "
                           f"{', '.join(sorted(defaults))}")
@@ -82,9 +86,43 @@ def _leaves(section: mlc.ConfigDict, path: str = ""):
             yield path + key, value
 
 
+def check_augment_keys(section: Mapping[str, Any] | mlc.ConfigDict) -> bool:
+    """True if every key of an augment section is known; else ConfigError listing valid ones."""
+    valid = sorted(base_config().augment)
+    unknown = sorted(set(section.keys()) - set(valid))
+    if unknown:
+        hints = [f"{k!r} is called {AUGMENT_KEY_HINTS[k]}" for k in unknown
+                 if k in AUGMENT_KEY_HINTS]
+        raise ConfigError(
+            f"unknown augmentation key(s) {unknown} in config.augment"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + f"; valid keys: {', '.join(valid)}"
+        )
+    return True
+
+
+def check_optimizer(cfg: mlc.ConfigDict) -> None:
+    """The optimizer names are known and SAM wraps a plain rule; nesterov has momentum."""
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError(
+            f"config.optimizer.name={cfg.name!r} is unknown; choose one of {list(OPTIMIZERS)}"
+        )
+    plain = [n for n in OPTIMIZERS if n not in WRAPPERS]
+    if cfg.name == "sam" and cfg.sam_base not in plain:
+        raise ConfigError(
+            f"config.optimizer.sam_base={cfg.sam_base!r} cannot be wrapped by SAM; "
+            f"choose one of {plain}"
+        )
+    rule = cfg.sam_base if cfg.name == "sam" else cfg.name
+    if cfg.nesterov and is_off(cfg.momentum) and rule in ("sgd", "rmsprop", "lars"):
+        raise ConfigError("config.optimizer.nesterov=True needs config.optimizer.momentum > 0")
+    if cfg.name.startswith("schedule_free") and cfg.b1 <= 0:
+        raise ConfigError(f"config.optimizer.b1={cfg.b1} is invalid for {cfg.name}: "
+                          "schedule-free needs an interpolation constant b1 in (0, 1)")
+
+
 def check_model(model: mlc.ConfigDict) -> None:
     """``config.model`` names a registered model and holds only its fields, with their types."""
-    models = _lib("models")
     if model.name not in models.model_names():
         raise ConfigError(f"config.model.name={model.name!r} is unknown; choose one of "
                           f"{', '.join(models.model_names())}")
@@ -158,7 +196,7 @@ def validate(config: mlc.ConfigDict) -> None:
     if len(d.mean) != len(d.std):
         raise ConfigError(f"config.dataset.mean={tuple(d.mean)} and config.dataset.std="
                           f"{tuple(d.std)} differ in length: give one value per channel in each")
-    _lib("optim.chain").check_names(config.optimizer)
+    check_optimizer(config.optimizer)
     check_model(config.model)
 
 

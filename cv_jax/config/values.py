@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from typing import Any
@@ -41,3 +42,19 @@ def parse_multipliers(spec: str) -> dict[str, float]:
                 "write comma-separated REGEX=FACTOR pairs, e.g. 'bias$=2,head/=0.1'"
             ) from None
     return result
+
+
+def parse_fill_value(value: str) -> str | float:
+    """``erasing_value``: 'random', or a pixel value in 0..255 written as text ('0', '127')."""
+    if str(value).strip().lower() == "random":
+        return "random"
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= 255:
+        raise ConfigError(
+            f"config.augment.erasing_value={value!r} is invalid: use a pixel value in 0..255 "
+            "(e.g. '0') or 'random'"
+        )
+    return number

@@ -99,7 +99,6 @@ Command line: draw a grid of augmented training images (first column: the origin
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -108,7 +107,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from cv_jax.config import ConfigError, base_config, validate
+from cv_jax.config import base_config, check_augment_keys, parse_fill_value, validate
 
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 PADDING_MODES = ("reflect", "constant", "edge")
@@ -118,9 +117,6 @@ POLICY_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotat
               "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
               "AutoContrast", "Equalize")
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-# Keys a Keras or torchvision user may reach for, and what this module calls them.
-_KEY_HINTS = {"horizontal_flip": "flip", "random_erasing": "erasing_prob",
-              "randaugment": "auto_augment='randaugment'", "brightness": "brightness_range"}
 # fold_in constants for the ops' keys (crop and flip keep split(key), as before).
 _AFFINE, _VFLIP, _COLOUR, _POLICY, _CUTOUT, _ERASE = range(101, 107)
 
@@ -132,46 +128,16 @@ _AFFINE, _VFLIP, _COLOUR, _POLICY, _CUTOUT, _ERASE = range(101, 107)
 def settings(cfg: Mapping[str, Any] | mlc.ConfigDict) -> mlc.ConfigDict:
     """``cfg`` over the defaults of ``base_config().augment``; unknown keys raise."""
     given = cfg.to_dict() if isinstance(cfg, mlc.ConfigDict) else dict(cfg)
-    check_keys(given)
+    check_augment_keys(given)
     merged = base_config().augment.to_dict()
     merged.update(given)
     return mlc.ConfigDict(merged)
-
-
-def check_keys(section: Mapping[str, Any] | mlc.ConfigDict) -> bool:
-    """True if every key of an augment section is known; else ConfigError listing valid ones."""
-    valid = sorted(base_config().augment)
-    unknown = sorted(set(section.keys()) - set(valid))
-    if unknown:
-        hints = [f"{k!r} is called {_KEY_HINTS[k]}" for k in unknown if k in _KEY_HINTS]
-        raise ConfigError(
-            f"unknown augmentation key(s) {unknown} in config.augment"
-            + (f" ({'; '.join(hints)})" if hints else "")
-            + f"; valid keys: {', '.join(valid)}"
-        )
-    return True
 
 
 def _choose(name: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, valid))}")
     return value
-
-
-def parse_fill_value(value: str) -> str | float:
-    """``erasing_value``: 'random', or a pixel value in 0..255 written as text ('0', '127')."""
-    if str(value).strip().lower() == "random":
-        return "random"
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not 0 <= number <= 255:
-        raise ConfigError(
-            f"config.augment.erasing_value={value!r} is invalid: use a pixel value in 0..255 "
-            "(e.g. '0') or 'random'"
-        )
-    return number
 
 
 # ---------------------------------------------------------------------------------------------
