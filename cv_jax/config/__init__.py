@@ -1,10 +1,20 @@
-"""Config: config-string variants, the default config tree, and validation."""
+"""Config: every key with its default, allowed values and doc (``schema``), config-string
+variants (``strings``), the ``config.model`` section (``model``), validation (``validate``) and
+readers of values the library shares (``values``)."""
 
 import ml_collections as mlc
 
 from cv_jax.config.errors import ConfigError
 from cv_jax.config.model import model_kwargs, model_section
-from cv_jax.config.schema import BAD_FILES_POLICIES, OPTIMIZERS, WRAPPERS, base_config
+from cv_jax.config.schema import (
+    AUTO_AUGMENT_POLICIES,
+    BAD_FILES_POLICIES,
+    FILL_MODES,
+    OPTIMIZERS,
+    PADDING_MODES,
+    WRAPPERS,
+    base_config,
+)
 from cv_jax.config.strings import parse_arg
 from cv_jax.config.validate import (
     check_augment_keys,
@@ -16,8 +26,11 @@ from cv_jax.config.validate import (
 from cv_jax.config.values import is_off, lookup, parse_fill_value, parse_multipliers
 
 __all__ = [
+    "AUTO_AUGMENT_POLICIES",
     "BAD_FILES_POLICIES",
+    "FILL_MODES",
     "OPTIMIZERS",
+    "PADDING_MODES",
     "WRAPPERS",
     "ConfigError",
     "base_config",

@@ -1,10 +1,9 @@
-"""``validate``: every key known and present, of its default's type, in range, and the
-combinations of keys that cannot work together."""
+"""``validate``: every key known and present, of its default's type and in the range its
+schema entry allows (cv_jax/config/schema.py), and the combinations of keys that cannot work
+together."""
 
 from __future__ import annotations
 
-import math
-import numbers
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -14,46 +13,35 @@ import ml_collections as mlc
 from cv_jax import models
 from cv_jax.config.errors import ConfigError
 from cv_jax.config.schema import (
-    _CHECKS,
     AUGMENT_KEY_HINTS,
-    OPTIMIZERS,
+    SCHEMA,
+    TYPES,
     WORKFLOW_SECTIONS,
     WRAPPERS,
-    Check,
+    Key,
     base_config,
+    declared_keys,
 )
-from cv_jax.config.values import is_off, lookup, parse_multipliers
+from cv_jax.config.values import is_off, lookup
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# A value must have its default's type (ConfigDict lets a bool into an int field, and a
-# section replaced wholesale or built from a dict is not type-checked at all).
-_TYPES = {
-    bool: (lambda v: isinstance(v, bool), "True or False"),
-    int: (_is_int, "an integer"),
-    float: (_is_number, "a finite number"),
-    str: (lambda v: isinstance(v, str), "a string"),
-    tuple: (lambda v: isinstance(v, (tuple, list)), "a tuple"),
-}
-
-
-def _check_value(key: str, value: Any, default: Any, check: Check | None) -> None:
-    """Raises ConfigError unless ``value`` has the type of ``default`` and passes ``check``."""
-    has_type, type_name = _TYPES.get(type(default), (lambda v: True, ""))
+def check_value(key: str, value: Any, spec: Key) -> None:
+    """Raises ConfigError unless ``value`` has the type of ``spec.default`` and passes its
+    check (``key`` is the dotted name the message gives)."""
+    has_type, type_words = TYPES.get(type(spec.default), (lambda v: True, ""))
+    typed = has_type(value)
     try:
-        good = has_type(value) and (check is None or bool(check.ok(value)))
+        good = typed and (value in spec.choices if spec.choices
+                          else spec.ok is None or bool(spec.ok(value)))
     except TypeError:
         good = False
-    if not good:
-        allowed = check.allowed if check else type_name
-        raise ConfigError(f"config.{key}={value!r} is invalid: use {allowed}")
+    except re.error as e:
+        raise ConfigError(f"config.{key}={value!r} is not a valid regex: {e}") from None
+    if good:
+        return
+    if typed and spec.choices:
+        raise ConfigError(f"config.{key}={value!r} is unknown; choose one of {list(spec.choices)}")
+    raise ConfigError(f"config.{key}={value!r} is invalid: use {spec.allowed or type_words}")
 
 
 def _check_keys(section: Any, defaults: mlc.ConfigDict, path: str) -> None:
@@ -77,15 +65,6 @@ def _check_keys(section: Any, defaults: mlc.ConfigDict, path: str) -> None:
             _check_keys(section[key], default, f"{path}.{key}".lstrip("."))
 
 
-def _leaves(section: mlc.ConfigDict, path: str = ""):
-    """``(dotted key, value)`` of every non-section value, in order."""
-    for key, value in section.items():
-        if isinstance(value, mlc.ConfigDict):
-            yield from _leaves(value, f"{path}{key}.")
-        else:
-            yield path + key, value
-
-
 def check_augment_keys(section: Mapping[str, Any] | mlc.ConfigDict) -> bool:
     """True if every key of an augment section is known; else ConfigError listing valid ones."""
     valid = sorted(base_config().augment)
@@ -103,11 +82,9 @@ def check_augment_keys(section: Mapping[str, Any] | mlc.ConfigDict) -> bool:
 
 def check_optimizer(cfg: mlc.ConfigDict) -> None:
     """The optimizer names are known and SAM wraps a plain rule; nesterov has momentum."""
-    if cfg.name not in OPTIMIZERS:
-        raise ConfigError(
-            f"config.optimizer.name={cfg.name!r} is unknown; choose one of {list(OPTIMIZERS)}"
-        )
-    plain = [n for n in OPTIMIZERS if n not in WRAPPERS]
+    names = SCHEMA["optimizer"].keys["name"]
+    check_value("optimizer.name", cfg.name, names)
+    plain = [n for n in names.choices if n not in WRAPPERS]
     if cfg.name == "sam" and cfg.sam_base not in plain:
         raise ConfigError(
             f"config.optimizer.sam_base={cfg.sam_base!r} cannot be wrapped by SAM; "
@@ -132,7 +109,7 @@ def check_model(model: mlc.ConfigDict) -> None:
         raise ConfigError(f"model {model.name!r} has no field(s) {unknown} in config.model; its "
                           f"fields are {sorted(fields)}")
     for key in model:
-        _check_value(f"model.{key}", model[key], fields[key], None)
+        check_value(f"model.{key}", model[key], Key(fields[key], f"a field of {model.name}"))
 
 
 def check_run_length(config: mlc.ConfigDict) -> None:
@@ -165,19 +142,10 @@ def check_run_length(config: mlc.ConfigDict) -> None:
 def validate(config: mlc.ConfigDict) -> None:
     """Raises ConfigError naming the first key whose value cannot work: an unknown or missing
     key, a value of the wrong type or out of range, or an inconsistent combination."""
-    defaults = base_config()
-    _check_keys(config, defaults, "")
-    checks = {check.key: check for check in _CHECKS}
-    for key, default in _leaves(defaults):
-        if not key.startswith("model."):
-            _check_value(key, lookup(config, key), default, checks.get(key))
-    for key in ("optimizer.freeze", "optimizer.decay_mask"):
-        pattern = lookup(config, key)
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ConfigError(f"config.{key}={pattern!r} is not a valid regex: {e}") from None
-    parse_multipliers(config.optimizer.lr_multipliers)
+    _check_keys(config, base_config(), "")
+    for key, spec in declared_keys().items():
+        if not key.startswith("model."):  # see check_model
+            check_value(key, lookup(config, key), spec)
     if config.training.num_epochs == 0 and config.training.num_steps == 0:
         raise ConfigError(
             "config.training.num_epochs and config.training.num_steps are both 0: "

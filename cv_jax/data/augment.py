@@ -107,11 +107,16 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from cv_jax.config import base_config, check_augment_keys, parse_fill_value, validate
+from cv_jax.config import (
+    AUTO_AUGMENT_POLICIES,
+    FILL_MODES,
+    PADDING_MODES,
+    base_config,
+    check_augment_keys,
+    parse_fill_value,
+    validate,
+)
 
-FILL_MODES = ("constant", "nearest", "reflect", "wrap")
-PADDING_MODES = ("reflect", "constant", "edge")
-POLICIES = ("", "randaugment", "trivialaugment_wide")
 NUM_MAGNITUDE_BINS = 31
 POLICY_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
               "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
@@ -405,7 +410,7 @@ def random_colour(images: jax.Array, key: jax.Array, *, brightness_range: tuple 
 
 def policy_magnitudes(policy: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """``(table [len(POLICY_OPS), 31], signed [len(POLICY_OPS)])``: torchvision's bins."""
-    _choose("auto_augment policy", policy, POLICIES[1:])
+    _choose("auto_augment policy", policy, AUTO_AUGMENT_POLICIES[1:])
     wide = policy == "trivialaugment_wide"
     bins = np.arange(NUM_MAGNITUDE_BINS)
 
@@ -619,7 +624,7 @@ def _colour_on(cfg: mlc.ConfigDict) -> bool:
 
 
 def _policy_on(cfg: mlc.ConfigDict) -> bool:
-    _choose("auto_augment policy", cfg.auto_augment, POLICIES)
+    _choose("auto_augment policy", cfg.auto_augment, AUTO_AUGMENT_POLICIES)
     return bool(cfg.auto_augment) and not (cfg.auto_augment == "randaugment"
                                            and cfg.randaugment_num_ops == 0)
 
