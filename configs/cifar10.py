@@ -28,9 +28,10 @@ Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype, minutes.
               epochs= or steps= alone turn a recipe's budget off):
               python -m cv_jax.main --config=configs/cifar10.py:cpu,minutes=14 --workdir=...
 
-Recipe toolkit (any recipe; every key is off at its default and documented where it lives:
-cv_jax/config/__init__.py base_config, cv_jax/optim/chain.py, schedules.py, augment.py, losses.py,
-mixup.py):
+Recipe toolkit (any recipe; every key is off at its default). --explain=SECTION prints every key
+of a config section (or of all of them: --explain=all) with its value in this config, its
+default, the values it accepts and what it does, without training:
+  python -m cv_jax.main --config=configs/cifar10.py:cpu --explain=optimizer
   --config.optimizer.name=sgd|adam|adamw|rmsprop|adagrad|adadelta|lamb|lars|lion|sam|
       schedule_free_sgd|schedule_free_adamw
   --config.optimizer.sam_base=sgd --config.optimizer.sam_rho=0.05   (one SAM update = 2 steps)

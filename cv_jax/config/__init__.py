@@ -1,10 +1,11 @@
 """Config: every key with its default, allowed values and doc (``schema``), config-string
-variants (``strings``), the ``config.model`` section (``model``), validation (``validate``) and
-readers of values the library shares (``values``)."""
+variants (``strings``), the ``config.model`` section (``model``), validation (``validate``),
+readers of values the library shares (``values``) and ``--explain`` (``explain``)."""
 
 import ml_collections as mlc
 
 from cv_jax.config.errors import ConfigError
+from cv_jax.config.explain import EXPLAIN_SECTIONS, explain
 from cv_jax.config.model import model_kwargs, model_section
 from cv_jax.config.schema import (
     AUTO_AUGMENT_POLICIES,
@@ -28,6 +29,7 @@ from cv_jax.config.values import is_off, lookup, parse_fill_value, parse_multipl
 __all__ = [
     "AUTO_AUGMENT_POLICIES",
     "BAD_FILES_POLICIES",
+    "EXPLAIN_SECTIONS",
     "FILL_MODES",
     "OPTIMIZERS",
     "PADDING_MODES",
@@ -38,6 +40,7 @@ __all__ = [
     "check_monitor",
     "check_optimizer",
     "check_run_length",
+    "explain",
     "is_off",
     "lookup",
     "mlc",
