@@ -59,7 +59,7 @@ def _check_keys(section: Any, defaults: mlc.ConfigDict, path: str) -> None:
     missing = sorted(set(defaults) - set(section))
     if missing:
         raise ConfigError(f"{where} lacks the key(s) {missing}: start from "
-                          "configlib.base_config() and override values")
+                          "cv_jax.config.base_config() and override values")
     for key, default in defaults.items():
         if isinstance(default, mlc.ConfigDict) and key != "model":  # see check_model
             _check_keys(section[key], default, f"{path}.{key}".lstrip("."))

@@ -129,3 +129,12 @@ def test_the_library_reads_the_allowed_names_from_the_config():
     assert sources.BAD_FILES_POLICIES is BAD_FILES_POLICIES
     assert chain.OPTIMIZERS is OPTIMIZERS
     assert augment.FILL_MODES is FILL_MODES and augment.PADDING_MODES is PADDING_MODES
+
+
+def test_a_section_missing_keys_says_where_to_start():
+    config = load_config("smoke")
+    config.noise = mlc.ConfigDict({"input_std": 0.0})
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert str(error.value) == ("config.noise lacks the key(s) ['weight_std']: start from "
+                                "cv_jax.config.base_config() and override values")
