@@ -28,9 +28,10 @@ Shortcuts: model, epochs, steps, batch_size, lr, seed, data_dir, dtype, minutes.
               epochs= or steps= alone turn a recipe's budget off):
               python -m cv_jax.main --config=configs/cifar10.py:cpu,minutes=14 --workdir=...
 
-Recipe toolkit (any recipe; every key is off at its default and documented where it lives:
-cv_jax/config/__init__.py base_config, cv_jax/optim/chain.py, schedules.py, augment.py, losses.py,
-mixup.py):
+Recipe toolkit (any recipe; every key is off at its default). --explain=SECTION prints every key
+of a config section (or of all of them: --explain=all) with its value in this config, its
+default, the values it accepts and what it does, without training:
+  python -m cv_jax.main --config=configs/cifar10.py:cpu --explain=optimizer
   --config.optimizer.name=sgd|adam|adamw|rmsprop|adagrad|adadelta|lamb|lars|lion|sam|
       schedule_free_sgd|schedule_free_adamw
   --config.optimizer.sam_base=sgd --config.optimizer.sam_rho=0.05   (one SAM update = 2 steps)
@@ -57,11 +58,9 @@ mixup.py):
   --config.dataset.num_folds=5 --config.dataset.fold=0   (k-fold; make cv runs every fold)
   --config.dataset.num_labelled=4000   (class-balanced labelled subset; make pseudo-label)
   --config.dataset.resample_seed=0     (bootstrap resample; make ensemble)
-  python -m cv_jax.optim.schedules --config=configs/cifar10.py:cpu --out=lr.png   (plot, no
-  training)
-  python -m cv_jax.workflows.lr_find --config=configs/cifar10.py:cpu                  (LR range
-  test)
-  python -m cv_jax.tools.augmentations --config=configs/cifar10.py:cpu --out=grid.png   (augmented images)
+  python -m cv_jax.tools.schedules --config=configs/cifar10.py:cpu --out=lr.png  (LR plot)
+  python -m cv_jax.workflows.lr_find --config=configs/cifar10.py:cpu             (range test)
+  python -m cv_jax.tools.augmentations --config=configs/cifar10.py:cpu --out=grid.png
 
 Models (`python -m cv_jax.models` lists them with parameters and GFLOPs; `python -m cv_jax.models
 NAME` shows one layer by layer). Plain names are the ImageNet forms, built like torchvision's

@@ -97,7 +97,6 @@ augmented training images.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -106,19 +105,20 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from cv_jax.config import ConfigError, base_config
+from cv_jax.config import (
+    AUTO_AUGMENT_POLICIES,
+    FILL_MODES,
+    PADDING_MODES,
+    base_config,
+    check_augment_keys,
+    parse_fill_value,
+)
 
-FILL_MODES = ("constant", "nearest", "reflect", "wrap")
-PADDING_MODES = ("reflect", "constant", "edge")
-POLICIES = ("", "randaugment", "trivialaugment_wide")
 NUM_MAGNITUDE_BINS = 31
 POLICY_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
               "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
               "AutoContrast", "Equalize")
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-# Keys a Keras or torchvision user may reach for, and what this module calls them.
-_KEY_HINTS = {"horizontal_flip": "flip", "random_erasing": "erasing_prob",
-              "randaugment": "auto_augment='randaugment'", "brightness": "brightness_range"}
 # fold_in constants for the ops' keys (crop and flip keep split(key), as before).
 _AFFINE, _VFLIP, _COLOUR, _POLICY, _CUTOUT, _ERASE = range(101, 107)
 
@@ -130,46 +130,16 @@ _AFFINE, _VFLIP, _COLOUR, _POLICY, _CUTOUT, _ERASE = range(101, 107)
 def settings(cfg: Mapping[str, Any] | mlc.ConfigDict) -> mlc.ConfigDict:
     """``cfg`` over the defaults of ``base_config().augment``; unknown keys raise."""
     given = cfg.to_dict() if isinstance(cfg, mlc.ConfigDict) else dict(cfg)
-    check_keys(given)
+    check_augment_keys(given)
     merged = base_config().augment.to_dict()
     merged.update(given)
     return mlc.ConfigDict(merged)
-
-
-def check_keys(section: Mapping[str, Any] | mlc.ConfigDict) -> bool:
-    """True if every key of an augment section is known; else ConfigError listing valid ones."""
-    valid = sorted(base_config().augment)
-    unknown = sorted(set(section.keys()) - set(valid))
-    if unknown:
-        hints = [f"{k!r} is called {_KEY_HINTS[k]}" for k in unknown if k in _KEY_HINTS]
-        raise ConfigError(
-            f"unknown augmentation key(s) {unknown} in config.augment"
-            + (f" ({'; '.join(hints)})" if hints else "")
-            + f"; valid keys: {', '.join(valid)}"
-        )
-    return True
 
 
 def _choose(name: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, valid))}")
     return value
-
-
-def parse_fill_value(value: str) -> str | float:
-    """``erasing_value``: 'random', or a pixel value in 0..255 written as text ('0', '127')."""
-    if str(value).strip().lower() == "random":
-        return "random"
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not 0 <= number <= 255:
-        raise ConfigError(
-            f"config.augment.erasing_value={value!r} is invalid: use a pixel value in 0..255 "
-            "(e.g. '0') or 'random'"
-        )
-    return number
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +407,7 @@ def random_colour(images: jax.Array, key: jax.Array, *, brightness_range: tuple 
 
 def policy_magnitudes(policy: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """``(table [len(POLICY_OPS), 31], signed [len(POLICY_OPS)])``: torchvision's bins."""
-    _choose("auto_augment policy", policy, POLICIES[1:])
+    _choose("auto_augment policy", policy, AUTO_AUGMENT_POLICIES[1:])
     wide = policy == "trivialaugment_wide"
     bins = np.arange(NUM_MAGNITUDE_BINS)
 
@@ -651,7 +621,7 @@ def _colour_on(cfg: mlc.ConfigDict) -> bool:
 
 
 def _policy_on(cfg: mlc.ConfigDict) -> bool:
-    _choose("auto_augment policy", cfg.auto_augment, POLICIES)
+    _choose("auto_augment policy", cfg.auto_augment, AUTO_AUGMENT_POLICIES)
     return bool(cfg.auto_augment) and not (cfg.auto_augment == "randaugment"
                                            and cfg.randaugment_num_ops == 0)
 

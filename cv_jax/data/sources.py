@@ -65,6 +65,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+# From the submodule: importing cv_jax.config imports cv_jax.models, which imports this package.
+from cv_jax.config.schema import BAD_FILES_POLICIES
 from cv_jax.data.cache import cached, fingerprint
 from cv_jax.data.dataset import ArrayDataset, DataError, printable
 from cv_jax.data.walk import walk
@@ -74,7 +76,6 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 TFDS_PREFIX = "tfds:"
-BAD_FILES_POLICIES = ("strict", "skip")
 _IGNORED_DIRS = frozenset({"__MACOSX"})
 _CHUNK_SIZE = 1024  # images per decode task; also the threshold for starting the pool
 _MAX_WORKERS = 8

@@ -59,7 +59,7 @@ import ml_collections as mlc
 import optax
 from optax import contrib
 
-from cv_jax.config import ConfigError, is_off
+from cv_jax.config import ConfigError, check_optimizer, is_off
 from cv_jax.optim import lr as lr_lib
 from cv_jax.optim.plateau import plateau_scale
 
@@ -67,7 +67,6 @@ PyTree = Any
 
 # Optimizers whose weight decay is decoupled (part of the rule, not added to the gradient).
 DECOUPLED_DECAY = ("adamw", "lamb", "lars", "lion", "schedule_free_adamw")
-WRAPPERS = ("sam", "schedule_free_sgd", "schedule_free_adamw")
 
 
 def param_path(path: tuple) -> str:
@@ -118,30 +117,6 @@ def _rules(cfg: mlc.ConfigDict,
     }
 
 
-OPTIMIZERS = ("adadelta", "adagrad", "adam", "adamw", "lamb", "lars", "lion", "rmsprop", "sam",
-              "schedule_free_adamw", "schedule_free_sgd", "sgd")
-
-
-def check_names(cfg: mlc.ConfigDict) -> None:
-    """The optimizer names are known and SAM wraps a plain rule; nesterov has momentum."""
-    if cfg.name not in OPTIMIZERS:
-        raise ConfigError(
-            f"config.optimizer.name={cfg.name!r} is unknown; choose one of {list(OPTIMIZERS)}"
-        )
-    plain = [n for n in OPTIMIZERS if n not in WRAPPERS]
-    if cfg.name == "sam" and cfg.sam_base not in plain:
-        raise ConfigError(
-            f"config.optimizer.sam_base={cfg.sam_base!r} cannot be wrapped by SAM; "
-            f"choose one of {plain}"
-        )
-    rule = cfg.sam_base if cfg.name == "sam" else cfg.name
-    if cfg.nesterov and is_off(cfg.momentum) and rule in ("sgd", "rmsprop", "lars"):
-        raise ConfigError("config.optimizer.nesterov=True needs config.optimizer.momentum > 0")
-    if cfg.name.startswith("schedule_free") and cfg.b1 <= 0:
-        raise ConfigError(f"config.optimizer.b1={cfg.b1} is invalid for {cfg.name}: "
-                          "schedule-free needs an interpolation constant b1 in (0, 1)")
-
-
 def _rule_with_decay(cfg: mlc.ConfigDict, name: str,
                      lr: optax.ScalarOrSchedule) -> list[optax.GradientTransformation]:
     """[L2 weight decay,] the update rule ``name``."""
@@ -168,7 +143,7 @@ def create_optimizer(config: mlc.ConfigDict,
     """The optax chain of ``config.optimizer`` for one parameter group, whose learning rate
     (or schedule) is given in train steps."""
     cfg = config.optimizer
-    check_names(cfg)
+    check_optimizer(cfg)
     if cfg.accumulate_steps < 1:
         raise ConfigError(f"config.optimizer.accumulate_steps={cfg.accumulate_steps} is invalid: "
                           "use an integer >= 1 (1: off)")

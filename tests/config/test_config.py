@@ -7,15 +7,7 @@ import jax
 import pytest
 from conftest import REPO, load_config, tiny_config
 
-from cv_jax.config import (
-    _CHECKS,
-    ConfigError,
-    _leaves,
-    base_config,
-    lookup,
-    model_section,
-    validate,
-)
+from cv_jax.config import ConfigError, lookup, model_section, validate
 from cv_jax.training import train
 
 
@@ -176,7 +168,3 @@ def test_a_good_config_reaches_compilation(tiny_folder, cache_dir, tmp_path, no_
     with pytest.raises(AssertionError, match="jax.jit was reached"):
         train.train_and_evaluate(tiny_config(tiny_folder, cache_dir), str(tmp_path))
 
-
-def test_every_check_names_a_default_key():
-    leaves = {key for key, _ in _leaves(base_config())}
-    assert {check.key for check in _CHECKS} <= leaves

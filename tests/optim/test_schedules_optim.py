@@ -9,7 +9,7 @@ import optax
 import pytest
 from conftest import load_config
 
-from cv_jax.config import ConfigError, base_config, model_section, validate
+from cv_jax.config import OPTIMIZERS, ConfigError, base_config, model_section, validate
 from cv_jax.optim import chain, lr, opt_state, plateau, schedules
 
 
@@ -357,7 +357,7 @@ def test_frozen_parameters_stay_bit_identical(name):
     assert not np.array_equal(trail[-1]["head"]["kernel"], p["head"]["kernel"])
 
 
-@pytest.mark.parametrize("name", chain.OPTIMIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_lr_multipliers_and_freezing_work_with_every_optimizer(name):
     """The first optimizer update of the bias group is exactly 3x larger with 'bias$=3'."""
     moves = {}
