@@ -13,8 +13,9 @@ import ml_collections as mlc
 
 from cv_jax import models
 from cv_jax.config import base_config, model_kwargs
+from cv_jax.models.layers import PLAIN, LayerImpl
 from cv_jax.optim import chain as optim
-from cv_jax.training import checkpoint, sharding, transfer
+from cv_jax.training import checkpoint, sharding, steps, transfer
 from cv_jax.training.state import TrainState, create_train_state, ema_view, init_variables
 
 CHECKPOINTS = ("latest", "best")
@@ -54,11 +55,27 @@ class Run:
         return ema_view(self.state)
 
 
-def build_model(config: mlc.ConfigDict, num_classes: int) -> nn.Module:
-    """The model ``config.model`` describes, for ``num_classes`` classes."""
+def training_layers(config: mlc.ConfigDict) -> LayerImpl:
+    """The layer implementations a run trains its model with: the CPU formulations
+    (``cv_jax.models.cpu.formulations.CPU``) where ``config.training.cpu_formulations`` resolves
+    to on, plain layers otherwise; BatchNorm frozen where ``transfer.freezes_batch_norm``."""
+    layer_impl = PLAIN
+    if steps.uses_cpu_formulations(config):
+        from cv_jax.models.cpu import formulations  # the CPU kernels, only where chosen
+
+        layer_impl = formulations.CPU
+    return dataclasses.replace(layer_impl, frozen_batch_norm=transfer.freezes_batch_norm(config))
+
+
+def build_model(config: mlc.ConfigDict, num_classes: int,
+                layer_impl: LayerImpl = PLAIN) -> nn.Module:
+    """The model ``config.model`` describes, for ``num_classes`` classes, built with
+    ``layer_impl``: :func:`training_layers` for the train step; plain layers (the default) for
+    evaluation and inference, which then compute alike on every backend (the CPU kernels'
+    convolution rounds differently from XLA's)."""
     return models.create_model(config.model.name, num_classes=num_classes,
                                dtype=jnp.dtype(config.training.compute_dtype),
-                               **model_kwargs(config.model))
+                               layer_impl=layer_impl, **model_kwargs(config.model))
 
 
 def read_config(workdir: str) -> mlc.ConfigDict:

@@ -1,6 +1,7 @@
-"""The CPU formulations (config.training.cpu_formulations): materialised convolution inputs,
-cv_jax's convolution kernels, the max-pool gradient by shifted comparisons and BatchNorm's
-written-out gradient give the same values and the same training."""
+"""The CPU formulations (``formulations.CPU``, which a run trains with under
+config.training.cpu_formulations): materialised convolution inputs, cv_jax's convolution
+kernels, the max-pool gradient by shifted comparisons and BatchNorm's written-out gradient give
+the same values and the same training as plain layers."""
 
 import flax.linen as nn
 import jax
@@ -10,11 +11,11 @@ import pytest
 
 from cv_jax import models
 from cv_jax.config import ConfigError, validate
-from cv_jax.models import layers
 from cv_jax.models.cpu import formulations as cpu_formulations
 from cv_jax.models.cpu import kernels as cpu_kernels
+from cv_jax.models.layers import PLAIN
 from cv_jax.tools import bench
-from cv_jax.training import sharding, steps, train
+from cv_jax.training import runs, sharding, steps, train
 
 SPECIAL = [0.0, -0.0, 1.5e-38, -3.5, 6.5e4, np.inf, -np.inf, np.nan]
 
@@ -56,11 +57,12 @@ def tiny_config(formulations: str, model: str = "resnet20"):
 
 
 def primitives(config) -> list[str]:
-    model = models.create_model("resnet20", num_classes=10)
+    """The primitives of resnet20's forward pass, built with the layers ``config`` trains with."""
+    model = models.create_model("resnet20", num_classes=10,
+                                layer_impl=runs.training_layers(config))
     x = jnp.zeros((2, 8, 8, 3))
     variables = model.init(jax.random.key(0), x, train=False)
-    with cpu_formulations.cpu_formulations(steps.uses_cpu_formulations(config)):
-        jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
     return [str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns]
 
 
@@ -69,7 +71,7 @@ def test_every_convolution_runs_on_the_kernels_only_when_switched_on():
     off = primitives(tiny_config("off"))
     convolutions = off.count("conv_general_dilated")
     assert convolutions == 19  # stem + 9 blocks x 2
-    # inside the context each one is a custom-gradient convolution on cv_jax's kernels
+    # with the CPU layers each one is a custom-gradient convolution on cv_jax's kernels
     assert "conv_general_dilated" not in on and on.count("custom_vjp_call") == convolutions
     assert "optimization_barrier" not in on and "optimization_barrier" not in off
 
@@ -103,7 +105,8 @@ def train_one_step(formulations: str, model: str, image_size: int, **model_field
     data = bench.synthetic_train_set(16, (image_size, image_size, 3))
     plan = train.Plan.from_config(config, len(data))
     _, tx, settings = train.optimizer_and_settings(config, data, plan)
-    assert settings.cpu_formulations == (formulations == "on")
+    assert runs.training_layers(config) == (cpu_formulations.CPU if formulations == "on"
+                                            else PLAIN)
     state = train.build_state(config, data, settings, tx, mesh)
     initial = jax.tree.map(np.asarray, state.params)
     images, labels, permute = train.device_train_set(data, config, mesh)
@@ -148,8 +151,7 @@ def test_max_pool_gradient_equals_select_and_scatter(window, strides, padding, t
     default = lambda x: nn.max_pool(x, window, strides, padding)  # noqa: E731
 
     def shifted(x):
-        with cpu_formulations.cpu_formulations():
-            return cpu_formulations.max_pool(x, window, strides, padding)
+        return cpu_formulations.max_pool(x, window, strides, padding)
 
     y, default_vjp = jax.vjp(default, jnp.asarray(x))
     y_shifted, shifted_vjp = jax.vjp(shifted, jnp.asarray(x))
@@ -163,27 +165,26 @@ def test_max_pool_gradient_equals_select_and_scatter(window, strides, padding, t
         assert (got != 0).sum() == y.size  # one input per window, not every tied one
 
 
-def pool_gradient_jaxpr() -> str:
-    """The jaxpr of a 2x2 max pool's gradient, traced afresh (JAX caches traces by function)."""
+def pool_gradient_jaxpr(layer_impl) -> str:
+    """The jaxpr of the gradient of a 2x2 max pool built with ``layer_impl``."""
+    pool = layer_impl.max_pool(2)
+
     def pool_sum(x):
-        return cpu_formulations.max_pool(x, (2, 2), (2, 2), "VALID").sum()
+        return pool.apply({}, x).sum()
     return str(jax.make_jaxpr(jax.grad(pool_sum))(jnp.ones((1, 4, 4, 1))))
 
 
-def test_max_pool_uses_the_shifted_gradient_only_inside_the_context():
-    assert "select_and_scatter_add" in pool_gradient_jaxpr()
-    with cpu_formulations.cpu_formulations():
-        jaxpr = pool_gradient_jaxpr()
+def test_max_pool_uses_the_shifted_gradient_only_with_the_cpu_layers():
+    assert "select_and_scatter_add" in pool_gradient_jaxpr(PLAIN)
+    jaxpr = pool_gradient_jaxpr(cpu_formulations.CPU)
     assert "select_and_scatter_add" not in jaxpr
     assert jaxpr.count(" = eq ") == 4  # one comparison per position of the 2x2 window
 
 
 def batch_norm_loss(x, weights, params, stats, formulations: bool):
     """sum(relu(BatchNorm(x)) * weights) in training mode, and the updated running statistics."""
-    bn = layers.batch_norm(True, name="bn")
-    with cpu_formulations.cpu_formulations(formulations):
-        y, updates = bn.apply({"params": params, "batch_stats": stats}, x,
-                              mutable=["batch_stats"])
+    bn = (cpu_formulations.CPU if formulations else PLAIN).batch_norm(True, name="bn")
+    y, updates = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
     return jnp.sum(jax.nn.relu(y) * weights), (y, updates["batch_stats"])
 
 
@@ -210,12 +211,11 @@ def test_batch_norm_equals_flax_in_value_gradient_and_running_statistics():
 
 
 def batch_norm_jaxpr(x, train: bool = True, formulations: bool = True) -> str:
-    bn = layers.batch_norm(train, name="bn")
+    bn = (cpu_formulations.CPU if formulations else PLAIN).batch_norm(train, name="bn")
     variables = bn.init(jax.random.key(0), x)
 
     def loss(x):
-        with cpu_formulations.cpu_formulations(formulations):
-            y = bn.apply(variables, x, mutable=["batch_stats"])[0]
+        y = bn.apply(variables, x, mutable=["batch_stats"])[0]
         return jnp.sum(y)
 
     return str(jax.make_jaxpr(loss)(x))
@@ -227,3 +227,4 @@ def test_batch_norm_uses_its_written_out_gradient_only_where_it_applies():
     assert "custom_vjp_call" not in batch_norm_jaxpr(x, formulations=False)
     assert "custom_vjp_call" not in batch_norm_jaxpr(x, train=False)  # running averages
     assert "custom_vjp_call" not in batch_norm_jaxpr(x.astype(jnp.bfloat16))
+
