@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config as tiny_run_config
 
 from cv_jax import models
 from cv_jax.config import ConfigError, validate
@@ -15,7 +16,7 @@ from cv_jax.models.cpu import formulations as cpu_formulations
 from cv_jax.models.cpu import kernels as cpu_kernels
 from cv_jax.models.layers import PLAIN
 from cv_jax.tools import bench
-from cv_jax.training import runs, sharding, steps, train
+from cv_jax.training import losses, runs, sharding, steps, train
 
 SPECIAL = [0.0, -0.0, 1.5e-38, -3.5, 6.5e4, np.inf, -np.inf, np.nan]
 
@@ -228,3 +229,65 @@ def test_batch_norm_uses_its_written_out_gradient_only_where_it_applies():
     assert "custom_vjp_call" not in batch_norm_jaxpr(x, train=False)  # running averages
     assert "custom_vjp_call" not in batch_norm_jaxpr(x.astype(jnp.bfloat16))
 
+
+# airbench: the whitening stem, max pools, GELU; resnet20: residual blocks, strided
+# convolutions; convnet: MaxPool layers.
+MODELS = [("airbench", 16, {"widths": (8, 16, 16)}), ("resnet20", 8, {}), ("convnet", 16, {})]
+
+
+def loss_and_gradients(name: str, image_size: int, fields: dict, layer_impl):
+    """Training-mode cross-entropy of ``name`` built with ``layer_impl`` on a fixed batch, with
+    its gradient, its BatchNorm statistics and its program, at PLAIN's initial variables."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(8, image_size, image_size, 3)), jnp.float32)
+    labels = jnp.arange(8) % 10
+    plain = models.create_model(name, num_classes=10, **fields)
+    variables = jax.jit(lambda: plain.init(jax.random.key(0), x[:1], train=False))()
+    model = models.create_model(name, num_classes=10, layer_impl=layer_impl, **fields)
+
+    def loss(params):
+        logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                      x, train=True, mutable=["batch_stats"])
+        return losses.cross_entropy(logits, labels).mean(), updates["batch_stats"]
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    program = value_and_grad.lower(variables["params"]).as_text()
+    (value, stats), grads = value_and_grad(variables["params"])
+    return value, grads, stats, program
+
+
+@pytest.mark.parametrize("name, image_size, fields", MODELS, ids=[m[0] for m in MODELS])
+def test_a_model_built_with_the_cpu_layers_has_the_plain_loss_and_gradients(name, image_size,
+                                                                             fields):
+    value, grads, stats, program = loss_and_gradients(name, image_size, fields,
+                                                      cpu_formulations.CPU)
+    value0, grads0, stats0, program0 = loss_and_gradients(name, image_size, fields, PLAIN)
+    assert "cv_jax_conv" in program and "cv_jax_conv" not in program0
+    assert "select_and_scatter" not in program
+    assert ("select_and_scatter" in program0) == (name != "resnet20")  # max pools
+    # The same operations; the kernels' summation order and fusion change float32 rounding.
+    np.testing.assert_allclose(value, value0, rtol=1e-6)
+    assert jax.tree.structure(grads) == jax.tree.structure(grads0)
+    for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads0), strict=True):
+        np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g0))))
+    for s, s0 in zip(jax.tree.leaves(stats), jax.tree.leaves(stats0), strict=True):
+        np.testing.assert_allclose(s, s0, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_trains_alike_with_cpu_formulations_on_and_off(tiny_folder, cache_dir, tmp_path):
+    """A few steps of the smoke recipe's run through ``train_and_evaluate``: CPU formulations
+    'on' (the CPU default) and 'off' (the layers a GPU trains with)."""
+    results, params = {}, {}
+    for choice in ("on", "off"):
+        config = tiny_run_config(tiny_folder, cache_dir, num_steps=3)
+        config.training.cpu_formulations = choice
+        workdir = str(tmp_path / choice)
+        results[choice] = train.train_and_evaluate(config, workdir)
+        params[choice] = jax.device_get(runs.load_run(workdir).state.params)
+    leaves, leaves0 = jax.tree.leaves(params["on"]), jax.tree.leaves(params["off"])
+    assert jax.tree.structure(params["on"]) == jax.tree.structure(params["off"])
+    for a, b in zip(leaves, leaves0, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves, leaves0, strict=True))  # 2 paths
+    assert results["on"]["steps"] == results["off"]["steps"] == 3
+    np.testing.assert_allclose(results["on"]["test_loss"], results["off"]["test_loss"], rtol=1e-5)
