@@ -37,11 +37,15 @@ CLASSES = ("cat", "dog", "frog", "ship")
 
 
 def load_config(arg: str = "smoke", path: str = "configs/cifar10.py"):
-    """``get_config(arg)`` of a config file, as --config=path:arg would give it."""
+    """``get_config(arg)`` of a config file, as --config=path:arg would give it, training with
+    plain layers (``training.cpu_formulations='off'``), as on a GPU: the CPU formulations are
+    tested against them in tests/models/cpu."""
     spec = importlib.util.spec_from_file_location("config_under_test", REPO / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    config = module.get_config(arg)
+    config.training.cpu_formulations = "off"
+    return config
 
 
 def write_image_folder(root: pathlib.Path, counts: dict[str, int], size: int = 16,
@@ -74,7 +78,8 @@ def cache_dir(tmp_path_factory) -> str:
 
 
 def tiny_config(data_dir, cache_dir, **training):
-    """The smoke recipe on the tiny folder: a few steps of a tiny net."""
+    """The smoke recipe on the tiny folder: a few steps of a tiny net (with plain layers, as
+    :func:`load_config` gives it)."""
     config = load_config("smoke")
     config.dataset.update(data_dir=str(data_dir), cache_dir=cache_dir, max_train_examples=0,
                           max_eval_examples=0)

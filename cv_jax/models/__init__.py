@@ -5,7 +5,9 @@ importing that module at the bottom of this file. The training loop only uses
 :func:`create_model`, :func:`model_names` and :func:`data_dependent_init`.
 
 Every registered model is a ``flax.linen.Module`` called as ``model.apply(variables, x, train=...)``
-with ``x`` float NHWC (already normalised); it returns float32 logits ``[B, num_classes]``.
+with ``x`` float NHWC (already normalised); it returns float32 logits ``[B, num_classes]``. Its
+field ``layer_impl`` (:class:`cv_jax.models.layers.LayerImpl`) chooses how its convolutions,
+BatchNorms and max pools compute.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from cv_jax.models.layers import PLAIN, LayerImpl
+
 # (variables, images_uint8, normalize) -> updated variables
 DataInit = Callable[[dict, np.ndarray, Callable[[np.ndarray], Any]], dict]
 
 # Flax's own dataclass fields, which are not model hyperparameters.
 _FLAX_RESERVED = frozenset({"parent", "name"})
+# Fields every model takes from the run that builds it, not from config.model.
+_RUN_FIELDS = frozenset({"num_classes", "dtype", "layer_impl"})
 
 
 @dataclass(frozen=True)
@@ -129,21 +135,29 @@ def input_size_advice(name: str, image_hw: tuple[int, int]) -> str | None:
 def model_fields(name: str) -> dict[str, Any]:
     """The tunable keyword parameters of model ``name`` with their defaults (for configs).
 
-    ``num_classes`` and ``dtype`` are left out: they come from the data and the run.
+    ``num_classes``, ``dtype`` and ``layer_impl`` are left out: they come from the data and the
+    run.
     """
     params = inspect.signature(_entry(name).factory).parameters.values()
     return {
         p.name: p.default
         for p in params
         if p.default is not inspect.Parameter.empty
-        and p.name not in _FLAX_RESERVED | {"num_classes", "dtype"}
+        and p.name not in _FLAX_RESERVED | _RUN_FIELDS
     }
 
 
 def create_model(
-    name: str, *, num_classes: int, dtype: Any = jnp.float32, **kwargs: Any
+    name: str,
+    *,
+    num_classes: int,
+    dtype: Any = jnp.float32,
+    layer_impl: LayerImpl = PLAIN,
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build the registered model ``name``; ``dtype`` is the compute dtype (params stay f32).
+    """Build the registered model ``name``; ``dtype`` is the compute dtype (params stay f32);
+    ``layer_impl`` the implementation of its convolutions, BatchNorms and max pools (the
+    same variables whichever it is).
 
     Raises ValueError for an unknown name (listing registered names) or an unknown kwarg.
     """
@@ -154,9 +168,9 @@ def create_model(
         if unknown:
             raise ValueError(
                 f"model {name!r} got unknown kwarg(s) {', '.join(unknown)}; "
-                f"accepted: {', '.join(sorted(accepted - {'num_classes', 'dtype'}))}"
+                f"accepted: {', '.join(sorted(accepted - _RUN_FIELDS))}"
             )
-    return entry.factory(num_classes=num_classes, dtype=dtype, **kwargs)
+    return entry.factory(num_classes=num_classes, dtype=dtype, layer_impl=layer_impl, **kwargs)
 
 
 def data_dependent_init(

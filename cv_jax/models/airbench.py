@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cv_jax.models import register
-from cv_jax.models.cpu.formulations import max_pool
-from cv_jax.models.layers import Conv, batch_norm, torch_default_init
+from cv_jax.models.layers import PLAIN, Conv, LayerImpl, torch_default_init
 
 WHITEN_PATCH = 2  # whitening conv kernel size; it has 2 * C * WHITEN_PATCH**2 output channels
 
@@ -50,18 +49,20 @@ class ConvGroup(nn.Module):
     bn_momentum: float
     bn_epsilon: float
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         def conv(name: str) -> Conv:
-            return Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                        kernel_init=partial_dirac_init, name=name)
+            return self.layer_impl.conv(self.features, (3, 3), padding="SAME", use_bias=False,
+                                        dtype=self.dtype, kernel_init=partial_dirac_init,
+                                        name=name)
 
-        norm = functools.partial(batch_norm, train, dtype=self.dtype, momentum=self.bn_momentum,
-                                 epsilon=self.bn_epsilon)
+        norm = functools.partial(self.layer_impl.batch_norm, train, dtype=self.dtype,
+                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon)
 
         x = conv("conv1")(x)
-        x = max_pool(x, (2, 2), (2, 2), "VALID")
+        x = self.layer_impl.max_pooling(x, (2, 2), (2, 2), "VALID")
         x = nn.gelu(norm(name="norm1")(x), approximate=False)
         x = conv("conv2")(x)
         return nn.gelu(norm(name="norm2")(x), approximate=False)
@@ -130,10 +131,11 @@ class Airbench(nn.Module):
     bn_momentum: float = 0.6
     bn_epsilon: float = 1e-12
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = Conv(
+        x = self.layer_impl.conv(
             2 * x.shape[-1] * WHITEN_PATCH**2,
             (WHITEN_PATCH, WHITEN_PATCH),
             padding="VALID",
@@ -145,7 +147,8 @@ class Airbench(nn.Module):
         x = nn.gelu(x, approximate=False)
         for i, width in enumerate(self.widths):
             x = ConvGroup(
-                width, self.bn_momentum, self.bn_epsilon, dtype=self.dtype, name=f"group{i + 1}"
+                width, self.bn_momentum, self.bn_epsilon, dtype=self.dtype,
+                layer_impl=self.layer_impl, name=f"group{i + 1}",
             )(x, train)
         x = jnp.max(x, axis=(1, 2))  # airbench's final MaxPool2d(3) over the 3x3 map
         x = nn.Dense(

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import register
-from cv_jax.models.layers import Conv, Dropout, MaxPool, initializer
+from cv_jax.models.layers import PLAIN, Conv, Dropout, LayerImpl, initializer
 
 
 def local_response_norm(
@@ -72,6 +72,7 @@ class AlexNet(nn.Module):
     kernel_init: str = "normal:0.01"
     hidden_bias: float = 1.0  # initial bias of conv2, conv4, conv5, fc6, fc7 (others: 0)
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.groups < 1 or 32 % self.groups:  # must divide 96, 256 and 384
@@ -84,22 +85,24 @@ class AlexNet(nn.Module):
 
         def conv(features: int, kernel: int, stride: int, padding: int, groups: int,
                  bias: float, name: str) -> Conv:
-            return Conv(features, (kernel, kernel), strides=stride, padding=padding,
-                        feature_group_count=groups, kernel_init=init,
-                        bias_init=nn.initializers.constant(bias), dtype=self.dtype, name=name)
+            return self.layer_impl.conv(features, (kernel, kernel), strides=stride,
+                                        padding=padding, feature_group_count=groups,
+                                        kernel_init=init, bias_init=nn.initializers.constant(bias),
+                                        dtype=self.dtype, name=name)
 
         def dense(features: int, bias: float, name: str) -> nn.Dense:
             return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.constant(bias),
                             dtype=self.dtype, name=name)
 
         norm = local_response_norm if self.lrn else (lambda y: y)
+        max_pool = self.layer_impl.max_pool
         g, one = self.groups, self.hidden_bias
-        x = MaxPool(3, 2, name="pool1")(norm(nn.relu(conv(96, 11, 4, 2, 1, 0.0, "conv1")(x))))
-        x = MaxPool(3, 2, name="pool2")(norm(nn.relu(conv(256, 5, 1, 2, g, one, "conv2")(x))))
+        x = max_pool(3, 2, name="pool1")(norm(nn.relu(conv(96, 11, 4, 2, 1, 0.0, "conv1")(x))))
+        x = max_pool(3, 2, name="pool2")(norm(nn.relu(conv(256, 5, 1, 2, g, one, "conv2")(x))))
         x = nn.relu(conv(384, 3, 1, 1, 1, 0.0, "conv3")(x))
         x = nn.relu(conv(384, 3, 1, 1, g, one, "conv4")(x))
         x = nn.relu(conv(256, 3, 1, 1, g, one, "conv5")(x))
-        x = MaxPool(3, 2, name="pool5")(x)
+        x = max_pool(3, 2, name="pool5")(x)
         x = x.reshape(x.shape[0], -1)
         for name in ("fc6", "fc7"):
             x = nn.relu(dense(4096, one, name)(x))
@@ -116,14 +119,15 @@ class AlexNetCifar(nn.Module):
     lrn: bool = True
     kernel_init: str = "glorot_uniform"
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         init = initializer(self.kernel_init)
         for i in (1, 2):
-            x = Conv(64, (5, 5), padding="SAME", kernel_init=init, dtype=self.dtype,
-                     name=f"conv{i}")(x)
-            x = MaxPool(3, 2, padding="SAME", name=f"pool{i}")(nn.relu(x))
+            x = self.layer_impl.conv(64, (5, 5), padding="SAME", kernel_init=init,
+                                     dtype=self.dtype, name=f"conv{i}")(x)
+            x = self.layer_impl.max_pool(3, 2, padding="SAME", name=f"pool{i}")(nn.relu(x))
             if self.lrn:
                 x = local_response_norm(x, size=9, k=1.0, alpha=0.001 / 9, beta=0.75)
         x = x.reshape(x.shape[0], -1)

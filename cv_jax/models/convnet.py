@@ -52,12 +52,11 @@ import jax.numpy as jnp
 
 from cv_jax.models import register
 from cv_jax.models.layers import (
+    PLAIN,
     AvgPool,
-    Conv,
     Dropout,
-    MaxPool,
+    LayerImpl,
     activation,
-    batch_norm,
     global_avg_pool,
     initializer,
     is_number,
@@ -185,6 +184,7 @@ class ConvNet(nn.Module):
     bn_momentum: float = 0.9  # flax convention: decay of the running average
     kernel_init: str = "he_normal:fan_in"
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         # Check every field now, so a bad config fails when the model is built.
@@ -210,7 +210,7 @@ class ConvNet(nn.Module):
             if isinstance(layer, ConvSpec):
                 count["conv"] += 1
                 i = count["conv"]
-                x = Conv(
+                x = self.layer_impl.conv(
                     layer.filters,
                     (layer.kernel, layer.kernel),
                     strides=layer.stride,
@@ -221,12 +221,12 @@ class ConvNet(nn.Module):
                     name=f"conv{i}",
                 )(x)
                 if self.batch_norm:
-                    x = batch_norm(train, momentum=self.bn_momentum, dtype=self.dtype,
-                                   name=f"bn{i}")(x)
+                    x = self.layer_impl.batch_norm(train, momentum=self.bn_momentum,
+                                                   dtype=self.dtype, name=f"bn{i}")(x)
                 x = act(x)
             elif isinstance(layer, PoolSpec):
                 count["pool"] += 1
-                pool = MaxPool if layer.kind == "max" else AvgPool
+                pool = self.layer_impl.max_pool if layer.kind == "max" else AvgPool
                 x = pool(layer.size, layer.stride, name=f"pool{count['pool']}")(x)
             else:
                 x = Dropout(layer.rate, deterministic=not train)(x)
@@ -266,6 +266,7 @@ def keras_cifar_cnn(
     bn_momentum: float = 0.9,
     kernel_init: str = "glorot_uniform",
     dtype: Any = jnp.float32,
+    layer_impl: LayerImpl = PLAIN,
 ) -> ConvNet:
     """The Keras example CIFAR-10 CNN: :class:`ConvNet` with other defaults (see module doc)."""
     return ConvNet(
@@ -279,4 +280,5 @@ def keras_cifar_cnn(
         bn_momentum=bn_momentum,
         kernel_init=kernel_init,
         dtype=dtype,
+        layer_impl=layer_impl,
     )

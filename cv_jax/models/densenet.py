@@ -28,6 +28,7 @@ Names follow torchvision with ``features.`` dropped: ``conv0``, ``norm0``,
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -37,11 +38,10 @@ import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
+    PLAIN,
     AvgPool,
-    Conv,
     Dropout,
-    MaxPool,
-    batch_norm,
+    LayerImpl,
     global_avg_pool,
     torch_default_init,
 )
@@ -58,15 +58,17 @@ class DenseLayer(nn.Module):
     bn_size: int
     drop_rate: float
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = nn.relu(batch_norm(train, dtype=self.dtype, name="norm1")(x))
-        y = Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, kernel_init=conv_init,
-                 dtype=self.dtype, name="conv1")(y)
-        y = nn.relu(batch_norm(train, dtype=self.dtype, name="norm2")(y))
-        y = Conv(self.growth_rate, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
-                 dtype=self.dtype, name="conv2")(y)
+        norm = functools.partial(self.layer_impl.batch_norm, train, dtype=self.dtype)
+        conv = functools.partial(self.layer_impl.conv, use_bias=False, kernel_init=conv_init,
+                                 dtype=self.dtype)
+        y = nn.relu(norm(name="norm1")(x))
+        y = conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(y)
+        y = nn.relu(norm(name="norm2")(y))
+        y = conv(self.growth_rate, (3, 3), padding=1, name="conv2")(y)
         if self.drop_rate:
             y = Dropout(self.drop_rate, deterministic=not train, name="dropout")(y)
         return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
@@ -78,12 +80,13 @@ class DenseBlock(nn.Module):
     bn_size: int
     drop_rate: float
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i in range(self.num_layers):
             x = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
-                           name=f"denselayer{i + 1}")(x, train)
+                           self.layer_impl, name=f"denselayer{i + 1}")(x, train)
         return x
 
 
@@ -92,12 +95,13 @@ class Transition(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.relu(batch_norm(train, dtype=self.dtype, name="norm")(x))
-        x = Conv(self.features, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                 name="conv")(x)
+        x = nn.relu(self.layer_impl.batch_norm(train, dtype=self.dtype, name="norm")(x))
+        x = self.layer_impl.conv(self.features, (1, 1), use_bias=False, kernel_init=conv_init,
+                                 dtype=self.dtype, name="conv")(x)
         return AvgPool(2, name="pool")(x)
 
 
@@ -113,6 +117,7 @@ class DenseNet(nn.Module):
     drop_rate: float = 0.0
     stem: str = "cifar"
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.stem not in ("imagenet", "cifar"):
@@ -123,23 +128,24 @@ class DenseNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        impl = self.layer_impl
+        conv = functools.partial(impl.conv, use_bias=False, kernel_init=conv_init,
+                                 dtype=self.dtype)
         if self.stem == "imagenet":
-            x = Conv(self.num_init_features, (7, 7), strides=2, padding=3, use_bias=False,
-                     kernel_init=conv_init, dtype=self.dtype, name="conv0")(x)
-            x = nn.relu(batch_norm(train, dtype=self.dtype, name="norm0")(x))
-            x = MaxPool(3, strides=2, padding=1, name="pool0")(x)
+            x = conv(self.num_init_features, (7, 7), strides=2, padding=3, name="conv0")(x)
+            x = nn.relu(impl.batch_norm(train, dtype=self.dtype, name="norm0")(x))
+            x = impl.max_pool(3, strides=2, padding=1, name="pool0")(x)
         else:
-            x = Conv(self.num_init_features, (3, 3), padding=1, use_bias=False,
-                     kernel_init=conv_init, dtype=self.dtype, name="conv0")(x)
+            x = conv(self.num_init_features, (3, 3), padding=1, name="conv0")(x)
 
         for b, num_layers in enumerate(self.block_config, start=1):
             x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.drop_rate,
-                           self.dtype, name=f"denseblock{b}")(x, train)
+                           self.dtype, impl, name=f"denseblock{b}")(x, train)
             if b < len(self.block_config):
                 features = math.floor(self.compression * x.shape[-1])
-                x = Transition(features, self.dtype, name=f"transition{b}")(x, train)
+                x = Transition(features, self.dtype, impl, name=f"transition{b}")(x, train)
 
-        x = nn.relu(batch_norm(train, dtype=self.dtype, name="norm5")(x))
+        x = nn.relu(impl.batch_norm(train, dtype=self.dtype, name="norm5")(x))
         x = global_avg_pool(x)
         x = nn.Dense(self.num_classes, kernel_init=linear_init, dtype=self.dtype,
                      name="classifier")(x)

@@ -45,11 +45,10 @@ import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
+    PLAIN,
     AvgPool,
-    Conv,
     Dropout,
-    MaxPool,
-    batch_norm,
+    LayerImpl,
     global_avg_pool,
     initializer,
 )
@@ -80,14 +79,15 @@ class ConvBN(nn.Module):
     batch_norm: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = Conv(self.features, (self.kernel, self.kernel), strides=self.strides,
-                 padding=self.padding, use_bias=not self.batch_norm,
-                 kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
+        x = self.layer_impl.conv(self.features, (self.kernel, self.kernel), strides=self.strides,
+                                 padding=self.padding, use_bias=not self.batch_norm,
+                                 kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
         if self.batch_norm:
-            x = batch_norm(train, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
+            x = self.layer_impl.batch_norm(train, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
 
 
@@ -97,6 +97,7 @@ class Inception(nn.Module):
     channels: tuple[int, ...]  # one row of INCEPTION
     branch3_kernel: int = 5
     conv: Callable[..., ConvBN] = ConvBN
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -107,7 +108,7 @@ class Inception(nn.Module):
         branch2 = self.conv(c3, 3, padding=1, name="branch2_1")(branch2, train)
         branch3 = self.conv(r5, 1, name="branch3_0")(x, train)
         branch3 = self.conv(c5, k, padding=k // 2, name="branch3_1")(branch3, train)
-        branch4 = MaxPool(3, strides=1, padding=1, name="branch4_0")(x)
+        branch4 = self.layer_impl.max_pool(3, strides=1, padding=1, name="branch4_0")(x)
         branch4 = self.conv(proj, 1, name="branch4_1")(branch4, train)
         return jnp.concatenate([branch1, branch2, branch3, branch4], axis=-1)
 
@@ -141,6 +142,7 @@ class GoogLeNet(nn.Module):
     dropout: float = 0.4
     conv_init: str = "he_normal:fan_out"
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.stem not in ("imagenet", "cifar"):
@@ -152,10 +154,13 @@ class GoogLeNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = functools.partial(ConvBN, batch_norm=self.batch_norm,
-                                 kernel_init=initializer(self.conv_init), dtype=self.dtype)
+                                 kernel_init=initializer(self.conv_init), dtype=self.dtype,
+                                 layer_impl=self.layer_impl)
+        max_pool = self.layer_impl.max_pool
 
         def inception(name: str) -> Inception:
-            return Inception(INCEPTION[name], self.branch3_kernel, conv, name=f"inception{name}")
+            return Inception(INCEPTION[name], self.branch3_kernel, conv, self.layer_impl,
+                             name=f"inception{name}")
 
         def aux_head(x: jax.Array, i: int) -> None:
             # Built at init (so its parameters exist) and run in train mode only.
@@ -166,22 +171,22 @@ class GoogLeNet(nn.Module):
 
         if self.stem == "imagenet":
             x = conv(64, 7, strides=2, padding=3, name="conv1")(x, train)
-            x = MaxPool(3, strides=2, padding=CEIL_MODE, name="maxpool1")(x)
+            x = max_pool(3, strides=2, padding=CEIL_MODE, name="maxpool1")(x)
             x = conv(64, 1, name="conv2")(x, train)
             x = conv(192, 3, padding=1, name="conv3")(x, train)
-            x = MaxPool(3, strides=2, padding=CEIL_MODE, name="maxpool2")(x)
+            x = max_pool(3, strides=2, padding=CEIL_MODE, name="maxpool2")(x)
         else:
             x = conv(192, 3, padding=1, name="stem")(x, train)
         x = inception("3a")(x, train)
         x = inception("3b")(x, train)
-        x = MaxPool(3, strides=2, padding=CEIL_MODE, name="maxpool3")(x)
+        x = max_pool(3, strides=2, padding=CEIL_MODE, name="maxpool3")(x)
         x = inception("4a")(x, train)
         aux_head(x, 1)
         for name in ("4b", "4c", "4d"):
             x = inception(name)(x, train)
         aux_head(x, 2)
         x = inception("4e")(x, train)
-        x = MaxPool(3, strides=2, padding=CEIL_MODE, name="maxpool4")(x)
+        x = max_pool(3, strides=2, padding=CEIL_MODE, name="maxpool4")(x)
         x = inception("5a")(x, train)
         x = inception("5b")(x, train)
         x = Dropout(self.dropout, deterministic=not train, name="dropout")(global_avg_pool(x))

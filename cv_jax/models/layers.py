@@ -3,7 +3,11 @@
 - :class:`Conv`, :class:`MaxPool`, :class:`AvgPool`: layers that check, while the model is traced
   (before anything compiles), that their input has enough pixels for their window, and otherwise
   fail with :class:`InputTooSmall` naming the layer.
-- :func:`batch_norm`: BatchNorm with the train/eval switch and our dtype convention.
+- :class:`LayerImpl`: which implementation a model's convolutions, BatchNorms and max pools use
+  (:data:`PLAIN`, or the CPU formulations of :mod:`cv_jax.models.cpu.formulations`), and whether
+  its BatchNorm is frozen; a model field, and the factory of those layers (:meth:`LayerImpl.conv`,
+  :meth:`LayerImpl.batch_norm` with the train/eval switch and our dtype convention,
+  :meth:`LayerImpl.max_pool`).
 - :func:`activation` and :func:`initializer`: activations and weight initialisers by name, so that
   configs can choose them (``"leaky_relu:0.1"``, ``"he_normal:fan_out"``, ``"normal:0.01"``).
 - :func:`adaptive_avg_pool`: PyTorch's ``AdaptiveAvgPool2d`` (used by the ImageNet VGG head).
@@ -13,21 +17,24 @@ Conventions of every model: NHWC inputs, parameters in float32, computation in `
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from cv_jax.models.cpu import formulations as cpu_formulations
+from jax import lax
 
 Padding = str | int | Sequence[tuple[int, int]]
+Pads = str | Sequence[tuple[int, int]]  # 'SAME'/'VALID' or explicit (low, high) pairs
+# (x, window, strides, pads) -> y: max pooling of NHWC x, as flax.linen.max_pool
+MaxPooling = Callable[[jax.Array, tuple[int, int], tuple[int, int], Pads], jax.Array]
+# (x, scale, bias, epsilon) -> y: BatchNorm over the last axis with the batch's statistics
+TrainingBatchNorm = Callable[[jax.Array, jax.Array, jax.Array, float], jax.Array]
 
 
 class InputTooSmall(ValueError):
@@ -41,7 +48,7 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(first), int(second)
 
 
-def _pads(padding: Padding, window: tuple[int, int]) -> list[tuple[int, int]] | str:
+def _pads(padding: Padding, window: tuple[int, int]) -> Pads:
     """Padding as 'SAME'/'VALID' or explicit (low, high) pairs per spatial dimension."""
     if isinstance(padding, str):
         return padding.upper()
@@ -80,11 +87,8 @@ def _path(module: nn.Module) -> str:
 
 
 class Conv(nn.Conv):
-    """``flax.linen.Conv`` that reports an input smaller than its kernel by layer name (and,
-    inside :func:`cpu_formulations.cpu_formulations`, runs on cv_jax's CPU kernels or keeps
-    its input in memory: :func:`cpu_formulations.conv_general_dilated`)."""
-
-    conv_general_dilated: Any = cpu_formulations.conv_general_dilated
+    """``flax.linen.Conv`` that reports an input smaller than its kernel by layer name; it
+    convolves with its ``conv_general_dilated`` (:attr:`LayerImpl.convolution`)."""
 
     @nn.nowrap
     def _check(self, x: jax.Array) -> None:
@@ -95,19 +99,29 @@ class Conv(nn.Conv):
         return super().__call__(inputs)
 
 
+def batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and variance of ``x`` over all but its last axis, as flax's BatchNorm
+    computes them (``use_fast_variance``: E[x^2] - E[x]^2, clipped at 0)."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    return mean, jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
+
+
 class BatchNorm(nn.BatchNorm):
-    """``flax.linen.BatchNorm``; in training mode inside
-    :func:`cpu_formulations.cpu_formulations`, a float32 BatchNorm over the last axis (with
-    scale and bias, no mask, no cross-device axis) normalises through
-    :func:`cpu_formulations.batch_norm_train`: the same values and variables, a gradient XLA:CPU
-    runs in fewer passes."""
+    """``flax.linen.BatchNorm``; given a ``training_batch_norm``
+    (:attr:`LayerImpl.training_batch_norm`), a float32 training-mode BatchNorm over the last axis
+    (with scale and bias, no mask, no cross-device axis) normalises through it and updates its
+    running averages from :func:`batch_statistics`: the same variables, flax's values up to
+    float32 rounding."""
+
+    training_batch_norm: TrainingBatchNorm | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None) -> jax.Array:
         train = not nn.merge_param("use_running_average", self.use_running_average,
                                    use_running_average)
-        fused = (train and cpu_formulations.enabled() and not self.is_initializing()
+        fused = (train and self.training_batch_norm is not None and not self.is_initializing()
                  and mask is None and self.axis_name is None and self.axis in (-1, x.ndim - 1)
                  and self.use_scale and self.use_bias and self.use_fast_variance
                  and x.dtype == self.param_dtype == jnp.float32
@@ -117,12 +131,12 @@ class BatchNorm(nn.BatchNorm):
         features = (x.shape[-1],)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
-        mean, var = jax.lax.stop_gradient(cpu_formulations.batch_statistics(x))
+        mean, var = jax.lax.stop_gradient(batch_statistics(x))
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
-        return cpu_formulations.batch_norm_train(x, scale, bias, self.epsilon)
+        return self.training_batch_norm(x, scale, bias, self.epsilon)
 
 
 class Dropout(nn.Dropout):
@@ -148,18 +162,26 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float))
 
 
+def flax_max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+                  padding: Pads) -> jax.Array:
+    """``flax.linen.max_pool`` (:data:`PLAIN`'s max pooling)."""
+    return nn.max_pool(x, window, strides, padding)
+
+
 class MaxPool(nn.Module):
-    """Max pooling as a named layer (it shows up in summaries and in size errors)."""
+    """Max pooling as a named layer (it shows up in summaries and in size errors); it pools with
+    ``pooling`` (:attr:`LayerImpl.max_pooling`)."""
 
     window: int | tuple[int, int]
     strides: int | tuple[int, int] | None = None  # None: the window (non-overlapping)
     padding: Padding = "VALID"
+    pooling: MaxPooling = flax_max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         window, strides = _pair(self.window), _pair(self.strides or self.window)
         check_fits(x, window, strides, self.padding, _path(self))
-        return cpu_formulations.max_pool(x, window, strides, _pads(self.padding, window))
+        return self.pooling(x, window, strides, _pads(self.padding, window))
 
 
 class AvgPool(nn.Module):
@@ -176,44 +198,68 @@ class AvgPool(nn.Module):
         return nn.avg_pool(x, window, strides, _pads(self.padding, window), count_include_pad=True)
 
 
-_FROZEN_BATCH_NORM = contextvars.ContextVar("frozen_batch_norm", default=False)
+@dataclasses.dataclass(frozen=True)
+class LayerImpl:
+    """Which implementation a model's convolutions, BatchNorms and max pools use, chosen when
+    the model is built: every model has a field ``layer_impl: LayerImpl = PLAIN``, passes it to
+    its blocks, and builds those layers with :meth:`conv`, :meth:`batch_norm` and
+    :meth:`max_pool` (or pools with :attr:`max_pooling`). Every choice has the same variables.
 
+    - ``convolution``: what :class:`Conv` convolves with (``lax.conv_general_dilated``'s
+      signature);
+    - ``max_pooling``: ``(x, window, strides, pads) -> y``, what max pooling computes;
+    - ``training_batch_norm``: ``(x, scale, bias, epsilon) -> y``, what a float32 BatchNorm
+      normalises with in training mode (None: flax's BatchNorm);
+    - ``frozen_batch_norm``: BatchNorm normalises with (and keeps) its running statistics even in
+      training mode, while dropout and the rest still train (Keras' frozen BatchNorm for transfer
+      learning).
 
-@contextlib.contextmanager
-def frozen_batch_norm(frozen: bool = True) -> Iterator[None]:
-    """Within this context, models built with :func:`batch_norm` normalise with (and keep) their
-    running statistics even in training mode, while dropout and the rest still train (Keras'
-    frozen BatchNorm for transfer learning). It acts when the model is traced."""
-    token = _FROZEN_BATCH_NORM.set(frozen)
-    try:
-        yield
-    finally:
-        _FROZEN_BATCH_NORM.reset(token)
-
-
-def batch_norm(
-    train: bool,
-    *,
-    name: str,
-    dtype: Any = jnp.float32,
-    momentum: float = 0.9,
-    epsilon: float = 1e-5,
-    scale_init: Callable = nn.initializers.ones,
-) -> BatchNorm:
-    """:class:`BatchNorm` using batch statistics when ``train`` and the running averages otherwise
-    (or always, inside :func:`frozen_batch_norm`).
-
-    ``momentum`` is flax's decay of the running average (PyTorch's momentum 0.1 is 0.9 here).
+    :data:`PLAIN` is flax's and XLA's layers; ``cv_jax.models.cpu.formulations.CPU`` trains with
+    formulations XLA:CPU runs faster.
     """
-    return BatchNorm(
-        use_running_average=not train or _FROZEN_BATCH_NORM.get(),
-        momentum=momentum,
-        epsilon=epsilon,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        scale_init=scale_init,
-        name=name,
-    )
+
+    convolution: Callable[..., jax.Array] = lax.conv_general_dilated
+    max_pooling: MaxPooling = flax_max_pool
+    training_batch_norm: TrainingBatchNorm | None = None
+    frozen_batch_norm: bool = False
+
+    def conv(self, features: int, kernel_size: Sequence[int], **fields: Any) -> Conv:
+        """:class:`Conv` (``fields``: flax's ``Conv`` fields) convolving with ``convolution``."""
+        return Conv(features, kernel_size, conv_general_dilated=self.convolution, **fields)
+
+    def batch_norm(
+        self,
+        train: bool,
+        *,
+        name: str,
+        dtype: Any = jnp.float32,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        scale_init: Callable = nn.initializers.ones,
+    ) -> BatchNorm:
+        """:class:`BatchNorm` using batch statistics when ``train`` (unless
+        ``frozen_batch_norm``) and the running averages otherwise.
+
+        ``momentum`` is flax's decay of the running average (PyTorch's momentum 0.1 is 0.9 here).
+        """
+        return BatchNorm(
+            use_running_average=not train or self.frozen_batch_norm,
+            momentum=momentum,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            scale_init=scale_init,
+            training_batch_norm=self.training_batch_norm,
+            name=name,
+        )
+
+    def max_pool(self, window: int | tuple[int, int], strides: int | tuple[int, int] | None = None,
+                 padding: Padding = "VALID", *, name: str | None = None) -> MaxPool:
+        """:class:`MaxPool` pooling with ``max_pooling``."""
+        return MaxPool(window, strides, padding, pooling=self.max_pooling, name=name)
+
+
+PLAIN = LayerImpl()  # flax's and XLA's layers
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import register
-from cv_jax.models.layers import AvgPool, Conv, MaxPool, activation, initializer
+from cv_jax.models.layers import PLAIN, AvgPool, Conv, LayerImpl, activation, initializer
 
 
 @register("lenet5")
@@ -41,6 +41,7 @@ class LeNet5(nn.Module):
     pool: str = "avg"  # "avg" (the paper's subsampling, without its trainable scale) or "max"
     kernel_init: str = "lecun_uniform"
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.pool not in ("avg", "max"):
@@ -51,11 +52,11 @@ class LeNet5(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         act = activation(self.activation)
         init = initializer(self.kernel_init)
-        pool = AvgPool if self.pool == "avg" else MaxPool
+        pool = AvgPool if self.pool == "avg" else self.layer_impl.max_pool
 
         def conv(features: int, name: str) -> Conv:
-            return Conv(features, (5, 5), padding="VALID", kernel_init=init, dtype=self.dtype,
-                        name=name)
+            return self.layer_impl.conv(features, (5, 5), padding="VALID", kernel_init=init,
+                                        dtype=self.dtype, name=name)
 
         x = pool(2, name="S2")(act(conv(6, "C1")(x)))
         x = pool(2, name="S4")(act(conv(16, "C3")(x)))

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import Dropout, batch_norm, global_avg_pool, torch_default_init
+from cv_jax.models.layers import PLAIN, Dropout, LayerImpl, global_avg_pool, torch_default_init
 from cv_jax.models.resnet import conv, dense
 
 
@@ -49,11 +49,13 @@ class PreActBlock(nn.Module):
     preact_shortcut: bool = False
     kernel_init: Any = torch_default_init
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(batch_norm, train, dtype=self.dtype)
-        conv_ = functools.partial(conv, dtype=self.dtype, kernel_init=self.kernel_init)
+        norm = functools.partial(self.layer_impl.batch_norm, train, dtype=self.dtype)
+        conv_ = functools.partial(conv, layer_impl=self.layer_impl, dtype=self.dtype,
+                                  kernel_init=self.kernel_init)
         out = nn.relu(norm(name="bn1")(x))
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = conv_(self.features, 1, self.strides, name="shortcut_conv")(out)
@@ -80,14 +82,16 @@ class PreActResNet(nn.Module):
     stem_bn: bool = True
     preact_shortcut: bool = True
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = conv(
-            self.width, 3, 1, 1, dtype=self.dtype, kernel_init=torch_default_init, name="conv1"
+            self.width, 3, 1, 1, layer_impl=self.layer_impl, dtype=self.dtype,
+            kernel_init=torch_default_init, name="conv1",
         )(x)
         if self.stem_bn:
-            x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
+            x = nn.relu(self.layer_impl.batch_norm(train, dtype=self.dtype, name="bn1")(x))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = PreActBlock(
@@ -95,6 +99,7 @@ class PreActResNet(nn.Module):
                     strides=2 if i > 0 and j == 0 else 1,
                     preact_shortcut=self.preact_shortcut,
                     dtype=self.dtype,
+                    layer_impl=self.layer_impl,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
         x = global_avg_pool(x)

@@ -46,9 +46,9 @@ import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
+    PLAIN,
     Conv,
-    MaxPool,
-    batch_norm,
+    LayerImpl,
     global_avg_pool,
     he_normal_fan_out,
     torch_default_init,
@@ -62,12 +62,13 @@ def conv(
     strides: int = 1,
     padding: int = 0,
     *,
+    layer_impl: LayerImpl,
     dtype: Any,
     name: str,
     kernel_init=he_normal_fan_out,
 ) -> Conv:
     """A bias-free ``kernel`` x ``kernel`` conv with symmetric padding, as PyTorch's."""
-    return Conv(
+    return layer_impl.conv(
         features,
         (kernel, kernel),
         strides=strides,
@@ -89,12 +90,13 @@ def dense(features: int, fan_in: int, *, dtype: Any, name: str, bias_init=None) 
     )
 
 
-def _downsample(x: jax.Array, features: int, strides: int, train: bool, dtype: Any) -> jax.Array:
+def _downsample(x: jax.Array, features: int, strides: int, train: bool, dtype: Any,
+                layer_impl: LayerImpl) -> jax.Array:
     """The shortcut: ``x`` itself, or a 1x1 conv + BN where the shape changes."""
     if strides == 1 and x.shape[-1] == features:
         return x
-    x = conv(features, 1, strides, dtype=dtype, name="downsample_conv")(x)
-    return batch_norm(train, dtype=dtype, name="downsample_bn")(x)
+    x = conv(features, 1, strides, layer_impl=layer_impl, dtype=dtype, name="downsample_conv")(x)
+    return layer_impl.batch_norm(train, dtype=dtype, name="downsample_bn")(x)
 
 
 class BasicBlock(nn.Module):
@@ -104,16 +106,19 @@ class BasicBlock(nn.Module):
     strides: int = 1
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(batch_norm, train, dtype=self.dtype)
+        norm = functools.partial(self.layer_impl.batch_norm, train, dtype=self.dtype)
+        conv_ = functools.partial(conv, layer_impl=self.layer_impl, dtype=self.dtype)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        y = conv(self.features, 3, self.strides, 1, dtype=self.dtype, name="conv1")(x)
+        y = conv_(self.features, 3, self.strides, 1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
-        y = conv(self.features, 3, 1, 1, dtype=self.dtype, name="conv2")(y)
+        y = conv_(self.features, 3, 1, 1, name="conv2")(y)
         y = norm(name="bn2", scale_init=last_scale)(y)
-        shortcut = _downsample(x, self.features, self.strides, train, self.dtype)
+        shortcut = _downsample(x, self.features, self.strides, train, self.dtype,
+                               self.layer_impl)
         return nn.relu(y + shortcut.astype(y.dtype))
 
 
@@ -124,18 +129,21 @@ class Bottleneck(nn.Module):
     strides: int = 1
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(batch_norm, train, dtype=self.dtype)
+        norm = functools.partial(self.layer_impl.batch_norm, train, dtype=self.dtype)
+        conv_ = functools.partial(conv, layer_impl=self.layer_impl, dtype=self.dtype)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        y = conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
+        y = conv_(self.features, 1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
-        y = conv(self.features, 3, self.strides, 1, dtype=self.dtype, name="conv2")(y)
+        y = conv_(self.features, 3, self.strides, 1, name="conv2")(y)
         y = nn.relu(norm(name="bn2")(y))
-        y = conv(4 * self.features, 1, dtype=self.dtype, name="conv3")(y)
+        y = conv_(4 * self.features, 1, name="conv3")(y)
         y = norm(name="bn3", scale_init=last_scale)(y)
-        shortcut = _downsample(x, 4 * self.features, self.strides, train, self.dtype)
+        shortcut = _downsample(x, 4 * self.features, self.strides, train, self.dtype,
+                               self.layer_impl)
         return nn.relu(y + shortcut.astype(y.dtype))
 
 
@@ -154,6 +162,7 @@ class ResNet(nn.Module):
     stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3/1 conv
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
@@ -169,13 +178,14 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv_ = functools.partial(conv, layer_impl=self.layer_impl, dtype=self.dtype)
         if self.stem == "imagenet":
-            x = conv(self.width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+            x = conv_(self.width, 7, 2, 3, name="conv1")(x)
         else:
-            x = conv(self.width, 3, 1, 1, dtype=self.dtype, name="conv1")(x)
-        x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
+            x = conv_(self.width, 3, 1, 1, name="conv1")(x)
+        x = nn.relu(self.layer_impl.batch_norm(train, dtype=self.dtype, name="bn1")(x))
         if self.stem == "imagenet":
-            x = MaxPool(3, 2, padding=1, name="maxpool")(x)
+            x = self.layer_impl.max_pool(3, 2, padding=1, name="maxpool")(x)
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = BLOCKS[self.block](
@@ -183,6 +193,7 @@ class ResNet(nn.Module):
                     strides=2 if i > 0 and j == 0 else 1,
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
+                    layer_impl=self.layer_impl,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
         x = global_avg_pool(x)

@@ -13,16 +13,16 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import Conv, batch_norm, global_avg_pool, he_normal_fan_out
+from cv_jax.models.layers import PLAIN, Conv, LayerImpl, global_avg_pool, he_normal_fan_out
 
 STAGE_WIDTHS = (16, 32, 64)
 
 
 
-def _conv3x3(features: int, strides: int, dtype: Any, name: str) -> Conv:
+def _conv3x3(layer_impl: LayerImpl, features: int, strides: int, dtype: Any, name: str) -> Conv:
     # Symmetric padding 1 (not 'SAME', which pads (0, 1) at stride 2) so that a stride-2 conv
     # samples the same pixels as the option-A shortcut x[:, ::2, ::2].
-    return Conv(
+    return layer_impl.conv(
         features,
         (3, 3),
         strides=strides,
@@ -47,15 +47,17 @@ class BasicBlock(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(
-            batch_norm, train, dtype=self.dtype, momentum=self.bn_momentum, epsilon=self.bn_epsilon
+            self.layer_impl.batch_norm, train, dtype=self.dtype, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
         )
-        y = _conv3x3(self.features, self.strides, self.dtype, "conv1")(x)
+        y = _conv3x3(self.layer_impl, self.features, self.strides, self.dtype, "conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
-        y = _conv3x3(self.features, 1, self.dtype, "conv2")(y)
+        y = _conv3x3(self.layer_impl, self.features, 1, self.dtype, "conv2")(y)
         y = norm(name="bn2")(y)
 
         residual = x
@@ -66,7 +68,7 @@ class BasicBlock(nn.Module):
                 extra = self.features - x.shape[-1]
                 residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0), (0, extra)))
             else:
-                residual = Conv(
+                residual = self.layer_impl.conv(
                     self.features,
                     (1, 1),
                     strides=self.strides,
@@ -91,6 +93,7 @@ class ResNetCifar(nn.Module):
     bn_momentum: float = 0.9  # flax convention: decay of the running average
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.depth < 8 or (self.depth - 2) % 6:
@@ -102,8 +105,8 @@ class ResNetCifar(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         blocks_per_stage = (self.depth - 2) // 6
-        x = _conv3x3(STAGE_WIDTHS[0], 1, self.dtype, "stem_conv")(x)
-        x = batch_norm(
+        x = _conv3x3(self.layer_impl, STAGE_WIDTHS[0], 1, self.dtype, "stem_conv")(x)
+        x = self.layer_impl.batch_norm(
             train, dtype=self.dtype, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
             name="stem_bn",
         )(x)
@@ -117,6 +120,7 @@ class ResNetCifar(nn.Module):
                     bn_momentum=self.bn_momentum,
                     bn_epsilon=self.bn_epsilon,
                     dtype=self.dtype,
+                    layer_impl=self.layer_impl,
                     name=f"stage{stage + 1}_block{i}",
                 )(x, train)
         x = global_avg_pool(x)

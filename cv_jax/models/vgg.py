@@ -38,11 +38,10 @@ import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
-    Conv,
+    PLAIN,
     Dropout,
-    MaxPool,
+    LayerImpl,
     adaptive_avg_pool,
-    batch_norm,
     he_normal_fan_out,
 )
 
@@ -80,6 +79,7 @@ class VGG(nn.Module):
     pool_size: int = 7
     dropout: float = 0.5
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.depth not in CONVS_PER_STAGE:
@@ -95,14 +95,15 @@ class VGG(nn.Module):
         i = 0  # index in torchvision's `features` Sequential
         for width, num_convs in zip(self.widths, CONVS_PER_STAGE[self.depth], strict=True):
             for _ in range(num_convs):
-                x = Conv(width, (3, 3), padding=1, kernel_init=conv_init, dtype=self.dtype,
-                         name=f"features_{i}")(x)
+                x = self.layer_impl.conv(width, (3, 3), padding=1, kernel_init=conv_init,
+                                         dtype=self.dtype, name=f"features_{i}")(x)
                 if self.batch_norm:
-                    x = batch_norm(train, dtype=self.dtype, name=f"features_{i + 1}")(x)
+                    x = self.layer_impl.batch_norm(train, dtype=self.dtype,
+                                                   name=f"features_{i + 1}")(x)
                     i += 1
                 x = nn.relu(x)
                 i += 2  # the conv (or BN) and the ReLU
-            x = MaxPool(2, name=f"features_{i}")(x)
+            x = self.layer_impl.max_pool(2, name=f"features_{i}")(x)
             i += 1
 
         if self.pool_size:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from cv_jax.models import partial_module, register
-from cv_jax.models.layers import batch_norm, global_avg_pool, he_normal_fan_out
+from cv_jax.models.layers import PLAIN, LayerImpl, global_avg_pool, he_normal_fan_out
 from cv_jax.models.preact_resnet import PreActBlock
 from cv_jax.models.resnet import conv, dense
 
@@ -38,6 +38,7 @@ class WideResNet(nn.Module):
     widen_factor: int = 10
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.depth < 10 or (self.depth - 4) % 6:
@@ -56,7 +57,7 @@ class WideResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         blocks_per_group = (self.depth - 4) // 6
-        x = conv(16, 3, 1, 1, dtype=self.dtype, name="conv1")(x)
+        x = conv(16, 3, 1, 1, layer_impl=self.layer_impl, dtype=self.dtype, name="conv1")(x)
         for g, base in enumerate((16, 32, 64)):
             for i in range(blocks_per_group):
                 x = PreActBlock(
@@ -65,9 +66,10 @@ class WideResNet(nn.Module):
                     dropout=self.dropout,
                     kernel_init=he_normal_fan_out,
                     dtype=self.dtype,
+                    layer_impl=self.layer_impl,
                     name=f"group{g + 1}_{i}",
                 )(x, train)
-        x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn_final")(x))
+        x = nn.relu(self.layer_impl.batch_norm(train, dtype=self.dtype, name="bn_final")(x))
         x = global_avg_pool(x)
         x = dense(
             self.num_classes, x.shape[-1], dtype=self.dtype, bias_init=nn.initializers.zeros,

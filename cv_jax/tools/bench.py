@@ -17,7 +17,6 @@ never in a timed unit test.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import time
@@ -32,7 +31,7 @@ from cv_jax import models
 from cv_jax.config import base_config, model_section
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import sharding, train
+from cv_jax.training import runs, sharding, train
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor data sheets, SXM parts).
 PEAK_FLOPS = {
@@ -101,9 +100,9 @@ def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: i
     step = train.make_train_step(settings, batch_size, mesh)
     step = step.lower(state, images, labels, permutation, 0).compile()
     compile_time = time.perf_counter() - start
-    plain = train.make_train_step(dataclasses.replace(settings, cpu_formulations=False),
-                                  batch_size, mesh)
-    flops = _flops(plain.lower(state, images, labels, permutation, 0), mesh.devices.size)
+    plain = state.replace(apply_fn=runs.build_model(config, len(data.class_names)).apply)
+    flops = _flops(train.make_train_step(settings, batch_size, mesh).lower(
+        plain, images, labels, permutation, 0), mesh.devices.size)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()

@@ -16,6 +16,8 @@ import optax
 from cv_jax import models
 from cv_jax.config import base_config, model_kwargs
 from cv_jax.models import heads
+from cv_jax.models.cpu import formulations
+from cv_jax.models.layers import PLAIN, LayerImpl
 from cv_jax.optim import chain, lr, opt_state
 from cv_jax.training import checkpoint, sharding
 from cv_jax.training.state import TrainState, create_train_state, ema_view, init_variables
@@ -57,11 +59,40 @@ class Run:
         return ema_view(self.state)
 
 
-def build_model(config: mlc.ConfigDict, num_classes: int) -> nn.Module:
-    """The model ``config.model`` describes, for ``num_classes`` classes."""
+def training_layers(config: mlc.ConfigDict) -> LayerImpl:
+    """The layer implementations a run trains its model with: the CPU formulations
+    (``cv_jax.models.cpu.formulations.CPU``) where ``config.training.cpu_formulations`` resolves
+    to on, plain layers otherwise; BatchNorm frozen where ``transfer.freezes_batch_norm``."""
+    layer_impl = formulations.CPU if uses_cpu_formulations(config) else PLAIN
+    return dataclasses.replace(layer_impl, frozen_batch_norm=freezes_batch_norm(config))
+
+
+def uses_cpu_formulations(config: mlc.ConfigDict) -> bool:
+    """``config.training.cpu_formulations`` resolved: 'auto' is on for the CPU backend."""
+    choice = config.training.cpu_formulations
+    return choice == "on" or (choice == "auto" and jax.default_backend() == "cpu")
+
+
+def freezes_batch_norm(config: mlc.ConfigDict) -> bool:
+    """Whether BatchNorm runs in inference mode while training (``transfer.batch_norm``;
+    'auto': for a transfer run in linear_probe or staged mode, as Keras does for a frozen
+    base)."""
+    setting = config.transfer.batch_norm
+    if setting == "auto":
+        return bool(config.transfer.init_from) and config.transfer.mode in ("linear_probe",
+                                                                           "staged")
+    return setting == "frozen"
+
+
+def build_model(config: mlc.ConfigDict, num_classes: int,
+                layer_impl: LayerImpl = PLAIN) -> nn.Module:
+    """The model ``config.model`` describes, for ``num_classes`` classes, built with
+    ``layer_impl``: :func:`training_layers` for the train step; plain layers (the default) for
+    evaluation and inference, which then compute alike on every backend (the CPU kernels'
+    convolution rounds differently from XLA's)."""
     return models.create_model(config.model.name, num_classes=num_classes,
                                dtype=jnp.dtype(config.training.compute_dtype),
-                               **model_kwargs(config.model))
+                               layer_impl=layer_impl, **model_kwargs(config.model))
 
 
 def head_paths(config: mlc.ConfigDict, num_classes: int,

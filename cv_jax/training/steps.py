@@ -16,10 +16,8 @@ import optax
 
 from cv_jax.config import is_off
 from cv_jax.data import augment, mixup
-from cv_jax.models import layers
-from cv_jax.models.cpu import formulations as cpu_formulations
 from cv_jax.optim import chain, opt_state
-from cv_jax.training import distill, losses, transfer
+from cv_jax.training import distill, losses
 from cv_jax.training.state import TrainState, update_ema
 
 
@@ -47,8 +45,6 @@ class StepSettings:
     input_noise_std: float = 0.0
     weight_noise_std: float = 0.0
     ema_decay: float = 0.0  # 0: no moving average of the weights
-    freeze_batch_norm: bool = False  # BatchNorm in inference mode while training (transfer)
-    cpu_formulations: bool = False  # see config.training.cpu_formulations
 
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
@@ -75,15 +71,7 @@ class StepSettings:
             input_noise_std=config.noise.input_std,
             weight_noise_std=config.noise.weight_std,
             ema_decay=config.training.ema_decay,
-            freeze_batch_norm=transfer.freezes_batch_norm(config),
-            cpu_formulations=uses_cpu_formulations(config),
         )
-
-
-def uses_cpu_formulations(config: mlc.ConfigDict) -> bool:
-    """``config.training.cpu_formulations`` resolved: 'auto' is on for the CPU backend."""
-    choice = config.training.cpu_formulations
-    return choice == "on" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
 def normalize(images: jax.Array, settings: StepSettings) -> jax.Array:
@@ -123,6 +111,8 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
     — with a ``teacher``, ``(1 - alpha)`` x that plus ``alpha`` x the distillation loss —
     + ``aux_weight`` x the cross-entropy of each auxiliary classifier (GoogLeNet's heads sow
     their logits into ``aux_logits`` in train mode) + the L2 weight penalty + activity penalties.
+    The model is ``state.apply_fn``'s, as the run built it (``runs.training_layers``: the CPU
+    formulations, frozen BatchNorm).
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     aug_key, dropout_key = jax.random.split(step_key)
@@ -146,13 +136,11 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
         forward_params = params
         if not is_off(settings.weight_noise_std):
             forward_params = _add_weight_noise(params, weight_noise_key, settings)
-        with (layers.frozen_batch_norm(settings.freeze_batch_norm),
-              cpu_formulations.cpu_formulations(settings.cpu_formulations)):
-            logits, updates = state.apply_fn(
-                {"params": forward_params, "batch_stats": state.batch_stats}, x, train=True,
-                mutable=["batch_stats", "aux_logits", "intermediates"],
-                rngs={"dropout": dropout_key}, capture_intermediates=capture,
-            )
+        logits, updates = state.apply_fn(
+            {"params": forward_params, "batch_stats": state.batch_stats}, x, train=True,
+            mutable=["batch_stats", "aux_logits", "intermediates"],
+            rngs={"dropout": dropout_key}, capture_intermediates=capture,
+        )
         targets = losses.smooth_labels(batch["label"], logits.shape[-1], settings.label_smoothing)
         if partner is not None:
             targets = mixup.mix_targets(targets, partner, lam)

@@ -174,10 +174,12 @@ class Plan:
 
 
 class Evaluator:
-    """Exact evaluation of a dataset: padded to whole batches on device, padding dropped."""
+    """Exact evaluation of a dataset: padded to whole batches on device, padding dropped. It
+    applies ``model`` (a run's :func:`evaluation_model`) to the weights of the states it is
+    given, or, without one, each state's own model (``state.apply_fn``)."""
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, settings: steps.StepSettings,
-                 mesh: jax.sharding.Mesh):
+                 mesh: jax.sharding.Mesh, model: nn.Module | None = None):
         self.dataset = dataset
         images, labels = pipeline.pad_to_multiple(dataset, batch_size)
         self.num_batches = len(images) // batch_size
@@ -189,6 +191,8 @@ class Evaluator:
             batch = {"image": jax.lax.dynamic_slice_in_dim(images, start, batch_size),
                      "label": jax.lax.dynamic_slice_in_dim(labels, start, batch_size)}
             batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
+            if model is not None:
+                state = state.replace(apply_fn=model.apply)
             return steps.eval_step(state, batch, settings)
 
         self.step = jax.jit(run, out_shardings=repl)
@@ -213,7 +217,9 @@ def make_evaluators(config: mlc.ConfigDict, data: Datasets, settings: steps.Step
     multiple of the devices."""
     devices = mesh.devices.size
     batch = -(-config.eval.batch_size // devices) * devices
-    return {name: Evaluator(ds, batch, settings, mesh) for name, ds in data.eval_sets().items()}
+    model = evaluation_model(config, data.train)
+    return {name: Evaluator(ds, batch, settings, mesh, model)
+            for name, ds in data.eval_sets().items()}
 
 
 def summarize(outputs: dict[str, np.ndarray], dataset: ArrayDataset) -> dict[str, Any]:
@@ -268,7 +274,13 @@ def device_train_set(train: ArrayDataset, config: mlc.ConfigDict, mesh: jax.shar
 
 
 def create_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
-    """The run's model (``config.model``) for the classes of ``train``."""
+    """The run's model (``config.model``) for the classes of ``train``, as the train step
+    applies it: built with the run's training layers (``runs.training_layers``)."""
+    return runs.build_model(config, len(train.class_names), runs.training_layers(config))
+
+
+def evaluation_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
+    """The run's model as evaluation applies it: with plain layers (``runs.build_model``)."""
     return runs.build_model(config, len(train.class_names))
 
 

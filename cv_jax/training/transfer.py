@@ -105,12 +105,3 @@ def initialize(config: mlc.ConfigDict, variables: dict, num_classes: int,
     head = runs.head_paths(config, num_classes, image_shape)
     return init_backbone(variables, source_variables(config), head,
                          origin=f"config.transfer.init_from={config.transfer.init_from!r}")
-
-
-def freezes_batch_norm(config: mlc.ConfigDict) -> bool:
-    """Whether BatchNorm runs in inference mode while training (``transfer.batch_norm``;
-    'auto': for linear_probe and staged, as Keras does for a frozen base)."""
-    setting = config.transfer.batch_norm
-    if setting == "auto":
-        return enabled(config) and config.transfer.mode in ("linear_probe", "staged")
-    return setting == "frozen"

@@ -292,7 +292,8 @@ class Program:
         images, labels, permute = train.device_train_set(data.train, config, mesh)
         if orders is not None:
             permute = through_samples(permute, orders, mesh)
-        evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh)
+        model = train.evaluation_model(config, data.train)
+        evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh, model)
                       for name, ds in data.eval_sets().items()}
         take = member_getter(mesh)
         start = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import re
 
@@ -16,16 +18,20 @@ from cv_jax.models import (
     data_dependent_init,
     default_input_shape,
     input_size_advice,
+    model_fields,
     model_names,
     register,
 )
 from cv_jax.models.__main__ import format_layers, format_listing
 from cv_jax.models.layers import (
+    PLAIN,
     Conv,
     InputTooSmall,
+    LayerImpl,
     MaxPool,
     activation,
     adaptive_avg_pool,
+    batch_statistics,
     initializer,
 )
 from cv_jax.models.summary import summarize
@@ -156,6 +162,17 @@ def test_batchnorm_train_vs_eval(name: str) -> None:
     np.testing.assert_array_equal(eval_fn(variables, x)[0], eval_fn(variables, x_other)[0])
 
 
+def test_frozen_batch_norm_normalises_with_the_running_averages_in_train_mode() -> None:
+    frozen = dataclasses.replace(PLAIN, frozen_batch_norm=True)
+    model = create_model("resnet20", num_classes=NUM_CLASSES, layer_impl=frozen)
+    variables = variables_for("resnet20")
+    x = random_images(2)
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_array_equal(logits, model.apply(variables, x, train=False))
+    same = jax.tree.map(np.array_equal, updates["batch_stats"], variables["batch_stats"])
+    assert jax.tree.leaves(same) and all(jax.tree.leaves(same))
+
+
 def test_airbench_partial_identity_init() -> None:
     params = variables_for("airbench")["params"]
     kernel = params["group1"]["conv1"]["kernel"]  # 24 -> 32 channels: first 24 outputs identity
@@ -232,6 +249,91 @@ def test_unknown_kwarg() -> None:
 def test_duplicate_registration_rejected() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register("resnet20")(lambda **kwargs: None)
+
+
+# --- Layer implementations --------------------------------------------------------------------
+
+
+def recording_layer_impl(frozen_batch_norm: bool = False) -> tuple[LayerImpl, collections.Counter]:
+    """A LayerImpl that computes as PLAIN and counts its convolutions, max pools and
+    training-mode BatchNorms as a model is traced."""
+    calls = collections.Counter()
+
+    def convolution(*args, **kwargs):
+        calls["conv"] += 1
+        return jax.lax.conv_general_dilated(*args, **kwargs)
+
+    def max_pooling(x, window, strides, padding):
+        calls["max_pool"] += 1
+        return nn.max_pool(x, window, strides, padding)
+
+    def training_batch_norm(x, scale, bias, epsilon):
+        calls["batch_norm"] += 1
+        mean, var = batch_statistics(x)
+        return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+
+    layer_impl = LayerImpl(convolution, max_pooling, training_batch_norm, frozen_batch_norm)
+    return layer_impl, calls
+
+
+# One case per model class and block; all of them traced only.
+LAYER_IMPL_CASES = [
+    ("airbench", {}),
+    ("alexnet", {}),
+    ("alexnet_cifar", {}),
+    ("convnet", {}),
+    ("keras_cifar_cnn", {"batch_norm": True}),
+    ("lenet5", {"pool": "max"}),
+    ("densenet_cifar", {"stem": "imagenet", "block_config": (1, 1)}),
+    ("googlenet", {"aux_heads": True}),
+    ("preact_resnet18", {"width": 8}),
+    ("resnet", {"block": "bottleneck", "stage_sizes": (1, 1), "width": 8}),
+    ("resnet18_cifar", {"width": 8}),
+    ("resnet20", {"shortcut": "B"}),
+    ("vgg11_bn_cifar", {"widths": (8, 8, 16, 16, 16)}),
+    ("wrn", {"depth": 10, "widen_factor": 1}),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", LAYER_IMPL_CASES, ids=[c[0] for c in LAYER_IMPL_CASES])
+def test_every_layer_of_a_model_uses_the_layer_impl_it_was_built_with(name, kwargs) -> None:
+    """Each convolution, max pool and training-mode BatchNorm of the model runs through its
+    ``layer_impl`` (a block that forgets to pass it on runs PLAIN's and fails this), and the
+    variables are PLAIN's."""
+    shape = default_input_shape(name)
+    x = jnp.zeros((2, *shape))
+    rngs = {"params": KEY, "dropout": KEY}
+    plain = create_model(name, num_classes=NUM_CLASSES, **kwargs)
+    variables = jax.eval_shape(lambda: plain.init(rngs, x[:1], train=False))
+
+    def forward(model):
+        return lambda v: model.apply(v, x, train=True, mutable=True, rngs={"dropout": KEY})
+
+    params = jax.tree_util.tree_leaves_with_path(variables["params"])
+    expected = {
+        "conv": sum(path[-1].key == "kernel" and len(p.shape) == 4 for path, p in params),
+        "batch_norm": sum(path[-1].key == "scale" for path, _ in params),
+        "max_pool": str(jax.make_jaxpr(forward(plain))(variables)).count("reduce_window_max"),
+    }
+    assert expected["conv"] > 0
+    for frozen in (False, True):
+        layer_impl, calls = recording_layer_impl(frozen)
+        model = create_model(name, num_classes=NUM_CLASSES, layer_impl=layer_impl, **kwargs)
+        assert model.layer_impl is layer_impl
+        own = jax.eval_shape(lambda model=model: model.init(rngs, x[:1], train=False))
+        assert jax.tree.structure(own) == jax.tree.structure(variables)
+        assert jax.tree.leaves(own) == jax.tree.leaves(variables)
+        calls.clear()
+        jax.eval_shape(forward(model), variables)
+        assert dict(calls) == {k: v for k, v in expected.items() if v and not (
+            frozen and k == "batch_norm")}
+
+
+def test_layer_impl_is_chosen_by_the_run_not_the_config() -> None:
+    for name in model_names():
+        assert "layer_impl" not in model_fields(name)
+    with pytest.raises(ValueError, match=r"accepted: bn_epsilon, bn_momentum, shortcut$"):
+        create_model("resnet20", num_classes=NUM_CLASSES, widths=(1, 2, 3))
 
 
 # --- Shared layers --------------------------------------------------------------------------

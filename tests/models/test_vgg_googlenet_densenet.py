@@ -19,7 +19,7 @@ import cv_jax.models.densenet  # noqa: F401
 import cv_jax.models.googlenet  # noqa: F401
 import cv_jax.models.vgg  # noqa: F401
 from cv_jax.models import create_model
-from cv_jax.models.layers import InputTooSmall
+from cv_jax.models.layers import PLAIN, InputTooSmall
 
 IMAGENET = (224, 224, 3)
 CIFAR = (32, 32, 3)
@@ -469,7 +469,7 @@ def test_googlenet_blocks_match_torchvision() -> None:
     out = jax.jit(functools.partial(block.apply, train=False))(variables, x)
     np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-5)
 
-    pool = googlenet.MaxPool(3, strides=2, padding=googlenet.CEIL_MODE)
+    pool = PLAIN.max_pool(3, strides=2, padding=googlenet.CEIL_MODE)
     torch_pool = torch.nn.MaxPool2d(3, stride=2, ceil_mode=True)
     for size in range(3, 12):
         x = np.random.default_rng(size).standard_normal((1, size, size, 1)).astype(np.float32)

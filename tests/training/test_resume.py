@@ -44,6 +44,7 @@ def cli(workdir, tiny_folder, cache_dir) -> list[str]:
                  "dataset.max_train_examples": 0, "dataset.max_eval_examples": 0,
                  "model_init_examples": 64, "training.batch_size": 16,
                  "training.log_every_steps": 1, "eval.batch_size": 16,
+                 "training.cpu_formulations": "off",  # as tiny_config (conftest.load_config)
                  **{f"training.{k}": v for k, v in RUN.items()}}
     return [sys.executable, "-m", "cv_jax.main", "--config=configs/cifar10.py:smoke",
             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]

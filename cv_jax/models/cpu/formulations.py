@@ -1,8 +1,9 @@
 """Formulations of a train step's layers that XLA:CPU runs faster, with the same values (up to
 float32 rounding).
 
-Inside :func:`cpu_formulations` (the train step enters it when
-``config.training.cpu_formulations`` resolves to on, by default on the CPU backend):
+A model built with :data:`CPU` (``cv_jax.models.create_model(..., layer_impl=CPU)``; a run
+trains with it when ``config.training.cpu_formulations`` resolves to on, by default on the CPU
+backend) uses them:
 
 - every :class:`cv_jax.models.layers.Conv` (:func:`conv_general_dilated`) runs on cv_jax's CPU
   kernels (:mod:`cv_jax.models.cpu.kernels`; equal up to float32 summation order) where they
@@ -15,15 +16,13 @@ Inside :func:`cpu_formulations` (the train step enters it when
   rounding; two passes over the activations in the backward pass instead of four, and no
   stored ``x - mean``).
 
-All act when the model is traced. Measurements: experiments/speed/RESULTS.md.
+Measurements: experiments/speed/RESULTS.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -31,23 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cv_jax.models.cpu import kernels as cpu_kernels
-
-_ON = contextvars.ContextVar("cpu_formulations", default=False)
-
-
-@contextlib.contextmanager
-def cpu_formulations(enabled: bool = True) -> Iterator[None]:
-    """Models traced within this context use the formulations of this module."""
-    token = _ON.set(enabled)
-    try:
-        yield
-    finally:
-        _ON.reset(token)
-
-
-def enabled() -> bool:
-    """Whether the model is being traced inside :func:`cpu_formulations`."""
-    return _ON.get()
+from cv_jax.models.layers import LayerImpl, Pads, batch_statistics
 
 
 def materialize(x: jax.Array) -> jax.Array:
@@ -66,16 +49,11 @@ def materialize(x: jax.Array) -> jax.Array:
     return x / lax.optimization_barrier(jnp.ones((), x.dtype))
 
 
-Pads = str | Sequence[tuple[int, int]]
-
-
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
              padding: Pads) -> jax.Array:
-    """``flax.linen.max_pool`` of NHWC ``x``; inside :func:`cpu_formulations` its gradient
-    comes from :func:`_max_pool_gradient` (same values: each window's gradient goes to its
-    first maximum in row-major order, as XLA's select-and-scatter sends it)."""
-    if not enabled():
-        return nn.max_pool(x, window, strides, padding)
+    """``flax.linen.max_pool`` of NHWC ``x`` whose gradient comes from
+    :func:`_max_pool_gradient` (same values: each window's gradient goes to its first maximum in
+    row-major order, as XLA's select-and-scatter sends it)."""
     padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
     return _max_pool(x, tuple(window), tuple(strides), padding)
 
@@ -136,18 +114,15 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          padding: Pads, lhs_dilation: Sequence[int] | None = None,
                          rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
                          feature_group_count: int = 1, precision=None) -> jax.Array:
-    """``lax.conv_general_dilated``; inside :func:`cpu_formulations`, a float32 NHWC 2-D
-    convolution without dilation or groups, with a multiple of 8 output channels, runs on
-    cv_jax's CPU kernels (:mod:`cv_jax.models.cpu.kernels`): its value, its weight gradient
-    and, onto a multiple of 8 input channels, its input gradient (:func:`_input_gradient`,
-    any stride). Any other
+    """``lax.conv_general_dilated``, where a float32 NHWC 2-D convolution without dilation or
+    groups, with a multiple of 8 output channels, runs on cv_jax's CPU kernels
+    (:mod:`cv_jax.models.cpu.kernels`): its value, its weight gradient and, onto a multiple of
+    8 input channels, its input gradient (:func:`_input_gradient`, any stride). Any other
     convolution is XLA's, on its input passed through :func:`materialize`. (A kernel's input
     is a buffer of its own anyway, so it needs no materialising.)"""
     args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                 dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                 precision=precision)
-    if not enabled():
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
     if not _kernel_applies(lhs, rhs, **args):  # XLA's convolution, on a materialised input
         return lax.conv_general_dilated(materialize(lhs), rhs, window_strides, padding, **args)
     if isinstance(padding, str):
@@ -236,14 +211,6 @@ def _class_taps(r: int, pad: int, stride: int, size: int) -> tuple[int, int]:
 _conv.defvjp(_conv_forward, _conv_gradient)
 
 
-def batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and variance of ``x`` over all but its last axis, as flax's BatchNorm
-    computes them (``use_fast_variance``: E[x^2] - E[x]^2, clipped at 0)."""
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axes)
-    return mean, jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
                      epsilon: float) -> jax.Array:
@@ -281,3 +248,8 @@ def _batch_norm_gradient(epsilon, residuals, g):
 
 
 batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_gradient)
+
+
+# The layers of a model built to train with these formulations.
+CPU = LayerImpl(convolution=conv_general_dilated, max_pooling=max_pool,
+                training_batch_norm=batch_norm_train)

@@ -1,20 +1,22 @@
-"""The CPU formulations (config.training.cpu_formulations): materialised convolution inputs,
-cv_jax's convolution kernels, the max-pool gradient by shifted comparisons and BatchNorm's
-written-out gradient give the same values and the same training."""
+"""The CPU formulations (``formulations.CPU``, which a run trains with under
+config.training.cpu_formulations): materialised convolution inputs, cv_jax's convolution
+kernels, the max-pool gradient by shifted comparisons and BatchNorm's written-out gradient give
+the same values and the same training as plain layers."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config as tiny_run_config
 
 from cv_jax import models
 from cv_jax.config import ConfigError, validate
-from cv_jax.models import layers
 from cv_jax.models.cpu import formulations as cpu_formulations
 from cv_jax.models.cpu import kernels as cpu_kernels
+from cv_jax.models.layers import PLAIN
 from cv_jax.tools import bench
-from cv_jax.training import sharding, steps, train
+from cv_jax.training import losses, runs, sharding, train
 
 SPECIAL = [0.0, -0.0, 1.5e-38, -3.5, 6.5e4, np.inf, -np.inf, np.nan]
 
@@ -56,11 +58,12 @@ def tiny_config(formulations: str, model: str = "resnet20"):
 
 
 def primitives(config) -> list[str]:
-    model = models.create_model("resnet20", num_classes=10)
+    """The primitives of resnet20's forward pass, built with the layers ``config`` trains with."""
+    model = models.create_model("resnet20", num_classes=10,
+                                layer_impl=runs.training_layers(config))
     x = jnp.zeros((2, 8, 8, 3))
     variables = model.init(jax.random.key(0), x, train=False)
-    with cpu_formulations.cpu_formulations(steps.uses_cpu_formulations(config)):
-        jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
     return [str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns]
 
 
@@ -69,7 +72,7 @@ def test_every_convolution_runs_on_the_kernels_only_when_switched_on():
     off = primitives(tiny_config("off"))
     convolutions = off.count("conv_general_dilated")
     assert convolutions == 19  # stem + 9 blocks x 2
-    # inside the context each one is a custom-gradient convolution on cv_jax's kernels
+    # with the CPU layers each one is a custom-gradient convolution on cv_jax's kernels
     assert "conv_general_dilated" not in on and on.count("custom_vjp_call") == convolutions
     assert "optimization_barrier" not in on and "optimization_barrier" not in off
 
@@ -87,9 +90,9 @@ def test_without_the_kernels_every_convolution_input_is_materialised(monkeypatch
 
 def test_auto_means_on_for_the_cpu_backend():
     assert jax.default_backend() == "cpu"
-    assert steps.uses_cpu_formulations(tiny_config("auto"))
-    assert steps.uses_cpu_formulations(tiny_config("on"))
-    assert not steps.uses_cpu_formulations(tiny_config("off"))
+    assert runs.uses_cpu_formulations(tiny_config("auto"))
+    assert runs.uses_cpu_formulations(tiny_config("on"))
+    assert not runs.uses_cpu_formulations(tiny_config("off"))
     with pytest.raises(ConfigError,
                        match=r"config.training.cpu_formulations='yes' is invalid: use "
                              r"'auto' \(on when training on a CPU\), 'on' or 'off'"):
@@ -103,7 +106,8 @@ def train_one_step(formulations: str, model: str, image_size: int, **model_field
     data = bench.synthetic_train_set(16, (image_size, image_size, 3))
     plan = train.Plan.from_config(config, len(data))
     _, tx, settings = train.optimizer_and_settings(config, data, plan)
-    assert settings.cpu_formulations == (formulations == "on")
+    assert runs.training_layers(config) == (cpu_formulations.CPU if formulations == "on"
+                                            else PLAIN)
     state = train.build_state(config, data, settings, tx, mesh)
     initial = jax.tree.map(np.asarray, state.params)
     images, labels, permute = train.device_train_set(data, config, mesh)
@@ -148,8 +152,7 @@ def test_max_pool_gradient_equals_select_and_scatter(window, strides, padding, t
     default = lambda x: nn.max_pool(x, window, strides, padding)  # noqa: E731
 
     def shifted(x):
-        with cpu_formulations.cpu_formulations():
-            return cpu_formulations.max_pool(x, window, strides, padding)
+        return cpu_formulations.max_pool(x, window, strides, padding)
 
     y, default_vjp = jax.vjp(default, jnp.asarray(x))
     y_shifted, shifted_vjp = jax.vjp(shifted, jnp.asarray(x))
@@ -163,27 +166,26 @@ def test_max_pool_gradient_equals_select_and_scatter(window, strides, padding, t
         assert (got != 0).sum() == y.size  # one input per window, not every tied one
 
 
-def pool_gradient_jaxpr() -> str:
-    """The jaxpr of a 2x2 max pool's gradient, traced afresh (JAX caches traces by function)."""
+def pool_gradient_jaxpr(layer_impl) -> str:
+    """The jaxpr of the gradient of a 2x2 max pool built with ``layer_impl``."""
+    pool = layer_impl.max_pool(2)
+
     def pool_sum(x):
-        return cpu_formulations.max_pool(x, (2, 2), (2, 2), "VALID").sum()
+        return pool.apply({}, x).sum()
     return str(jax.make_jaxpr(jax.grad(pool_sum))(jnp.ones((1, 4, 4, 1))))
 
 
-def test_max_pool_uses_the_shifted_gradient_only_inside_the_context():
-    assert "select_and_scatter_add" in pool_gradient_jaxpr()
-    with cpu_formulations.cpu_formulations():
-        jaxpr = pool_gradient_jaxpr()
+def test_max_pool_uses_the_shifted_gradient_only_with_the_cpu_layers():
+    assert "select_and_scatter_add" in pool_gradient_jaxpr(PLAIN)
+    jaxpr = pool_gradient_jaxpr(cpu_formulations.CPU)
     assert "select_and_scatter_add" not in jaxpr
     assert jaxpr.count(" = eq ") == 4  # one comparison per position of the 2x2 window
 
 
 def batch_norm_loss(x, weights, params, stats, formulations: bool):
     """sum(relu(BatchNorm(x)) * weights) in training mode, and the updated running statistics."""
-    bn = layers.batch_norm(True, name="bn")
-    with cpu_formulations.cpu_formulations(formulations):
-        y, updates = bn.apply({"params": params, "batch_stats": stats}, x,
-                              mutable=["batch_stats"])
+    bn = (cpu_formulations.CPU if formulations else PLAIN).batch_norm(True, name="bn")
+    y, updates = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
     return jnp.sum(jax.nn.relu(y) * weights), (y, updates["batch_stats"])
 
 
@@ -210,12 +212,11 @@ def test_batch_norm_equals_flax_in_value_gradient_and_running_statistics():
 
 
 def batch_norm_jaxpr(x, train: bool = True, formulations: bool = True) -> str:
-    bn = layers.batch_norm(train, name="bn")
+    bn = (cpu_formulations.CPU if formulations else PLAIN).batch_norm(train, name="bn")
     variables = bn.init(jax.random.key(0), x)
 
     def loss(x):
-        with cpu_formulations.cpu_formulations(formulations):
-            y = bn.apply(variables, x, mutable=["batch_stats"])[0]
+        y = bn.apply(variables, x, mutable=["batch_stats"])[0]
         return jnp.sum(y)
 
     return str(jax.make_jaxpr(loss)(x))
@@ -227,3 +228,66 @@ def test_batch_norm_uses_its_written_out_gradient_only_where_it_applies():
     assert "custom_vjp_call" not in batch_norm_jaxpr(x, formulations=False)
     assert "custom_vjp_call" not in batch_norm_jaxpr(x, train=False)  # running averages
     assert "custom_vjp_call" not in batch_norm_jaxpr(x.astype(jnp.bfloat16))
+
+
+# airbench: the whitening stem, max pools, GELU; resnet20: residual blocks, strided
+# convolutions; convnet: MaxPool layers.
+MODELS = [("airbench", 16, {"widths": (8, 16, 16)}), ("resnet20", 8, {}), ("convnet", 16, {})]
+
+
+def loss_and_gradients(name: str, image_size: int, fields: dict, layer_impl):
+    """Training-mode cross-entropy of ``name`` built with ``layer_impl`` on a fixed batch, with
+    its gradient, its BatchNorm statistics and its program, at PLAIN's initial variables."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(8, image_size, image_size, 3)), jnp.float32)
+    labels = jnp.arange(8) % 10
+    plain = models.create_model(name, num_classes=10, **fields)
+    variables = jax.jit(lambda: plain.init(jax.random.key(0), x[:1], train=False))()
+    model = models.create_model(name, num_classes=10, layer_impl=layer_impl, **fields)
+
+    def loss(params):
+        logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                      x, train=True, mutable=["batch_stats"])
+        return losses.cross_entropy(logits, labels).mean(), updates["batch_stats"]
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    program = value_and_grad.lower(variables["params"]).as_text()
+    (value, stats), grads = value_and_grad(variables["params"])
+    return value, grads, stats, program
+
+
+@pytest.mark.parametrize("name, image_size, fields", MODELS, ids=[m[0] for m in MODELS])
+def test_a_model_built_with_the_cpu_layers_has_the_plain_loss_and_gradients(name, image_size,
+                                                                             fields):
+    value, grads, stats, program = loss_and_gradients(name, image_size, fields,
+                                                      cpu_formulations.CPU)
+    value0, grads0, stats0, program0 = loss_and_gradients(name, image_size, fields, PLAIN)
+    assert "cv_jax_conv" in program and "cv_jax_conv" not in program0
+    assert "select_and_scatter" not in program
+    assert ("select_and_scatter" in program0) == (name != "resnet20")  # max pools
+    # The same operations; the kernels' summation order and fusion change float32 rounding.
+    np.testing.assert_allclose(value, value0, rtol=1e-6)
+    assert jax.tree.structure(grads) == jax.tree.structure(grads0)
+    for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads0), strict=True):
+        np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g0))))
+    for s, s0 in zip(jax.tree.leaves(stats), jax.tree.leaves(stats0), strict=True):
+        np.testing.assert_allclose(s, s0, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_trains_alike_with_cpu_formulations_on_and_off(tiny_folder, cache_dir, tmp_path):
+    """A few steps of the smoke recipe's run through ``train_and_evaluate``: CPU formulations
+    'on' (the CPU default) and 'off' (the layers a GPU trains with)."""
+    results, params = {}, {}
+    for choice in ("on", "off"):
+        config = tiny_run_config(tiny_folder, cache_dir, num_steps=3)
+        config.training.cpu_formulations = choice
+        workdir = str(tmp_path / choice)
+        results[choice] = train.train_and_evaluate(config, workdir)
+        params[choice] = jax.device_get(runs.load_run(workdir).state.params)
+    leaves, leaves0 = jax.tree.leaves(params["on"]), jax.tree.leaves(params["off"])
+    assert jax.tree.structure(params["on"]) == jax.tree.structure(params["off"])
+    for a, b in zip(leaves, leaves0, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves, leaves0, strict=True))  # 2 paths
+    assert results["on"]["steps"] == results["off"]["steps"] == 3
+    np.testing.assert_allclose(results["on"]["test_loss"], results["off"]["test_loss"], rtol=1e-5)

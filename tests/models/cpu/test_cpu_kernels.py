@@ -12,7 +12,7 @@ from jax import lax
 
 from cv_jax.models.cpu import formulations as cpu_formulations
 from cv_jax.models.cpu import kernels as cpu_kernels
-from cv_jax.models.layers import Conv
+from cv_jax.models.layers import PLAIN
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -83,13 +83,13 @@ def test_weight_grad_equals_xla(case):
 
 def conv_layer_gradients(case, formulations: bool):
     x, dy, kernel_shape, strides, padding = random_case(case, seed=1)
-    layer = Conv(kernel_shape[-1], kernel_shape[:2], strides=strides, padding=padding,
-                 use_bias=False)
+    layer_impl = cpu_formulations.CPU if formulations else PLAIN
+    layer = layer_impl.conv(kernel_shape[-1], kernel_shape[:2], strides=strides,
+                            padding=padding, use_bias=False)
     params = layer.init(jax.random.key(0), x)
 
     def apply(params, x):
-        with cpu_formulations.cpu_formulations(formulations):
-            return layer.apply(params, x)
+        return layer.apply(params, x)
 
     y, vjp = jax.vjp(jax.jit(apply), params, x)
     def value_and_gradients(params, x, dy):
@@ -136,12 +136,12 @@ def test_unsupported_convolutions_keep_xla():
     x = jnp.ones((2, 6, 6, 4))
 
     def program(features, dtype=jnp.float32, **fields):
-        layer = Conv(features, (3, 3), dtype=dtype, param_dtype=dtype, **fields)
+        layer = cpu_formulations.CPU.conv(features, (3, 3), dtype=dtype, param_dtype=dtype,
+                                          **fields)
         params = layer.init(jax.random.key(0), x.astype(dtype))
 
         def loss(params):
-            with cpu_formulations.cpu_formulations():
-                return layer.apply(params, x.astype(dtype)).astype(jnp.float32).sum()
+            return layer.apply(params, x.astype(dtype)).astype(jnp.float32).sum()
 
         return jax.jit(jax.grad(loss)).lower(params).as_text()
 
