@@ -29,7 +29,7 @@ import numpy as np
 
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import curves
-from cv_jax.training.train import read_json, read_results
+from cv_jax.training.results import read_json, read_results
 
 MISSING = "—"
 # Never a column: the seed is what a row averages over; the others are bookkeeping.

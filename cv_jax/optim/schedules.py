@@ -41,6 +41,7 @@ import optax
 
 from cv_jax.config import ConfigError
 from cv_jax.runtime import cpu_defaults
+from cv_jax.training.plan import Plan
 
 
 def _constant(lr: float, cfg: mlc.ConfigDict, steps: int, spe: int, offset: int):
@@ -169,7 +170,6 @@ def events(config: mlc.ConfigDict, spe: int, total: int) -> list[int]:
 def describe(config: mlc.ConfigDict, train_examples: int) -> tuple[str, np.ndarray, int]:
     """A text report of a config's schedule, the LR at every step 0..total-1, and steps/epoch."""
     from cv_jax.optim import chain as optim
-    from cv_jax.training.train import Plan  # here: train imports this module
 
     num_train = train_examples - config.dataset.validation_size
     if config.dataset.max_train_examples:

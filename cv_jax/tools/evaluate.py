@@ -21,9 +21,9 @@ from cv_jax.data.sources import load_split
 from cv_jax.optim import chain as optim
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import runs, sharding
+from cv_jax.training.evaluation import Evaluator, summarize
 from cv_jax.training.metrics import per_class_accuracy
 from cv_jax.training.steps import StepSettings
-from cv_jax.training.train import Evaluator, summarize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A run directory written by cv_jax.main.")

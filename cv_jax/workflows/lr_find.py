@@ -36,7 +36,8 @@ import numpy as np
 from cv_jax.config import ConfigError, validate
 from cv_jax.optim import chain as optim
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import sharding, train
+from cv_jax.training import datasets, setup, sharding
+from cv_jax.training.plan import Plan
 
 log = logging.getLogger("cv_jax")
 
@@ -79,15 +80,15 @@ def lr_find(config: mlc.ConfigDict, num_steps: int = 100, min_lr: float = 1e-7,
         raise ConfigError(f"--steps={num_steps}: the test needs at least 2 steps")
     validate(config)
     mesh = sharding.make_mesh(config.training.num_devices)
-    train.check_batch_size(config.training.batch_size, mesh.devices.size, "training.batch_size")
-    data = train.load_datasets(config)
-    plan = train.Plan.from_config(config, len(data.train))
+    setup.check_batch_size(config.training.batch_size, mesh.devices.size, "training.batch_size")
+    data = datasets.load_datasets(config)
+    plan = Plan.from_config(config, len(data.train))
     schedule = exponential_lrs(min_lr, max_lr, num_steps)
     tx = optim.create_optimizer(config, schedule)
-    settings = train.step_settings(config, data.train, plan, schedule)
-    state = train.build_state(config, data.train, settings, tx, mesh)
-    images, labels, permute = train.device_train_set(data.train, config, mesh)
-    train_step = train.make_train_step(settings, config.training.batch_size, mesh)
+    settings = setup.step_settings(config, data.train, plan, schedule)
+    state = setup.build_state(config, data.train, settings, tx, mesh)
+    images, labels, permute = setup.device_train_set(data.train, config, mesh)
+    train_step = setup.make_train_step(settings, config.training.batch_size, mesh)
 
     start = time.perf_counter()
     lrs, raw, smoothed = [], [], []

@@ -8,7 +8,7 @@ program: N models, one jitted step, one stream of batches.
 The members (``cv_jax.workflows.members``) are every seed crossed with every combination of the
 ``--vary`` values. They share the stream of batches (ordered by ``config.data_seed``, or by
 ``config.seed`` when that is -1) and every setting but the seed and the varied keys. Each member
-has its own initialisation and augmentation/dropout keys (``train.seed_keys``). Their states are
+has its own initialisation and augmentation/dropout keys (``setup.seed_keys``). Their states are
 stacked on a leading member axis, replicated over the mesh; the batch is split on the mesh's
 'data' axis exactly as in a single run, and one jitted step runs the single-run step for every
 member: vmapped over the member axis (the batch is shared, not mapped; varied values are traced),
@@ -55,8 +55,25 @@ from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.optim import chain as optim
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import checkpoint, distill, sharding, steps, train
+from cv_jax.training import (
+    checkpoint,
+    datasets,
+    distill,
+    divergence,
+    evaluation,
+    setup,
+    sharding,
+    steps,
+)
 from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
+from cv_jax.training.plan import Plan
+from cv_jax.training.results import (
+    is_finished,
+    read_results,
+    results_record,
+    save_config,
+    write_results,
+)
 from cv_jax.training.state import TrainState
 from cv_jax.workflows.members import (
     MODES,
@@ -108,11 +125,11 @@ def member_getter(mesh: jax.sharding.Mesh):
 def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
                   settings: steps.StepSettings, tx, mesh: jax.sharding.Mesh,
                   orders: np.ndarray | None = None) -> list[TrainState]:
-    """A fresh state per member config (each with its own seed), as ``train.build_state``;
+    """A fresh state per member config (each with its own seed), as ``setup.build_state``;
     with ``orders`` ([members, n] indices) member i starts from its own sample of ``data``
     (a data-dependent init sees that sample, as in its separate run)."""
     samples = [data] * len(configs) if orders is None else [pipeline.take(data, o) for o in orders]
-    return [train.build_state(c, d, settings, tx, mesh)
+    return [setup.build_state(c, d, settings, tx, mesh)
             for c, d in zip(configs, samples, strict=True)]
 
 
@@ -207,7 +224,7 @@ def resume_step(members: Sequence[Member]) -> int | None:
 
 
 def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.StepSettings,
-                  tx, plan: train.Plan, mesh: jax.sharding.Mesh,
+                  tx, plan: Plan, mesh: jax.sharding.Mesh,
                   orders: np.ndarray | None = None) -> tuple[TrainState, dict]:
     """The stacked state of the members (fresh, or restored from their latest common
     checkpoint) and the model signature of their checkpoints."""
@@ -238,30 +255,30 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
     vary = dict(vary or {})
     mesh = sharding.make_mesh(config.training.num_devices)
     num_devices = mesh.devices.size
-    train.check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
+    setup.check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
     eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
     members = [Member.create(config, workdir, s, o, bootstrap)
                for o in member_overrides(vary) for s in seeds]
     lead = members[0].config
     try:
-        data = train.load_datasets(without_resampling(lead))
-        plan = train.Plan.from_config(lead, len(data.train))
-        previous = [train.read_results(m.workdir) for m in members]
-        if all(train.is_finished(p, m.ckpt.latest_step(), plan)
+        data = datasets.load_datasets(without_resampling(lead))
+        plan = Plan.from_config(lead, len(data.train))
+        previous = [read_results(m.workdir) for m in members]
+        if all(is_finished(p, m.ckpt.latest_step(), plan)
                for p, m in zip(previous, members, strict=True)):
             log.info("Vectorised run in %s is finished.", workdir)
             return previous
-        _, tx, settings = train.optimizer_and_settings(lead, data.train, plan)
+        _, tx, settings = setup.optimizer_and_settings(lead, data.train, plan)
         orders = bootstrap_orders(members, len(data.train)) if bootstrap else None
         state, sig = initial_state(members, data.train, settings, tx, plan, mesh, orders)
         for m in members:
-            train.save_config(m.config, m.workdir)
+            save_config(m.config, m.workdir)
             m.writer = MetricWriter(m.workdir)
         log.info("%d members (seeds %s%s): %d train / %d test examples; %d steps (%d per "
                  "epoch) on %s.", len(members), list(seeds),
                  "".join(f", {k} {list(v)}" for k, v in vary.items()),
                  len(data.train), len(data.test), plan.total_steps,
-                 plan.steps_per_epoch, train.describe_devices(mesh))
+                 plan.steps_per_epoch, sharding.describe_devices(mesh))
         program = Program.build(members, list(vary), data, plan, settings, state, mesh,
                                 eval_batch, mode, orders)
         return _train(lead, members, plan, program, state, sig, mesh, max_steps_this_run)
@@ -275,7 +292,7 @@ class Program:
     """The device data and compiled functions of a vectorised run."""
 
     train_step: Any  # (stacked state, images, labels, permutation, index, teacher)
-    evaluators: dict[str, train.Evaluator]
+    evaluators: dict[str, evaluation.Evaluator]
     take: Any  # (stacked tree, i) -> member i
     images: jax.Array
     labels: jax.Array
@@ -284,15 +301,15 @@ class Program:
     compile_time: float
 
     @classmethod
-    def build(cls, members: Sequence[Member], varied: Sequence[str], data: train.Datasets,
-              plan: train.Plan, settings: steps.StepSettings, state: TrainState,
+    def build(cls, members: Sequence[Member], varied: Sequence[str], data: datasets.Datasets,
+              plan: Plan, settings: steps.StepSettings, state: TrainState,
               mesh: jax.sharding.Mesh, eval_batch: int, mode: str,
               orders: np.ndarray | None = None) -> Program:
         config = members[0].config
-        images, labels, permute = train.device_train_set(data.train, config, mesh)
+        images, labels, permute = setup.device_train_set(data.train, config, mesh)
         if orders is not None:
             permute = through_samples(permute, orders, mesh)
-        evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh)
+        evaluators = {name: evaluation.Evaluator(ds, eval_batch, settings, mesh)
                       for name, ds in data.eval_sets().items()}
         take = member_getter(mesh)
         start = time.perf_counter()
@@ -309,16 +326,16 @@ class Program:
 
 def log_train(members: Sequence[Member], history: list[dict], state: TrainState, step: int,
               epoch: float, progress: Progress) -> float:
-    """Writes each member's train summary since the last call (``train.train_summary``: the
+    """Writes each member's train summary since the last call (``divergence.train_summary``: the
     mean over applied steps, non-finite checks, skipped steps); returns images/s."""
     summaries = []
     for i, (m, steps_of_m) in enumerate(zip(members, per_member(history, len(members)),
                                             strict=True)):
         try:
-            summaries.append(train.train_summary(steps_of_m, member(state, i), step, m.config,
+            summaries.append(divergence.train_summary(steps_of_m, member(state, i), step, m.config,
                                                  m.ckpt))
-        except train.TrainingDiverged as e:
-            raise train.TrainingDiverged(f"{m.name}: {e}") from None
+        except divergence.TrainingDiverged as e:
+            raise divergence.TrainingDiverged(f"{m.name}: {e}") from None
     rate = progress.update(step, mean_metrics(summaries))
     for m, summary in zip(members, summaries, strict=True):
         m.writer.write(step, "train", summary | {"images_per_sec": rate, "epoch": epoch})
@@ -335,7 +352,7 @@ def evaluate_members(members: Sequence[Member], program: Program, state: TrainSt
     evals = []
     for i, m in enumerate(members):
         log.info("%s:", m.name)
-        evals.append(train.evaluate_weights(program.evaluators, singles[i], step, m.writer,
+        evals.append(evaluation.evaluate_weights(program.evaluators, singles[i], step, m.writer,
                                             m.ckpt))
         if plateau is not None and scheduled:
             singles[i] = plateau(singles[i], evals[i])
@@ -343,7 +360,7 @@ def evaluate_members(members: Sequence[Member], program: Program, state: TrainSt
     return (stack(singles, mesh) if plateau is not None else state), evals
 
 
-def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, program: Program,
+def _train(config: mlc.ConfigDict, members: list[Member], plan: Plan, program: Program,
            state: TrainState, sig: dict, mesh: jax.sharding.Mesh,
            max_steps_this_run: int | None) -> list[dict]:
     """The loop of ``train_seeds`` from a stacked state."""
@@ -391,25 +408,25 @@ def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, prog
 
 
 def finish(member: Member, program: Program, state: TrainState, last_eval: dict,
-           plan: train.Plan, timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
+           plan: Plan, timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
     """Writes a finished member's results.json and returns the results. A member this process
     did not evaluate (it resumed at the last step) keeps its results.json, or is evaluated
     when it has none (a crash before it was written)."""
     member.ckpt.wait()
     if not last_eval:
-        previous = train.read_results(member.workdir)
-        if train.is_finished(previous, member.ckpt.latest_step(), plan):
+        previous = read_results(member.workdir)
+        if is_finished(previous, member.ckpt.latest_step(), plan):
             return previous
-        last_eval = train.evaluate_weights(program.evaluators, state, plan.total_steps, None,
+        last_eval = evaluation.evaluate_weights(program.evaluators, state, plan.total_steps, None,
                                            member.ckpt)
     results = member_results(member, plan, state, last_eval, timing, mesh, together)
-    train.write_results(member.workdir, results)
+    write_results(member.workdir, results)
     log.info("%s: final test accuracy %.4f (%d / %d examples).", member.name,
              results["test_accuracy"], results["test_correct"], results["test_examples"])
     return results
 
 
-def member_results(member: Member, plan: train.Plan, state: TrainState, last_eval: dict,
+def member_results(member: Member, plan: Plan, state: TrainState, last_eval: dict,
                    timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
     """A finished member's results.json, with the keys of ``train.train_and_evaluate``'s.
 
@@ -417,8 +434,8 @@ def member_results(member: Member, plan: train.Plan, state: TrainState, last_eva
     ``together`` (``vectorized_seeds`` and ``vectorized_vary``: the seeds and varied values
     of the members trained together) is added.
     """
-    return train.results_record(member.config, plan, plan.total_steps, state, last_eval,
-                                member.ckpt.best_step(), timing, mesh) | together
+    return results_record(member.config, plan, plan.total_steps, state, last_eval,
+                          member.ckpt.best_step(), timing, mesh) | together
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -458,7 +458,7 @@ def test_plateau_and_schedule_free_run_resumes_exactly_and_evaluates_averaged_we
     from conftest import tiny_config
 
     from cv_jax.data.sources import load_split
-    from cv_jax.training import runs, sharding, steps, train
+    from cv_jax.training import evaluation, runs, sharding, steps, train
 
     def config():
         c = tiny_config(tiny_folder, cache_dir, eval_every_epochs=1.0, num_devices=1)
@@ -480,7 +480,7 @@ def test_plateau_and_schedule_free_run_resumes_exactly_and_evaluates_averaged_we
     # The reported test metrics are those of the schedule-free average x, not of y.
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
     settings = steps.StepSettings.from_config(a.config, schedule=lambda count: 0.0)
-    evaluator = train.Evaluator(test, 16, settings, sharding.make_mesh())
+    evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())
     assert evaluator(optim.eval_state(a.state))["loss"] == pytest.approx(straight["test_loss"],
                                                                         rel=1e-6)
     assert evaluator(a.state)["loss"] != pytest.approx(straight["test_loss"], rel=1e-6)
