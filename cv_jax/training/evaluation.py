@@ -25,7 +25,7 @@ log = logging.getLogger("cv_jax")
 class Evaluator:
     """Exact evaluation of a dataset: padded to whole batches on device, padding dropped."""
 
-    def __init__(self, dataset: ArrayDataset, batch_size: int, settings: steps.StepSettings,
+    def __init__(self, dataset: ArrayDataset, batch_size: int, settings: steps.EvalSettings,
                  mesh: jax.sharding.Mesh):
         self.dataset = dataset
         images, labels = pipeline.pad_to_multiple(dataset, batch_size)
@@ -56,12 +56,13 @@ class Evaluator:
         return summarize(self.predictions(state), self.dataset)
 
 
-def make_evaluators(config: mlc.ConfigDict, data: Datasets, settings: steps.StepSettings,
+def make_evaluators(config: mlc.ConfigDict, data: Datasets,
                     mesh: jax.sharding.Mesh) -> dict[str, Evaluator]:
-    """An Evaluator per evaluation split, batched by ``eval.batch_size`` rounded up to a
-    multiple of the devices."""
+    """An Evaluator per evaluation split, with the config's eval settings, batched by
+    ``eval.batch_size`` rounded up to a multiple of the devices."""
     devices = mesh.devices.size
     batch = -(-config.eval.batch_size // devices) * devices
+    settings = steps.EvalSettings.from_config(config)
     return {name: Evaluator(ds, batch, settings, mesh) for name, ds in data.eval_sets().items()}
 
 

@@ -25,11 +25,11 @@ log = logging.getLogger("cv_jax")
 
 
 def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
-                  schedule: optax.Schedule) -> steps.StepSettings:
-    """The train/eval step settings of a run (class weights come from the training labels)."""
+                  schedule: optax.Schedule) -> steps.TrainSettings:
+    """The train step settings of a run (class weights come from the training labels)."""
     weights = losses.class_weights(config.loss.class_weights, train.labels,
                                    len(train.class_names))
-    return steps.StepSettings.from_config(config, schedule, plan.steps_per_epoch, weights)
+    return steps.TrainSettings.from_config(config, schedule, plan.steps_per_epoch, weights)
 
 
 def optimizer_and_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan):
@@ -50,7 +50,7 @@ def check_batch_size(batch_size: int, num_devices: int, key: str) -> None:
         )
 
 
-def train_step_fn(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
+def train_step_fn(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh):
     """The step, not jitted: slice the epoch permutation, gather the batch, update the state.
     Its last argument is the distillation teacher, or None."""
 
@@ -63,7 +63,7 @@ def train_step_fn(settings: steps.StepSettings, batch_size: int, mesh: jax.shard
     return run
 
 
-def make_train_step(settings: steps.StepSettings, batch_size: int, mesh: jax.sharding.Mesh):
+def make_train_step(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh):
     """:func:`train_step_fn`, jitted (the state is donated, outputs replicated)."""
     repl = sharding.replicated(mesh)
     return jax.jit(train_step_fn(settings, batch_size, mesh), donate_argnums=0,
@@ -100,7 +100,7 @@ def create_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
     return runs.build_model(config, len(train.class_names))
 
 
-def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.StepSettings,
+def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.TrainSettings,
                 tx, mesh: jax.sharding.Mesh) -> TrainState:
     """A fresh state: model init, data-dependent init, replicated over the mesh."""
     advice = models.input_size_advice(config.model.name, train.images.shape[1:3])
@@ -111,7 +111,7 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Ste
     variables = jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key)
     variables = models.data_dependent_init(
         config.model.name, variables, train.images[: config.model_init_examples],
-        functools.partial(steps.normalize, settings=settings))
+        functools.partial(steps.normalize, normalization=settings.normalization))
     if transfer.enabled(config):
         variables = transfer.initialize(config, variables, len(train.class_names),
                                         train.images.shape[1:])

@@ -24,18 +24,43 @@ from cv_jax.training.state import TrainState, update_ema
 
 
 @dataclasses.dataclass(frozen=True)
-class StepSettings:
-    """What the steps need from the config, resolved once."""
+class Normalization:
+    """How uint8 images become the network's input: ``(x/255 - mean) / std`` per channel, in
+    the compute dtype (the same for training and evaluation)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dtype: Any
+
+    @classmethod
+    def from_config(cls, config: mlc.ConfigDict) -> Normalization:
+        return cls(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
+                   dtype=jnp.dtype(config.training.compute_dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """What the eval step and prediction need from the config, resolved once."""
+
+    normalization: Normalization
+    tta_flip: bool = False
+    tta_translate: int = 0  # pixels; 0: no translated views
+
+    @classmethod
+    def from_config(cls, config: mlc.ConfigDict) -> EvalSettings:
+        return cls(normalization=Normalization.from_config(config),
+                   tta_flip=config.eval.tta_flip, tta_translate=config.eval.tta_translate)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What the train step needs from the config, resolved once."""
+
+    normalization: Normalization
     label_smoothing: float
     aux_weight: float
     augment: mlc.ConfigDict
-    schedule: optax.Schedule
-    tta_flip: bool
-    tta_translate: int = 0  # pixels; 0: no translated views
+    schedule: optax.Schedule  # the learning rate the step logs (the optimizer holds its own)
     mixup: mlc.ConfigDict | None = None
     steps_per_epoch: int = 1
     class_weights: tuple[float, ...] | None = None
@@ -53,17 +78,13 @@ class StepSettings:
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
                     steps_per_epoch: int = 1,
-                    class_weights: tuple[float, ...] | None = None) -> StepSettings:
+                    class_weights: tuple[float, ...] | None = None) -> TrainSettings:
         return cls(
-            mean=tuple(config.dataset.mean),
-            std=tuple(config.dataset.std),
-            dtype=jnp.dtype(config.training.compute_dtype),
+            normalization=Normalization.from_config(config),
             label_smoothing=config.loss.label_smoothing,
             aux_weight=config.loss.aux_weight,
             augment=config.augment,
             schedule=schedule,
-            tta_flip=config.eval.tta_flip,
-            tta_translate=config.eval.tta_translate,
             mixup=config.mixup,
             steps_per_epoch=steps_per_epoch,
             class_weights=class_weights,
@@ -86,14 +107,14 @@ def uses_cpu_formulations(config: mlc.ConfigDict) -> bool:
     return choice == "on" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
-def normalize(images: jax.Array, settings: StepSettings) -> jax.Array:
+def normalize(images: jax.Array, normalization: Normalization) -> jax.Array:
     """uint8 [0, 255] -> (x/255 - mean) / std in the compute dtype."""
     x = images.astype(jnp.float32) / 255.0
-    x = (x - jnp.asarray(settings.mean)) / jnp.asarray(settings.std)
-    return x.astype(settings.dtype)
+    x = (x - jnp.asarray(normalization.mean)) / jnp.asarray(normalization.std)
+    return x.astype(normalization.dtype)
 
 
-def _add_weight_noise(params: Any, key: jax.Array, settings: StepSettings) -> Any:
+def _add_weight_noise(params: Any, key: jax.Array, settings: TrainSettings) -> Any:
     """Gaussian noise on the masked weights for this step's forward and backward pass (the
     update itself applies to the clean weights)."""
     mask = optim.path_mask(settings.decay_mask)(params)
@@ -105,7 +126,7 @@ def _add_weight_noise(params: Any, key: jax.Array, settings: StepSettings) -> An
         params, mask, keys)
 
 
-def _captures(settings: StepSettings):
+def _captures(settings: TrainSettings):
     """``capture_intermediates`` filter: outputs of the modules whose path matches."""
     if not settings.activity_layers or (is_off(settings.activity_l1)
                                         and is_off(settings.activity_l2)):
@@ -115,7 +136,7 @@ def _captures(settings: StepSettings):
         method == "__call__" and bool(regex.search("/".join(module.scope.path))))
 
 
-def train_step(state: TrainState, batch: dict, settings: StepSettings,
+def train_step(state: TrainState, batch: dict, settings: TrainSettings,
                teacher: distill.Teacher | None = None) -> tuple[TrainState, dict]:
     """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]}.
 
@@ -131,12 +152,13 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
     extra_keys = jax.random.split(jax.random.fold_in(step_key, 1), 3)
     mix_key, input_noise_key, weight_noise_key = extra_keys
     images = augment.augment_batch(batch["image"], aug_key, settings.augment)
-    x = normalize(images, settings)
+    x = normalize(images, settings.normalization)
     partner, lam = None, 1.0
     if settings.mixup is not None and mixup.enabled(settings.mixup):
         epoch = state.step / settings.steps_per_epoch
         x, partner, lam = mixup.mix_images(x, mix_key, settings.mixup, epoch)
-    teacher_logits = None if teacher is None else teacher.logits(x, settings.mean, settings.std)
+    norm = settings.normalization
+    teacher_logits = None if teacher is None else teacher.logits(x, norm.mean, norm.std)
     if not is_off(settings.input_noise_std):
         noise = jax.random.normal(input_noise_key, x.shape, jnp.float32)
         x = (x + settings.input_noise_std * noise).astype(x.dtype)
@@ -209,7 +231,7 @@ def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> Tra
                        ema=keep(old.ema, new.ema))
 
 
-def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings) -> jax.Array:
+def predict_logits(state: TrainState, images: jax.Array, settings: EvalSettings) -> jax.Array:
     """Inference-mode logits (BatchNorm running averages), float32.
 
     Test-time augmentation as airbench does it: with ``eval.tta_flip`` each view's logits are
@@ -226,7 +248,7 @@ def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings)
             logits = 0.5 * (logits + mirrored.astype(jnp.float32))
         return logits
 
-    x = normalize(images, settings)
+    x = normalize(images, settings.normalization)
     logits = view_logits(x)
     if settings.tta_translate:
         t = settings.tta_translate
@@ -238,7 +260,7 @@ def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings)
     return logits
 
 
-def eval_step(state: TrainState, batch: dict, settings: StepSettings) -> dict:
+def eval_step(state: TrainState, batch: dict, settings: EvalSettings) -> dict:
     """Per-example predictions and cross-entropy (no smoothing) for a batch."""
     logits = predict_logits(state, batch["image"], settings)
     return {

@@ -91,7 +91,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
              sharding.describe_devices(mesh))
 
     images, labels, permute = device_train_set(data.train, config, mesh)
-    evaluators = make_evaluators(config, data, settings, mesh)
+    evaluators = make_evaluators(config, data, mesh)
 
     compile_start = time.perf_counter()
     train_step = make_train_step(settings, config.training.batch_size, mesh)
@@ -196,7 +196,7 @@ def measure_timings(config: mlc.ConfigDict, data: Datasets, mesh: jax.sharding.M
     images, labels, permute = device_train_set(data.train, config, mesh)
     permutation = permute(0)
     teacher = distill.load_teacher(config, data.train.class_names, mesh)
-    evaluators = make_evaluators(config, data, settings, mesh).values()
+    evaluators = make_evaluators(config, data, mesh).values()
     compile_start = time.perf_counter()
     step = make_train_step(settings, config.training.batch_size, mesh).lower(
         state, images, labels, permutation, 0, teacher).compile()

@@ -123,7 +123,7 @@ def member_getter(mesh: jax.sharding.Mesh):
 
 
 def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
-                  settings: steps.StepSettings, tx, mesh: jax.sharding.Mesh,
+                  settings: steps.TrainSettings, tx, mesh: jax.sharding.Mesh,
                   orders: np.ndarray | None = None) -> list[TrainState]:
     """A fresh state per member config (each with its own seed), as ``setup.build_state``;
     with ``orders`` ([members, n] indices) member i starts from its own sample of ``data``
@@ -223,7 +223,7 @@ def resume_step(members: Sequence[Member]) -> int | None:
     return None if None in latest else min(latest)
 
 
-def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.StepSettings,
+def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.TrainSettings,
                   tx, plan: Plan, mesh: jax.sharding.Mesh,
                   orders: np.ndarray | None = None) -> tuple[TrainState, dict]:
     """The stacked state of the members (fresh, or restored from their latest common
@@ -302,14 +302,15 @@ class Program:
 
     @classmethod
     def build(cls, members: Sequence[Member], varied: Sequence[str], data: datasets.Datasets,
-              plan: Plan, settings: steps.StepSettings, state: TrainState,
+              plan: Plan, settings: steps.TrainSettings, state: TrainState,
               mesh: jax.sharding.Mesh, eval_batch: int, mode: str,
               orders: np.ndarray | None = None) -> Program:
         config = members[0].config
         images, labels, permute = setup.device_train_set(data.train, config, mesh)
         if orders is not None:
             permute = through_samples(permute, orders, mesh)
-        evaluators = {name: evaluation.Evaluator(ds, eval_batch, settings, mesh)
+        evaluators = {name: evaluation.Evaluator(ds, eval_batch,
+                                                 steps.EvalSettings.from_config(config), mesh)
                       for name, ds in data.eval_sets().items()}
         take = member_getter(mesh)
         start = time.perf_counter()

@@ -479,7 +479,7 @@ def test_plateau_and_schedule_free_run_resumes_exactly_and_evaluates_averaged_we
     assert optim.plateau_lr_scale(a.state.opt_state) == 0.5 ** 2
     # The reported test metrics are those of the schedule-free average x, not of y.
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(a.config, schedule=lambda count: 0.0)
+    settings = steps.EvalSettings.from_config(a.config)
     evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())
     assert evaluator(optim.eval_state(a.state))["loss"] == pytest.approx(straight["test_loss"],
                                                                         rel=1e-6)

@@ -66,7 +66,7 @@ def test_loaded_model_describes_its_run(model, workdir):
 def test_predictions_equal_the_evaluator(model, workdir, tiny_folder):
     test = load_split(str(tiny_folder), "test")
     run = runs.load_run(workdir, "best")
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    settings = steps.EvalSettings.from_config(run.config)
     evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())
     expected = evaluator.predictions(optim.eval_state(run.state))["prediction"]
     probabilities = model.predict(test.images)

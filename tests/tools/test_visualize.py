@@ -45,7 +45,7 @@ def independent(visualized, tiny_folder, cache_dir):
     workdir = visualized[0]
     run = runs.load_run(workdir)
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    settings = steps.EvalSettings.from_config(run.config)
     evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())
     return run, test, evaluator.predictions(run.state)["prediction"]
 

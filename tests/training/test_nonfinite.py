@@ -36,11 +36,12 @@ class TinyBN(nn.Module):
 
 def step_fn(std: float = 1.0):
     """The jitted train step without augmentation; ``std=0`` makes every input pixel inf."""
-    settings = steps.StepSettings(
-        mean=(0.0, 0.0, 0.0), std=(std,) * 3, dtype=jnp.float32, label_smoothing=0.0,
-        aux_weight=0.0, augment=mlc.ConfigDict(dict(crop_padding=0, padding_mode="constant",
-                                                    flip=False)),
-        schedule=optax.constant_schedule(0.1), tta_flip=False, ema_decay=0.5)
+    settings = steps.TrainSettings(
+        normalization=steps.Normalization(mean=(0.0, 0.0, 0.0), std=(std,) * 3,
+                                          dtype=jnp.float32),
+        label_smoothing=0.0, aux_weight=0.0,
+        augment=mlc.ConfigDict(dict(crop_padding=0, padding_mode="constant", flip=False)),
+        schedule=optax.constant_schedule(0.1), ema_decay=0.5)
     return jax.jit(lambda state, batch: steps.train_step(state, batch, settings))
 
 

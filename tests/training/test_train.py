@@ -79,7 +79,7 @@ def test_evaluation_counts_every_example_once(straight_run, tiny_folder, cache_d
     workdir, _ = straight_run
     run = runs.load_run(workdir)
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    settings = steps.EvalSettings.from_config(run.config)
     evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())  # 36 = 2*16 + 4
     out = evaluator.predictions(run.state)
     logits = steps.predict_logits(run.state, test.images, settings)
@@ -151,7 +151,7 @@ def test_evaluate_cli_overrides_the_runs_tta(straight_run, tiny_folder, cache_di
     run = runs.load_run(workdir)
     assert run.config.eval.tta_flip and run.config.eval.tta_translate == 0
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    settings = steps.EvalSettings.from_config(run.config)
     losses_seen = {evaluate_run(workdir, str(tiny_folder), "test")["loss"]}
     for flip, translate in ((False, 0), (False, 1), (True, 2)):
         report = evaluate_run(workdir, str(tiny_folder), "test", tta_flip=flip,

@@ -58,7 +58,7 @@ def separate(tiny_folder, cache_dir, tmp_path_factory):
 
 def predictions(workdir, dataset):
     run = runs.load_run(workdir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    settings = steps.EvalSettings.from_config(run.config)
     evaluator = evaluation.Evaluator(dataset, 16, settings, sharding.make_mesh())
     return run.state, evaluator.predictions(run.state)["prediction"]
 
