@@ -1,11 +1,18 @@
 """From a config and its loaded data to what the training loop needs: the device mesh, the
-schedule, optimizer and step settings, the initial state, the training set on the devices and
-the train step."""
+schedule, optimizer and step settings, the initial state, the training set and the teacher on
+the devices, and the train step and the evaluators compiled ahead of the loop.
+
+Every run is set up here: ``train.train_and_evaluate`` and the time-budget timing
+(``compile_run``), the vectorised run (its own stacked state and step; the device data and the
+compiling here) and the LR range test (its own optimizer; no evaluators).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import time
 
 import flax.linen as nn
 import jax
@@ -17,7 +24,10 @@ from cv_jax.config import ConfigError
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.optim import schedules
-from cv_jax.training import losses, runs, sharding, steps, transfer
+from cv_jax.training import distill, losses, runs, sharding, steps, transfer
+from cv_jax.training.datasets import Datasets
+from cv_jax.training.evaluation import Evaluator, make_evaluators
+from cv_jax.training.loop import Program
 from cv_jax.training.plan import Plan
 from cv_jax.training.state import TrainState, create_train_state, init_variables
 
@@ -48,6 +58,13 @@ def check_batch_size(batch_size: int, num_devices: int, key: str) -> None:
             f"config.{key}={batch_size} does not divide across the {num_devices} devices; "
             f"use a multiple of {num_devices} (e.g. {nearest})"
         )
+
+
+def make_mesh(config: mlc.ConfigDict) -> jax.sharding.Mesh:
+    """The run's mesh over ``training.num_devices`` devices; its batch must divide across them."""
+    mesh = sharding.make_mesh(config.training.num_devices)
+    check_batch_size(config.training.batch_size, mesh.devices.size, "training.batch_size")
+    return mesh
 
 
 def train_step_fn(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh):
@@ -118,3 +135,54 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Tra
     ema = config.training.ema_decay > 0
     state = jax.jit(lambda v, k: create_train_state(model, tx, v, k, ema))(variables, state_key)
     return jax.device_put(state, sharding.replicated(mesh))
+
+
+def initial_state(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+                  mesh: jax.sharding.Mesh) -> tuple[steps.TrainSettings, TrainState]:
+    """The run's train step settings and fresh state, its optimizer over ``plan``
+    (:func:`optimizer_and_settings`)."""
+    _, tx, settings = optimizer_and_settings(config, train, plan)
+    return settings, build_state(config, train, settings, tx, mesh)
+
+
+def device_program(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+                   mesh: jax.sharding.Mesh, train_step) -> Program:
+    """What the loop runs: ``train_step`` (jitted) over the training set on the devices, with
+    the config's distillation teacher (or none)."""
+    images, labels, permute = device_train_set(train, config, mesh)
+    teacher = distill.load_teacher(config, train.class_names, mesh)
+    return Program(train_step, images, labels, permute, plan.steps_per_epoch, teacher)
+
+
+@dataclasses.dataclass
+class Compiled:
+    """A run's program and evaluators, compiled ahead of the loop, and how long that took."""
+
+    program: Program
+    evaluators: dict[str, Evaluator]
+    compile_time: float
+
+
+def compile_program(program: Program, state: TrainState,
+                    evaluators: dict[str, Evaluator] | None = None,
+                    eval_state: TrainState | None = None) -> Compiled:
+    """``program`` with its train step compiled for ``state`` and the ``evaluators`` compiled
+    for ``eval_state`` (default: ``state``)."""
+    evaluators = evaluators or {}
+    start = time.perf_counter()
+    compiled = program.train_step.lower(state, program.images, program.labels,
+                                        program.permute(0), 0, program.teacher).compile()
+    for evaluator in evaluators.values():
+        evaluator.compile(state if eval_state is None else eval_state)
+    compile_time = time.perf_counter() - start
+    log.info("Compiled in %.1f s.", compile_time)
+    return Compiled(dataclasses.replace(program, train_step=compiled), evaluators, compile_time)
+
+
+def compile_run(config: mlc.ConfigDict, data: Datasets, plan: Plan, mesh: jax.sharding.Mesh,
+                settings: steps.TrainSettings, state: TrainState) -> Compiled:
+    """A run's train step (from ``settings``) over its training set and teacher on the
+    devices, and its evaluators, compiled for ``state``."""
+    step = make_train_step(settings, config.training.batch_size, mesh)
+    program = device_program(config, data.train, plan, mesh, step)
+    return compile_program(program, state, make_evaluators(config, data, mesh))
