@@ -21,7 +21,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cv_jax.tools.bench import synthetic_train_set
-from cv_jax.training import sharding, train
+from cv_jax.training import setup, sharding
+from cv_jax.training.plan import Plan
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar10.py:headline", "Config (and :variant).",
@@ -44,12 +45,12 @@ def time_variant(config, steps: int) -> float:
     mesh = sharding.make_mesh(config.training.num_devices)
     batch = config.training.batch_size
     data = synthetic_train_set(batch * 4)
-    plan = train.Plan.from_config(config, len(data))
-    _, tx, settings = train.optimizer_and_settings(config, data, plan)
-    state = train.build_state(config, data, settings, tx, mesh)
-    images, labels, permute = train.device_train_set(data, config, mesh)
+    plan = Plan.from_config(config, len(data))
+    _, tx, settings = setup.optimizer_and_settings(config, data, plan)
+    state = setup.build_state(config, data, settings, tx, mesh)
+    images, labels, permute = setup.device_train_set(data, config, mesh)
     permutation = permute(0)
-    step_fn = train.make_train_step(settings, batch, mesh)
+    step_fn = setup.make_train_step(settings, batch, mesh)
     times = []
     for i in range(steps + 2):
         start = time.perf_counter()

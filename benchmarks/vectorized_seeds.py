@@ -4,7 +4,7 @@
         [--members=1,4,8 --modes=vmap,unroll --steps=20 --batch_size=0]
 
 Times the jitted train step of the config's model on device-resident synthetic CIFAR-sized
-uint8 images: first the plain single-run step (``train.make_train_step``), then the step of
+uint8 images: first the plain single-run step (``setup.make_train_step``), then the step of
 every member count in each mode of ``members.make_vectorized_step`` (vmap, unroll). Prints
 per row the compile time, the median step time, the images/s each member trains on, the images/s
 of all members together, and that total against the plain run's: the speed-up over training
@@ -22,7 +22,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cv_jax.tools.bench import synthetic_train_set
-from cv_jax.training import sharding, train
+from cv_jax.training import setup, sharding
+from cv_jax.training.plan import Plan
 from cv_jax.workflows import members, vectorized
 
 FLAGS = flags.FLAGS
@@ -57,9 +58,9 @@ def main(argv):
     batch = config.training.batch_size
     mesh = sharding.make_mesh(config.training.num_devices)
     data = synthetic_train_set(batch * 4)
-    plan = train.Plan.from_config(config, len(data))
-    _, tx, settings = train.optimizer_and_settings(config, data, plan)
-    images, labels, permute = train.device_train_set(data, config, mesh)
+    plan = Plan.from_config(config, len(data))
+    _, tx, settings = setup.optimizer_and_settings(config, data, plan)
+    images, labels, permute = setup.device_train_set(data, config, mesh)
     args = (images, labels, permute(0), 0, None)
 
     device = jax.devices()[0]
@@ -69,8 +70,8 @@ def main(argv):
           f"median of {FLAGS.steps} steps")
     print(f"{'members':<16}{'compile s':>10}{'ms/step':>10}{'img/s each':>12}{'img/s total':>13}"
           f"{'vs 1 run':>10}")
-    plain = train.build_state(config, data, settings, tx, mesh)
-    rows = [("1 plain", 1, train.make_train_step(settings, batch, mesh), lambda: plain)]
+    plain = setup.build_state(config, data, settings, tx, mesh)
+    rows = [("1 plain", 1, setup.make_train_step(settings, batch, mesh), lambda: plain)]
     for mode in FLAGS.modes:
         for count in map(int, FLAGS.members):
             configs = [members.member_config(config, seed) for seed in range(count)]

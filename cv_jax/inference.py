@@ -37,7 +37,7 @@ class LoadedModel:
     image_shape: tuple[int, int, int]  # (H, W, C) the run was trained on
     step: int
     state: TrainState  # the chosen weights, without optimizer state
-    settings: steps.StepSettings
+    settings: steps.EvalSettings
     batch_size: int
     mesh: jax.sharding.Mesh
     _logits: Callable = dataclasses.field(init=False, repr=False)
@@ -129,7 +129,7 @@ def load(workdir: str, checkpoint: str = "best", weights: str = "raw",
         image_shape=run.image_shape,
         step=run.step,
         state=state,
-        settings=steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0),
+        settings=steps.EvalSettings.from_config(run.config),
         batch_size=-(-size // devices) * devices,
         mesh=mesh,
     )

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from cv_jax.analysis import flops
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import curves
-from cv_jax.training.train import read_json, read_results
+from cv_jax.training import checkpoint, curves
+from cv_jax.training.results import read_json, read_results
 
 MISSING = "—"
 # Never a column: the seed is what a row averages over; the others are bookkeeping.
@@ -90,8 +91,6 @@ def checkpoint_signature(workdir: str) -> dict | None:
     """The latest checkpoint's signature (model, class names, parameter shapes), if any."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         return None
-    from cv_jax.training import checkpoint
-
     ckpt = checkpoint.Checkpoints(workdir, keep=1, best_metric="test_accuracy", best_mode="max")
     try:
         step = ckpt.latest_step()
@@ -146,8 +145,6 @@ def load_record(workdir: str, exit_code: int | None = None,
     classes = tuple(signature["class_names"]) if signature is not None else None
     gflops = None
     if signature is not None and saved is not None:
-        from cv_jax.analysis import flops
-
         gflops = flops.run_gflops(workdir, signature)
     return Record(workdir, flatten(tree), results, curves.read_metrics(workdir), status, note,
                   classes, parameters, gflops)

@@ -57,7 +57,7 @@ from cv_jax.analysis.sweep_definition import (
 )
 from cv_jax.config import lookup, validate
 from cv_jax.training import runs as saved_runs
-from cv_jax.training.train import read_results
+from cv_jax.training.results import read_results
 
 # ----------------------------------------------------------------------------- building points
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
-from cv_jax.models import model_names
+from cv_jax.models import default_input_shape, model_names
 from cv_jax.models.summary import ModelSummary, summarize
 from cv_jax.runtime import cpu_defaults
 
@@ -31,8 +31,6 @@ def _default_classes(input_shape: Sequence[int]) -> int:
 
 
 def _summarize(name: str, per_layer: bool) -> ModelSummary:
-    from cv_jax.models import default_input_shape
-
     input_shape = tuple(int(v) for v in _INPUT.value) if _INPUT.value else None
     classes = _CLASSES.value or _default_classes(input_shape or default_input_shape(name))
     return summarize(name, input_shape, classes, per_layer=per_layer)

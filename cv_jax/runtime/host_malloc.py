@@ -1,4 +1,5 @@
-"""glibc malloc settings cv_jax applies on import, before JAX's backend starts its threads.
+"""glibc malloc settings cv_jax's commands apply before JAX's backend starts its threads
+(:func:`cv_jax.runtime.cpu_defaults.apply`).
 
 XLA:CPU runs most convolutions through Eigen, whose contraction packs its operands into freshly
 malloc'ed scratch (75 MB per 32x32x16 convolution of ResNet-20 at batch 128), and JAX's CPU
@@ -15,8 +16,8 @@ The settings are process-wide, so they reach every library in the process (PyTor
 They were measured for the CPU backend, so they are applied only where no JAX accelerator
 plugin (CUDA, ROCm, TPU) is installed, only with glibc, never over a ``MALLOC_*`` variable
 the user set (glibc reads those itself), and not at all with ``CV_JAX_MALLOC_DEFAULTS=0``.
-Threads that made their first allocation before the import keep their arenas, so import
-cv_jax before starting JAX's backend (``jax.devices()``, the first array).
+Threads that made their first allocation before the settings keep their arenas, so apply them
+before starting JAX's backend (``jax.devices()``, the first array).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""XLA:CPU flags cv_jax sets before JAX starts its backend (``import cv_jax`` does it).
+"""XLA:CPU flags cv_jax's commands set before JAX starts its backend
+(:func:`cv_jax.runtime.cpu_defaults.apply`, only where no accelerator plugin is installed).
 
 Measured on a 2-core x86 CPU with jaxlib 0.10.2 (benchmarks/xla_cpu_flags.py,
 experiments/speed/RESULTS.md): routing XLA:CPU's dot products, which include the convolutions

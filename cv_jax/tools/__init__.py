@@ -1,1 +1,2 @@
-"""Command-line tools over trained runs: evaluate, predict, visualize, bench, speedrun."""
+"""Command-line tools: trained runs (evaluate, predict, visualize), a config's learning rate
+and augmentations (schedules, augmentations), and speed (bench, speedrun)."""

@@ -3,7 +3,7 @@
     python -m cv_jax.tools.bench [--models=resnet20,resnet18_cifar] [--batch_size=128]
         [--dtype=float32|bfloat16] [--steps=20] [--torch] [--torch_compile] [--json=FILE]
 
-For each model, the jitted ``train.make_train_step`` of a plain SGD recipe (Nesterov momentum,
+For each model, the jitted ``setup.make_train_step`` of a plain SGD recipe (Nesterov momentum,
 weight decay, no augmentation, so both sides do the same work) runs on device-resident
 synthetic images of the model's design size (32x32 or 224x224); with ``--torch`` the PyTorch
 counterpart from ``cv_jax.tools.torch_reference`` runs next (channels_last, bf16 autocast when
@@ -31,7 +31,8 @@ from cv_jax import models
 from cv_jax.config import base_config, model_section
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import runs, sharding, train
+from cv_jax.training import runs, setup, sharding
+from cv_jax.training.plan import Plan
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor data sheets, SXM parts).
 PEAK_FLOPS = {
@@ -91,17 +92,17 @@ def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: i
     config = sgd_config(model, batch_size, dtype, cpu_formulations)
     mesh = sharding.make_mesh(config.training.num_devices)
     data = synthetic_train_set(batch_size * 2, models.default_input_shape(model))
-    plan = train.Plan.from_config(config, len(data))
-    _, tx, settings = train.optimizer_and_settings(config, data, plan)
-    state = train.build_state(config, data, settings, tx, mesh)
-    images, labels, permute = train.device_train_set(data, config, mesh)
+    plan = Plan.from_config(config, len(data))
+    _, tx, settings = setup.optimizer_and_settings(config, data, plan)
+    state = setup.build_state(config, data, settings, tx, mesh)
+    images, labels, permute = setup.device_train_set(data, config, mesh)
     permutation = permute(0)
     start = time.perf_counter()
-    step = train.make_train_step(settings, batch_size, mesh)
+    step = setup.make_train_step(settings, batch_size, mesh)
     step = step.lower(state, images, labels, permutation, 0).compile()
     compile_time = time.perf_counter() - start
     plain = state.replace(apply_fn=runs.build_model(config, len(data.class_names)).apply)
-    flops = _flops(train.make_train_step(settings, batch_size, mesh).lower(
+    flops = _flops(setup.make_train_step(settings, batch_size, mesh).lower(
         plain, images, labels, permutation, 0), mesh.devices.size)
     times = []
     for i in range(warmup + steps):

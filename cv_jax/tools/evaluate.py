@@ -21,9 +21,9 @@ from cv_jax.data.sources import load_split
 from cv_jax.optim import opt_state
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import runs, sharding
+from cv_jax.training.evaluation import Evaluator, summarize
 from cv_jax.training.metrics import per_class_accuracy
-from cv_jax.training.steps import StepSettings
-from cv_jax.training.train import Evaluator, summarize
+from cv_jax.training.steps import EvalSettings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A run directory written by cv_jax.main.")
@@ -56,7 +56,7 @@ def evaluate_run(workdir: str, data: str, split: str = "test", which: str = "lat
     mesh = sharding.make_mesh()
     size = batch_size or run.config.eval.batch_size
     size = -(-size // mesh.devices.size) * mesh.devices.size
-    settings = StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    settings = EvalSettings.from_config(run.config)
     evaluator = Evaluator(dataset, size, settings, mesh)
     out = evaluator.predictions(opt_state.eval_state(run.state))  # schedule-free: averaged weights
     return summarize(out, dataset) | {

@@ -28,7 +28,7 @@ from cv_jax.optim.chain import param_path
 from cv_jax.optim.plateau import plateau_metric
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import runs
-from cv_jax.training.train import Plan
+from cv_jax.training.plan import Plan
 
 
 def events(config: mlc.ConfigDict, spe: int, total: int) -> list[int]:

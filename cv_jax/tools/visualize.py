@@ -90,7 +90,7 @@ def _in_call_order(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
 
 
 def capture_layers(state: TrainState, image: np.ndarray,
-                   settings: steps.StepSettings) -> dict[str, np.ndarray]:
+                   settings: steps.EvalSettings) -> dict[str, np.ndarray]:
     """Every layer's eval-mode output ``[H, W, C]`` for one uint8 image, by module path, in the
     order the forward pass computes them (layers with other than NHWC outputs are left out).
 
@@ -101,8 +101,9 @@ def capture_layers(state: TrainState, image: np.ndarray,
     order: list[str] = []
 
     def forward(variables, images):
-        _, captured = state.apply_fn(variables, steps.normalize(images, settings), train=False,
-                                     capture_intermediates=True, mutable=["intermediates"])
+        x = steps.normalize(images, settings.normalization)
+        _, captured = state.apply_fn(variables, x, train=False, capture_intermediates=True,
+                                     mutable=["intermediates"])
         layers = list(_in_call_order(captured["intermediates"]))
         order[:] = [name for name, _ in layers]  # filled during tracing: names are static
         return [output for _, output in layers]
@@ -246,7 +247,7 @@ def write_tensorboard(workdir: str, paths: Mapping[str, str], step: int) -> None
 # --------------------------------------------------------------------------- the whole run
 
 
-def model_figures(state: TrainState, image: np.ndarray, settings: steps.StepSettings,
+def model_figures(state: TrainState, image: np.ndarray, settings: steps.EvalSettings,
                   layers: Sequence[str] | None, channels: int,
                   out: str) -> tuple[dict[str, str], dict[str, Any]]:
     """First-layer kernels and feature maps of one image; ``(paths, record)``."""

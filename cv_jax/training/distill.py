@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from cv_jax.training import sharding
+from cv_jax.training import runs, sharding
 
 
 class DistillError(ValueError):
@@ -54,8 +54,6 @@ def load_teacher(config: mlc.ConfigDict, class_names: tuple[str, ...],
     cfg = config.distill
     if not cfg.teacher:
         return None
-    from cv_jax.training import runs
-
     run = runs.load_run(cfg.teacher, cfg.checkpoint, num_devices=mesh.devices.size)
     if run.class_names != tuple(class_names):
         raise DistillError(

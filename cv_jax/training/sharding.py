@@ -1,4 +1,5 @@
-"""The device mesh and the two shardings the loop needs: replicated and batch-split."""
+"""The device mesh, the two shardings the loop needs (replicated and batch-split), and what
+the devices are."""
 
 from __future__ import annotations
 
@@ -37,3 +38,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_split(mesh: Mesh) -> NamedSharding:
     """The leading (batch) axis is split across the 'data' axis."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def describe_devices(mesh: jax.sharding.Mesh) -> str:
+    """E.g. '8 x cpu (cpu)', or '16 x H100 (gpu) in 2 processes' for a multi-process job."""
+    devices = mesh.devices.flatten()
+    processes = len({d.process_index for d in devices})
+    across = f" in {processes} processes" if processes > 1 else ""
+    return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}){across}"

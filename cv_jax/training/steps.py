@@ -22,18 +22,43 @@ from cv_jax.training.state import TrainState, update_ema
 
 
 @dataclasses.dataclass(frozen=True)
-class StepSettings:
-    """What the steps need from the config, resolved once."""
+class Normalization:
+    """How uint8 images become the network's input: ``(x/255 - mean) / std`` per channel, in
+    the compute dtype (the same for training and evaluation)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dtype: Any
+
+    @classmethod
+    def from_config(cls, config: mlc.ConfigDict) -> Normalization:
+        return cls(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
+                   dtype=jnp.dtype(config.training.compute_dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """What the eval step and prediction need from the config, resolved once."""
+
+    normalization: Normalization
+    tta_flip: bool = False
+    tta_translate: int = 0  # pixels; 0: no translated views
+
+    @classmethod
+    def from_config(cls, config: mlc.ConfigDict) -> EvalSettings:
+        return cls(normalization=Normalization.from_config(config),
+                   tta_flip=config.eval.tta_flip, tta_translate=config.eval.tta_translate)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What the train step needs from the config, resolved once."""
+
+    normalization: Normalization
     label_smoothing: float
     aux_weight: float
     augment: mlc.ConfigDict
-    schedule: optax.Schedule
-    tta_flip: bool
-    tta_translate: int = 0  # pixels; 0: no translated views
+    schedule: optax.Schedule  # the learning rate the step logs (the optimizer holds its own)
     mixup: mlc.ConfigDict | None = None
     steps_per_epoch: int = 1
     class_weights: tuple[float, ...] | None = None
@@ -49,17 +74,13 @@ class StepSettings:
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
                     steps_per_epoch: int = 1,
-                    class_weights: tuple[float, ...] | None = None) -> StepSettings:
+                    class_weights: tuple[float, ...] | None = None) -> TrainSettings:
         return cls(
-            mean=tuple(config.dataset.mean),
-            std=tuple(config.dataset.std),
-            dtype=jnp.dtype(config.training.compute_dtype),
+            normalization=Normalization.from_config(config),
             label_smoothing=config.loss.label_smoothing,
             aux_weight=config.loss.aux_weight,
             augment=config.augment,
             schedule=schedule,
-            tta_flip=config.eval.tta_flip,
-            tta_translate=config.eval.tta_translate,
             mixup=config.mixup,
             steps_per_epoch=steps_per_epoch,
             class_weights=class_weights,
@@ -74,14 +95,14 @@ class StepSettings:
         )
 
 
-def normalize(images: jax.Array, settings: StepSettings) -> jax.Array:
+def normalize(images: jax.Array, normalization: Normalization) -> jax.Array:
     """uint8 [0, 255] -> (x/255 - mean) / std in the compute dtype."""
     x = images.astype(jnp.float32) / 255.0
-    x = (x - jnp.asarray(settings.mean)) / jnp.asarray(settings.std)
-    return x.astype(settings.dtype)
+    x = (x - jnp.asarray(normalization.mean)) / jnp.asarray(normalization.std)
+    return x.astype(normalization.dtype)
 
 
-def _add_weight_noise(params: Any, key: jax.Array, settings: StepSettings) -> Any:
+def _add_weight_noise(params: Any, key: jax.Array, settings: TrainSettings) -> Any:
     """Gaussian noise on the masked weights for this step's forward and backward pass (the
     update itself applies to the clean weights)."""
     mask = chain.path_mask(settings.decay_mask)(params)
@@ -93,7 +114,7 @@ def _add_weight_noise(params: Any, key: jax.Array, settings: StepSettings) -> An
         params, mask, keys)
 
 
-def _captures(settings: StepSettings):
+def _captures(settings: TrainSettings):
     """``capture_intermediates`` filter: outputs of the modules whose path matches."""
     if not settings.activity_layers or (is_off(settings.activity_l1)
                                         and is_off(settings.activity_l2)):
@@ -103,7 +124,7 @@ def _captures(settings: StepSettings):
         method == "__call__" and bool(regex.search("/".join(module.scope.path))))
 
 
-def train_step(state: TrainState, batch: dict, settings: StepSettings,
+def train_step(state: TrainState, batch: dict, settings: TrainSettings,
                teacher: distill.Teacher | None = None) -> tuple[TrainState, dict]:
     """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]}.
 
@@ -111,8 +132,6 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
     — with a ``teacher``, ``(1 - alpha)`` x that plus ``alpha`` x the distillation loss —
     + ``aux_weight`` x the cross-entropy of each auxiliary classifier (GoogLeNet's heads sow
     their logits into ``aux_logits`` in train mode) + the L2 weight penalty + activity penalties.
-    The model is ``state.apply_fn``'s, as the run built it (``runs.training_layers``: the CPU
-    formulations, frozen BatchNorm).
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     aug_key, dropout_key = jax.random.split(step_key)
@@ -121,12 +140,13 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
     extra_keys = jax.random.split(jax.random.fold_in(step_key, 1), 3)
     mix_key, input_noise_key, weight_noise_key = extra_keys
     images = augment.augment_batch(batch["image"], aug_key, settings.augment)
-    x = normalize(images, settings)
+    x = normalize(images, settings.normalization)
     partner, lam = None, 1.0
     if settings.mixup is not None and mixup.enabled(settings.mixup):
         epoch = state.step / settings.steps_per_epoch
         x, partner, lam = mixup.mix_images(x, mix_key, settings.mixup, epoch)
-    teacher_logits = None if teacher is None else teacher.logits(x, settings.mean, settings.std)
+    norm = settings.normalization
+    teacher_logits = None if teacher is None else teacher.logits(x, norm.mean, norm.std)
     if not is_off(settings.input_noise_std):
         noise = jax.random.normal(input_noise_key, x.shape, jnp.float32)
         x = (x + settings.input_noise_std * noise).astype(x.dtype)
@@ -185,7 +205,7 @@ def train_step(state: TrainState, batch: dict, settings: StepSettings,
 def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> TrainState:
     """``new``, with the weights, BatchNorm statistics and EMA of ``old`` when ``skipped``.
 
-    A skipped step (non-finite gradients, ``chain.skip_nonfinite``) still advances the step
+    A skipped step (non-finite gradients, ``optim.skip_nonfinite``) still advances the step
     counter, so the next step takes the next batch and a resumed run the same one; its
     optimizer state is the one optax kept, plus the wrapper's counters.
     """
@@ -197,7 +217,7 @@ def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> Tra
                        ema=keep(old.ema, new.ema))
 
 
-def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings) -> jax.Array:
+def predict_logits(state: TrainState, images: jax.Array, settings: EvalSettings) -> jax.Array:
     """Inference-mode logits (BatchNorm running averages), float32.
 
     Test-time augmentation as airbench does it: with ``eval.tta_flip`` each view's logits are
@@ -214,7 +234,7 @@ def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings)
             logits = 0.5 * (logits + mirrored.astype(jnp.float32))
         return logits
 
-    x = normalize(images, settings)
+    x = normalize(images, settings.normalization)
     logits = view_logits(x)
     if settings.tta_translate:
         t = settings.tta_translate
@@ -226,7 +246,7 @@ def predict_logits(state: TrainState, images: jax.Array, settings: StepSettings)
     return logits
 
 
-def eval_step(state: TrainState, batch: dict, settings: StepSettings) -> dict:
+def eval_step(state: TrainState, batch: dict, settings: EvalSettings) -> dict:
     """Per-example predictions and cross-entropy (no smoothing) for a batch."""
     logits = predict_logits(state, batch["image"], settings)
     return {

@@ -59,7 +59,7 @@ class Timings:
 
 def evaluations(total_steps: int, eval_every_steps: int) -> int:
     """How many evaluations a run of ``total_steps`` makes
-    (cv_jax.training.train.Plan.is_eval_step)."""
+    (cv_jax.training.plan.Plan.is_eval_step)."""
     return total_steps // eval_every_steps + (total_steps % eval_every_steps != 0)
 
 

@@ -47,7 +47,7 @@ from absl import flags
 from cv_jax.config import ConfigError
 from cv_jax.data import pipeline
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import train
+from cv_jax.training import datasets
 from cv_jax.workflows import members, multirun, vectorized
 from cv_jax.workflows.members import MODES
 
@@ -108,10 +108,10 @@ def member_config(config: mlc.ConfigDict, member: int, weights_path: str = "") -
                                      "dataset.resample_weights": weights_path})
 
 
-def base_data(config: mlc.ConfigDict) -> train.Datasets:
+def base_data(config: mlc.ConfigDict) -> datasets.Datasets:
     """The splits without resampling: the training set members are drawn from."""
     base = multirun.variant(config, {"dataset.resample_seed": -1, "dataset.resample_weights": ""})
-    return train.load_datasets(base)
+    return datasets.load_datasets(base)
 
 
 def bagging(config: mlc.ConfigDict, workdir: str, count: int, mode: str = "") -> dict:

@@ -36,7 +36,9 @@ import numpy as np
 from cv_jax.config import ConfigError, validate
 from cv_jax.optim import chain
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import sharding, train
+from cv_jax.training import datasets, setup
+from cv_jax.training.loop import EveryStep, Loop, run
+from cv_jax.training.plan import Plan
 
 log = logging.getLogger("cv_jax")
 
@@ -70,6 +72,44 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
             "min_smoothed_loss": float(smoothed[best]), "lr_steep": lr_steep}
 
 
+class RangeTest(EveryStep):
+    """Records each step's LR, loss and smoothed loss (bias-corrected, as ``smooth``); stops
+    the loop once the smoothed loss is not finite (dropping that step) or exceeds
+    ``stop_factor`` x its minimum."""
+
+    def __init__(self, schedule, num_steps: int, stop_factor: float, beta: float):
+        self.schedule, self.num_steps = schedule, num_steps
+        self.stop_factor, self.beta = stop_factor, beta
+        self.lrs: list[float] = []
+        self.raw: list[float] = []
+        self.smoothed: list[float] = []
+        self.avg, self.best, self.stopped = 0.0, math.inf, ""
+        self.started = time.perf_counter()
+
+    def act(self, loop: Loop) -> None:
+        step = loop.step - 1  # the step just taken, from 0
+        loss = float(loop.metrics["loss"])
+        self.lrs.append(float(self.schedule(step)))
+        self.raw.append(loss)
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        self.smoothed.append(self.avg / (1 - self.beta ** (step + 1)))
+        if not math.isfinite(self.smoothed[-1]):
+            self.stopped = f"the loss became {loss} at LR {self.lrs[-1]:.3g}"
+            self.lrs, self.raw, self.smoothed = self.lrs[:-1], self.raw[:-1], self.smoothed[:-1]
+            loop.stop = self.stopped
+            return
+        self.best = min(self.best, self.smoothed[-1])
+        if (step + 1) % 20 == 0:
+            log.info("step %d/%d  LR %.3g  loss %.4f  smoothed %.4f  (%.0f s)", step + 1,
+                     self.num_steps, self.lrs[-1], loss, self.smoothed[-1],
+                     time.perf_counter() - self.started)
+        if step > 0 and self.smoothed[-1] > self.stop_factor * self.best:
+            self.stopped = (f"the smoothed loss {self.smoothed[-1]:.3g} exceeded "
+                            f"{self.stop_factor:g}x its minimum {self.best:.3g} at LR "
+                            f"{self.lrs[-1]:.3g}")
+            loop.stop = self.stopped
+
+
 def lr_find(config: mlc.ConfigDict, num_steps: int = 100, min_lr: float = 1e-7,
             max_lr: float = 10.0, stop_factor: float = 4.0, beta: float = 0.98) -> dict:
     """Runs the range test; returns the LRs, raw and smoothed losses and the suggestion."""
@@ -78,44 +118,20 @@ def lr_find(config: mlc.ConfigDict, num_steps: int = 100, min_lr: float = 1e-7,
     if num_steps < 2:
         raise ConfigError(f"--steps={num_steps}: the test needs at least 2 steps")
     validate(config)
-    mesh = sharding.make_mesh(config.training.num_devices)
-    train.check_batch_size(config.training.batch_size, mesh.devices.size, "training.batch_size")
-    data = train.load_datasets(config)
-    plan = train.Plan.from_config(config, len(data.train))
+    mesh = setup.make_mesh(config)
+    data = datasets.load_datasets(config)
+    plan = Plan.from_config(config, len(data.train))
     schedule = exponential_lrs(min_lr, max_lr, num_steps)
     tx = chain.create_optimizer(config, schedule)
-    settings = train.step_settings(config, data.train, plan, schedule)
-    state = train.build_state(config, data.train, settings, tx, mesh)
-    images, labels, permute = train.device_train_set(data.train, config, mesh)
-    train_step = train.make_train_step(settings, config.training.batch_size, mesh)
-
-    start = time.perf_counter()
-    lrs, raw, smoothed = [], [], []
-    avg, best, stopped = 0.0, math.inf, ""
-    permutation = None
-    for step in range(num_steps):
-        if step % plan.steps_per_epoch == 0:
-            permutation = permute(step // plan.steps_per_epoch)
-        state, metrics = train_step(state, images, labels, permutation,
-                                    step % plan.steps_per_epoch)
-        loss = float(metrics["loss"])
-        lrs.append(float(schedule(step)))
-        raw.append(loss)
-        avg = beta * avg + (1 - beta) * loss
-        smoothed.append(avg / (1 - beta ** (step + 1)))
-        if not math.isfinite(smoothed[-1]):
-            stopped = f"the loss became {loss} at LR {lrs[-1]:.3g}"
-            lrs, raw, smoothed = lrs[:-1], raw[:-1], smoothed[:-1]
-            break
-        best = min(best, smoothed[-1])
-        if (step + 1) % 20 == 0:
-            log.info("step %d/%d  LR %.3g  loss %.4f  smoothed %.4f  (%.0f s)", step + 1,
-                     num_steps, lrs[-1], loss, smoothed[-1], time.perf_counter() - start)
-        if step > 0 and smoothed[-1] > stop_factor * best:
-            stopped = (f"the smoothed loss {smoothed[-1]:.3g} exceeded {stop_factor:g}x its "
-                       f"minimum {best:.3g} at LR {lrs[-1]:.3g}")
-            break
-    elapsed = time.perf_counter() - start
+    settings = setup.step_settings(config, data.train, plan, schedule)
+    state = setup.build_state(config, data.train, settings, tx, mesh)
+    step = setup.make_train_step(settings, config.training.batch_size, mesh)
+    program = setup.compile_program(setup.device_program(config, data.train, plan, mesh, step),
+                                    state).program
+    test = RangeTest(schedule, num_steps, stop_factor, beta)
+    run(program, state, 0, num_steps, [test])
+    lrs, raw, smoothed, stopped = test.lrs, test.raw, test.smoothed, test.stopped
+    elapsed = time.perf_counter() - test.started
     if len(lrs) < 2:
         raise FloatingPointError(f"the range test diverged at once ({stopped}); lower --min_lr")
     note = None

@@ -35,7 +35,8 @@ import ml_collections as mlc
 from cv_jax.analysis.sweep_definition import check_key, point_name, short_keys
 from cv_jax.config import ConfigError, lookup, validate
 from cv_jax.data.dataset import ArrayDataset
-from cv_jax.training import sharding, train
+from cv_jax.training import setup, sharding
+from cv_jax.training.plan import Plan
 
 MODES = ("vmap", "unroll")
 VARIABLE_SECTIONS = ("optimizer", "schedule", "loss", "mixup", "noise", "augment", "model")
@@ -159,13 +160,13 @@ def member(tree: Any, i: int) -> Any:
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def _step_of(config: mlc.ConfigDict, data: ArrayDataset, plan: train.Plan,
+def _step_of(config: mlc.ConfigDict, data: ArrayDataset, plan: Plan,
              mesh: jax.sharding.Mesh):
-    """``train.train_step_fn`` built from ``config``: its own optimizer, settings and model,
+    """``setup.train_step_fn`` built from ``config``: its own optimizer, settings and model,
     bound into the (shared-structure) state it is given and unbound from the result."""
-    _, tx, settings = train.optimizer_and_settings(config, data, plan)
-    apply_fn = train.create_model(config, data).apply
-    run = train.train_step_fn(settings, config.training.batch_size, mesh)
+    _, tx, settings = setup.optimizer_and_settings(config, data, plan)
+    apply_fn = setup.create_model(config, data).apply
+    run = setup.train_step_fn(settings, config.training.batch_size, mesh)
 
     def step(state, *shared):
         new, metrics = run(state.replace(tx=tx, apply_fn=apply_fn), *shared)
@@ -185,7 +186,7 @@ def _where(error: BaseException) -> str:
 
 
 def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str],
-                         data: ArrayDataset, plan: train.Plan, mesh: jax.sharding.Mesh,
+                         data: ArrayDataset, plan: Plan, mesh: jax.sharding.Mesh,
                          mode: str = "vmap", own_orders: bool = False):
     """One jitted step of every member (``configs``, which differ in seed and the ``varied``
     keys): ``(stacked state, images, labels, permutation, index, teacher) -> (state,

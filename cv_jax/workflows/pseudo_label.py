@@ -37,7 +37,7 @@ from cv_jax.config import ConfigError
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import train
+from cv_jax.training import datasets
 from cv_jax.workflows import multirun
 
 log = logging.getLogger("cv_jax")
@@ -73,7 +73,7 @@ def unlabelled_pool(config: mlc.ConfigDict) -> tuple[ArrayDataset, np.ndarray]:
     pool_config = multirun.variant(config, {
         "dataset.num_labelled": 0, "dataset.pseudo_labels": "", "dataset.balance": "",
         "dataset.resample_seed": -1, "dataset.resample_weights": ""})
-    pool = train.load_datasets(pool_config).train
+    pool = datasets.load_datasets(pool_config).train
     labelled = pipeline.labelled_indices(pool.labels, config.dataset.num_labelled,
                                          len(pool.class_names), config.dataset.labelled_seed)
     return pool, np.setdiff1d(np.arange(len(pool)), labelled)

@@ -8,13 +8,13 @@ program: N models, one jitted step, one stream of batches.
 The members (``cv_jax.workflows.members``) are every seed crossed with every combination of the
 ``--vary`` values. They share the stream of batches (ordered by ``config.data_seed``, or by
 ``config.seed`` when that is -1) and every setting but the seed and the varied keys. Each member
-has its own initialisation and augmentation/dropout keys (``train.seed_keys``). Their states are
+has its own initialisation and augmentation/dropout keys (``setup.seed_keys``). Their states are
 stacked on a leading member axis, replicated over the mesh; the batch is split on the mesh's
 'data' axis exactly as in a single run, and one jitted step runs the single-run step for every
 member: vmapped over the member axis (the batch is shared, not mapped; varied values are traced),
 or with ``mode='unroll'`` as one copy per member. A member is ``train.train_and_evaluate`` of
 its config (its seed and values, the same ``data_seed``), up to the order of XLA's
-floating-point sums (tests/test_vectorized.py checks it).
+floating-point sums (tests/workflows/test_vectorized.py checks it).
 
 vmap pays off where one run leaves an accelerator idle (small models, small batches). On CPU,
 XLA lowers a vmapped convolution to a grouped one, which is many times slower than separate
@@ -25,9 +25,11 @@ Each member is written as a complete run in ``workdir/seed_<s>/`` (with varied k
 data_seed, metrics.jsonl, tensorboard/, checkpoints/, results.json. So ``cv_jax.tools.evaluate``,
 ``cv_jax.training.runs``, ``cv_jax.training.curves`` and ``cv_jax.analysis.report`` read it as if
 it had been trained alone.
-Checkpoints are saved at every evaluation; rerunning the command resumes every member from their
-latest common checkpoint, and a finished run only reports. Early stopping (a per-run decision)
-is not supported.
+The members are trained by a single run's loop and hooks (``cv_jax.training.hooks``), each
+reporting for itself: train records, evaluations, reduce-on-plateau and checkpoints at a single
+run's steps, and SIGTERM or SIGINT stop the run with a checkpoint. Rerunning the command resumes
+every member from their latest common checkpoint, and a finished run only reports. Early
+stopping (a per-run decision) is not supported.
 
 With ``--bootstrap`` (bagged ensembles: ``cv_jax.workflows.ensemble --vectorized=vmap``) each member
 trains on its own bootstrap sample of the training set, drawn with its seed
@@ -41,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,10 +54,17 @@ import numpy as np
 from cv_jax.config import ConfigError, validate
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
-from cv_jax.optim.plateau import plateau_updater
 from cv_jax.runtime import cpu_defaults
-from cv_jax.training import checkpoint, distill, sharding, steps, train
-from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
+from cv_jax.training import checkpoint, datasets, evaluation, hooks, setup, sharding, steps
+from cv_jax.training.metrics import MetricWriter
+from cv_jax.training.plan import Plan
+from cv_jax.training.results import (
+    is_finished,
+    read_results,
+    results_record,
+    save_config,
+    write_results,
+)
 from cv_jax.training.state import TrainState
 from cv_jax.workflows.members import (
     MODES,
@@ -106,13 +114,13 @@ def member_getter(mesh: jax.sharding.Mesh):
 
 
 def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
-                  settings: steps.StepSettings, tx, mesh: jax.sharding.Mesh,
+                  settings: steps.TrainSettings, tx, mesh: jax.sharding.Mesh,
                   orders: np.ndarray | None = None) -> list[TrainState]:
-    """A fresh state per member config (each with its own seed), as ``train.build_state``;
+    """A fresh state per member config (each with its own seed), as ``setup.build_state``;
     with ``orders`` ([members, n] indices) member i starts from its own sample of ``data``
     (a data-dependent init sees that sample, as in its separate run)."""
     samples = [data] * len(configs) if orders is None else [pipeline.take(data, o) for o in orders]
-    return [train.build_state(c, d, settings, tx, mesh)
+    return [setup.build_state(c, d, settings, tx, mesh)
             for c, d in zip(configs, samples, strict=True)]
 
 
@@ -206,8 +214,8 @@ def resume_step(members: Sequence[Member]) -> int | None:
     return None if None in latest else min(latest)
 
 
-def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.StepSettings,
-                  tx, plan: train.Plan, mesh: jax.sharding.Mesh,
+def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.TrainSettings,
+                  tx, plan: Plan, mesh: jax.sharding.Mesh,
                   orders: np.ndarray | None = None) -> tuple[TrainState, dict]:
     """The stacked state of the members (fresh, or restored from their latest common
     checkpoint) and the model signature of their checkpoints."""
@@ -236,181 +244,89 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
     validate(config)
     check_supported(config, mode, bootstrap)
     vary = dict(vary or {})
-    mesh = sharding.make_mesh(config.training.num_devices)
-    num_devices = mesh.devices.size
-    train.check_batch_size(config.training.batch_size, num_devices, "training.batch_size")
-    eval_batch = -(-config.eval.batch_size // num_devices) * num_devices
+    mesh = setup.make_mesh(config)
     members = [Member.create(config, workdir, s, o, bootstrap)
                for o in member_overrides(vary) for s in seeds]
     lead = members[0].config
     try:
-        data = train.load_datasets(without_resampling(lead))
-        plan = train.Plan.from_config(lead, len(data.train))
-        previous = [train.read_results(m.workdir) for m in members]
-        if all(train.is_finished(p, m.ckpt.latest_step(), plan)
+        data = datasets.load_datasets(without_resampling(lead))
+        plan = Plan.from_config(lead, len(data.train))
+        previous = [read_results(m.workdir) for m in members]
+        if all(is_finished(p, m.ckpt.latest_step(), plan)
                for p, m in zip(previous, members, strict=True)):
             log.info("Vectorised run in %s is finished.", workdir)
             return previous
-        _, tx, settings = train.optimizer_and_settings(lead, data.train, plan)
+        _, tx, settings = setup.optimizer_and_settings(lead, data.train, plan)
         orders = bootstrap_orders(members, len(data.train)) if bootstrap else None
         state, sig = initial_state(members, data.train, settings, tx, plan, mesh, orders)
         for m in members:
-            train.save_config(m.config, m.workdir)
+            save_config(m.config, m.workdir)
             m.writer = MetricWriter(m.workdir)
         log.info("%d members (seeds %s%s): %d train / %d test examples; %d steps (%d per "
                  "epoch) on %s.", len(members), list(seeds),
                  "".join(f", {k} {list(v)}" for k, v in vary.items()),
                  len(data.train), len(data.test), plan.total_steps,
-                 plan.steps_per_epoch, train.describe_devices(mesh))
-        program = Program.build(members, list(vary), data, plan, settings, state, mesh,
-                                eval_batch, mode, orders)
-        return _train(lead, members, plan, program, state, sig, mesh, max_steps_this_run)
+                 plan.steps_per_epoch, sharding.describe_devices(mesh))
+        step = make_vectorized_step([m.config for m in members], list(vary), data.train, plan,
+                                    mesh, mode, own_orders=orders is not None)
+        program = setup.device_program(lead, data.train, plan, mesh, step)
+        if orders is not None:
+            program = dataclasses.replace(
+                program, permute=through_samples(program.permute, orders, mesh))
+        take = member_getter(mesh)
+        compiled = setup.compile_program(program, state,
+                                         evaluation.make_evaluators(lead, data, mesh),
+                                         eval_state=take(state, 0))
+        return _train(lead, members, plan, compiled, take, state, sig, mesh, max_steps_this_run)
     finally:
         for m in members:
             m.close()
 
 
-@dataclasses.dataclass
-class Program:
-    """The device data and compiled functions of a vectorised run."""
-
-    train_step: Any  # (stacked state, images, labels, permutation, index, teacher)
-    evaluators: dict[str, train.Evaluator]
-    take: Any  # (stacked tree, i) -> member i
-    images: jax.Array
-    labels: jax.Array
-    permute: Any  # epoch -> permutation
-    teacher: Any
-    compile_time: float
-
-    @classmethod
-    def build(cls, members: Sequence[Member], varied: Sequence[str], data: train.Datasets,
-              plan: train.Plan, settings: steps.StepSettings, state: TrainState,
-              mesh: jax.sharding.Mesh, eval_batch: int, mode: str,
-              orders: np.ndarray | None = None) -> Program:
-        config = members[0].config
-        images, labels, permute = train.device_train_set(data.train, config, mesh)
-        if orders is not None:
-            permute = through_samples(permute, orders, mesh)
-        model = train.evaluation_model(config, data.train)
-        evaluators = {name: train.Evaluator(ds, eval_batch, settings, mesh, model)
-                      for name, ds in data.eval_sets().items()}
-        take = member_getter(mesh)
-        start = time.perf_counter()
-        teacher = distill.load_teacher(config, data.train.class_names, mesh)
-        step_fn = make_vectorized_step([m.config for m in members], varied, data.train, plan,
-                                       mesh, mode, own_orders=orders is not None)
-        step_fn = step_fn.lower(state, images, labels, permute(0), 0, teacher).compile()
-        for evaluator in evaluators.values():
-            evaluator.compile(take(state, 0))
-        compile_time = time.perf_counter() - start
-        log.info("Compiled in %.1f s.", compile_time)
-        return cls(step_fn, evaluators, take, images, labels, permute, teacher, compile_time)
-
-
-def log_train(members: Sequence[Member], history: list[dict], state: TrainState, step: int,
-              epoch: float, progress: Progress) -> float:
-    """Writes each member's train summary since the last call (``train.train_summary``: the
-    mean over applied steps, non-finite checks, skipped steps); returns images/s."""
-    summaries = []
-    for i, (m, steps_of_m) in enumerate(zip(members, per_member(history, len(members)),
-                                            strict=True)):
-        try:
-            summaries.append(train.train_summary(steps_of_m, member(state, i), step, m.config,
-                                                 m.ckpt))
-        except train.TrainingDiverged as e:
-            raise train.TrainingDiverged(f"{m.name}: {e}") from None
-    rate = progress.update(step, mean_metrics(summaries))
-    for m, summary in zip(members, summaries, strict=True):
-        m.writer.write(step, "train", summary | {"images_per_sec": rate, "epoch": epoch})
-    return rate
-
-
-def evaluate_members(members: Sequence[Member], program: Program, state: TrainState,
-                     step: int, sig: dict, plateau, scheduled: bool,
-                     mesh: jax.sharding.Mesh) -> tuple[TrainState, list[dict]]:
-    """Evaluates and checkpoints each member as ``train_and_evaluate`` does a run (with the
-    reduce-on-plateau update after a ``scheduled`` evaluation); returns the stacked state and
-    each member's eval metrics."""
-    singles = [program.take(state, i) for i in range(len(members))]
-    evals = []
-    for i, m in enumerate(members):
-        log.info("%s:", m.name)
-        evals.append(train.evaluate_weights(program.evaluators, singles[i], step, m.writer,
-                                            m.ckpt))
-        if plateau is not None and scheduled:
-            singles[i] = plateau(singles[i], evals[i])
-        m.ckpt.save(step, singles[i], sig, metrics=evals[i])
-    return (stack(singles, mesh) if plateau is not None else state), evals
-
-
-def _train(config: mlc.ConfigDict, members: list[Member], plan: train.Plan, program: Program,
-           state: TrainState, sig: dict, mesh: jax.sharding.Mesh,
+def _train(config: mlc.ConfigDict, members: list[Member], plan: Plan, compiled: setup.Compiled,
+           take, state: TrainState, sig: dict, mesh: jax.sharding.Mesh,
            max_steps_this_run: int | None) -> list[dict]:
-    """The loop of ``train_seeds`` from a stacked state."""
-    step = int(state.step[0])
-    end = plan.total_steps if max_steps_this_run is None else min(
-        plan.total_steps, step + max_steps_this_run)
-    progress = Progress(plan.total_steps, step, config.training.batch_size)
-    plateau = plateau_updater(config)
-    history, rates, last_eval = [], [], [{} for _ in members]
-    train_start, epoch, permutation = time.perf_counter(), -1, None
-    try:
-        while step < end:
-            if step // plan.steps_per_epoch != epoch:
-                epoch = step // plan.steps_per_epoch
-                permutation = program.permute(epoch)
-            state, metrics = program.train_step(state, program.images, program.labels,
-                                                permutation, step % plan.steps_per_epoch,
-                                                program.teacher)
-            history.append(metrics)
-            step += 1
-            if step % config.training.log_every_steps == 0 or step == end:
-                rates.append(log_train(members, history, state, step,
-                                       step / plan.steps_per_epoch, progress))
-                history = []
-            if plan.is_eval_step(step) or step == end:
-                jax.block_until_ready(state)
-                progress.pause()
-                state, last_eval = evaluate_members(members, program, state, step, sig, plateau,
-                                                    plan.is_eval_step(step), mesh)
-                progress.resume()
-    finally:
-        progress.close()
+    """The training of ``train_seeds`` from a stacked state: the loop with a run's hooks for
+    every member (``take(state, i)``: member i's state), then each member's results."""
+    runs = hooks.Runs([hooks.Output(m.config, m.ckpt, m.writer, m.name) for m in members],
+                      take=take, stack=lambda states: stack(states, mesh),
+                      split=lambda history: per_member(history, len(members)))
+    trained = hooks.train_runs(compiled.program, state, int(state.step[0]), config, plan, runs,
+                               compiled.evaluators, sig, max_steps_this_run)
+    step, last_eval = trained.loop.step, trained.hooks.evaluate.last
     if step < plan.total_steps:
         log.info("Stopped at step %d of %d; rerun with the same workdir to continue.", step,
                  plan.total_steps)
         return [{"steps": step, "finished": False, **e} for e in last_eval]
-    timing = {"train_time_s": time.perf_counter() - train_start,
-              "compile_time_s": program.compile_time,
-              "images_per_sec": float(np.median(rates)) if rates else None}
+    timing = trained.timing(compiled.compile_time)
     together = {"vectorized_seeds": sorted({m.seed for m in members}),
                 "vectorized_vary": {k: sorted({m.overrides[k] for m in members})
                                     for k in members[0].overrides}}
-    return [finish(m, program, program.take(state, i), last_eval[i], plan, timing, mesh,
-                   together) for i, m in enumerate(members)]
+    return [finish(m, compiled.evaluators, take(trained.loop.state, i), last_eval[i], plan,
+                   timing, mesh, together) for i, m in enumerate(members)]
 
 
-def finish(member: Member, program: Program, state: TrainState, last_eval: dict,
-           plan: train.Plan, timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
+def finish(member: Member, evaluators: dict[str, evaluation.Evaluator], state: TrainState,
+           last_eval: dict, plan: Plan, timing: dict, mesh: jax.sharding.Mesh,
+           together: dict) -> dict:
     """Writes a finished member's results.json and returns the results. A member this process
     did not evaluate (it resumed at the last step) keeps its results.json, or is evaluated
     when it has none (a crash before it was written)."""
     member.ckpt.wait()
     if not last_eval:
-        previous = train.read_results(member.workdir)
-        if train.is_finished(previous, member.ckpt.latest_step(), plan):
+        previous = read_results(member.workdir)
+        if is_finished(previous, member.ckpt.latest_step(), plan):
             return previous
-        last_eval = train.evaluate_weights(program.evaluators, state, plan.total_steps, None,
-                                           member.ckpt)
+        last_eval = evaluation.evaluate_weights(evaluators, state, plan.total_steps, None,
+                                                member.ckpt)
     results = member_results(member, plan, state, last_eval, timing, mesh, together)
-    train.write_results(member.workdir, results)
+    write_results(member.workdir, results)
     log.info("%s: final test accuracy %.4f (%d / %d examples).", member.name,
              results["test_accuracy"], results["test_correct"], results["test_examples"])
     return results
 
 
-def member_results(member: Member, plan: train.Plan, state: TrainState, last_eval: dict,
+def member_results(member: Member, plan: Plan, state: TrainState, last_eval: dict,
                    timing: dict, mesh: jax.sharding.Mesh, together: dict) -> dict:
     """A finished member's results.json, with the keys of ``train.train_and_evaluate``'s.
 
@@ -418,8 +334,8 @@ def member_results(member: Member, plan: train.Plan, state: TrainState, last_eva
     ``together`` (``vectorized_seeds`` and ``vectorized_vary``: the seeds and varied values
     of the members trained together) is added.
     """
-    return train.results_record(member.config, plan, plan.total_steps, state, last_eval,
-                                member.ckpt.best_step(), timing, mesh) | together
+    return results_record(member.config, plan, plan.total_steps, state, last_eval,
+                          member.ckpt.best_step(), timing, mesh) | together
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,7 +12,8 @@ from conftest import REPO
 
 from cv_jax.analysis import report
 from cv_jax.config import base_config
-from cv_jax.training import checkpoint, train
+from cv_jax.training import checkpoint
+from cv_jax.training.results import save_config, write_results
 
 
 def make_run(workdir, *, seed=0, lr=0.1, accuracy=None, data_dir="", parameters=1234567,
@@ -27,7 +28,7 @@ def make_run(workdir, *, seed=0, lr=0.1, accuracy=None, data_dir="", parameters=
     config.seed, config.optimizer.learning_rate = seed, lr
     config.dataset.data_dir = data_dir
     config.recipe_reason = f"reason {seed}"  # bookkeeping: never a column
-    train.save_config(config, str(workdir))
+    save_config(config, str(workdir))
     records = [{"step": s, "split": "train", "epoch": s / 50, "loss": 2.0 / s,
                 "learning_rate": lr * (1 - s / 200)} for s in (50, 100, 150, 200)]
     records.append({"step": 200, "split": "test", "accuracy": accuracy or 0.0, "loss": 1.0})
@@ -38,7 +39,7 @@ def make_run(workdir, *, seed=0, lr=0.1, accuracy=None, data_dir="", parameters=
                    "epochs": 4.0, "best_step": 150, "train_time_s": train_time,
                    "images_per_sec": images_per_sec, "device": device, "jax_version": "0.10.2",
                    "parameters": parameters}
-        train.write_results(str(workdir), {k: v for k, v in results.items() if v is not None})
+        write_results(str(workdir), {k: v for k, v in results.items() if v is not None})
     if log is not None:
         with open(os.path.join(workdir, "log.txt"), "w") as f:
             f.write(log)

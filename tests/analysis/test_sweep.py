@@ -13,7 +13,7 @@ from conftest import REPO
 
 from cv_jax.analysis import sweep, sweep_definition
 from cv_jax.analysis.sweep_definition import Point, Sweep, SweepError, axis, product, zip_
-from cv_jax.training import train
+from cv_jax.training.results import read_results, save_config, write_results
 
 SMOKE = f"{REPO}/configs/cifar10.py:smoke"
 
@@ -40,15 +40,15 @@ class FakeRunner:
     def __call__(self, run):
         self.calls.append(run.workdir)
         os.makedirs(run.workdir, exist_ok=True)
-        train.save_config(run.config, run.workdir)
+        save_config(run.config, run.workdir)
         if run.workdir in self.crash:
             with open(os.path.join(run.workdir, "log.txt"), "w") as f:
                 f.write("Traceback (most recent call last):\n  File \"x.py\"\n"
                         "FloatingPointError: the training loss is nan at step 3\n")
             return 1
         lr = run.config.optimizer.learning_rate
-        train.write_results(run.workdir, {"test_accuracy": lr, "steps": 10, "epochs": 2.0,
-                                          "best_step": 10, "device": "1 x cpu (cpu)"})
+        write_results(run.workdir, {"test_accuracy": lr, "steps": 10, "epochs": 2.0,
+                                    "best_step": 10, "device": "1 x cpu (cpu)"})
         return 0
 
 
@@ -273,7 +273,7 @@ def test_lr_find_points_train_at_the_suggestion_of_one_range_test(tmp_path):
         [f"{adam}/seed=3", f"{adam}/seed=4", f"{root}/demo/name=sgd,learning_rate=0.1/seed=3",
          f"{root}/demo/name=sgd,learning_rate=0.1/seed=4"])
     for seed in (3, 4):
-        assert train.read_results(f"{adam}/seed={seed}")["test_accuracy"] == 0.0123
+        assert read_results(f"{adam}/seed={seed}")["test_accuracy"] == 0.0123
 
     again_finder, again = FakeFinder(lr=0.5), FakeRunner()
     sweep.run_sweep(definition, root, runner=again, finder=again_finder, echo=lambda _: None)
@@ -300,4 +300,4 @@ def test_the_range_test_command_runs(tmp_path, tiny_folder, cache_dir):
     folder = tmp_path / "runs" / "demo" / "name=adam,learning_rate=lr_find"
     suggested = json.loads((folder / "lr_find.json").read_text())["suggested_lr"]
     assert 1e-7 <= suggested <= 10 and (folder / "lr_find.png").exists()
-    assert train.read_results(str(folder / "seed=4"))["test_accuracy"] == suggested
+    assert read_results(str(folder / "seed=4"))["test_accuracy"] == suggested

@@ -55,7 +55,7 @@ def test_balanced_accuracy_is_the_mean_of_per_class_accuracies() -> None:
 
 def test_featurewise_normalisation_uses_training_statistics() -> None:
     from cv_jax.config import base_config
-    from cv_jax.training import train
+    from cv_jax.training import datasets
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50, 4, 4, 3)).astype(np.uint8)
@@ -67,10 +67,10 @@ def test_featurewise_normalisation_uses_training_statistics() -> None:
     np.testing.assert_allclose(std, (images / 255.0).std(axis=(0, 1, 2)), rtol=1e-9)
     config = base_config()
     given = tuple(config.dataset.mean)
-    train.resolve_normalization(config, data)
+    datasets.resolve_normalization(config, data)
     assert tuple(config.dataset.mean) == given  # 'given' leaves the config alone
     config.dataset.normalization = "featurewise"
-    train.resolve_normalization(config, data)
+    datasets.resolve_normalization(config, data)
     assert tuple(config.dataset.mean) == mean and tuple(config.dataset.std) == std
 
 

@@ -232,19 +232,21 @@ def test_all_files_bad_is_an_error_under_skip(tmp_path):
 def test_skipped_files_in_results_json(tmp_path, cache_dir):
     """config.dataset.bad_files='skip' -> load_datasets -> results_record -> results.json (a
     real training run would add ~30 s of compilation and nothing for this path)."""
-    from cv_jax.training import train
+    from cv_jax.training import datasets
+    from cv_jax.training.plan import Plan
+    from cv_jax.training.results import results_record, write_results
 
     root = write_image_folder(tmp_path / "data", {"train": 5, "test": 2})
     (root / "train/cat/zero.png").write_bytes(b"")
     (root / "test/dog/text.jpg").write_text("not an image")
     config = tiny_config(root, cache_dir)
     config.dataset.bad_files = "skip"
-    data = train.load_datasets(config)
+    data = datasets.load_datasets(config)
     assert (len(data.train), len(data.test)) == (4 * 5, 4 * 2)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     state = types.SimpleNamespace(params={"w": np.zeros(3)}, opt_state=())  # what it reads
-    train.write_results(str(tmp_path), train.results_record(
-        config, train.Plan(1, 2, 1), 2, state, {}, None, {}, mesh, skipped=data.skipped))
+    write_results(str(tmp_path), results_record(
+        config, Plan(1, 2, 1), 2, state, {}, None, {}, mesh, skipped=data.skipped))
     with open(tmp_path / "results.json") as f:
         written = json.load(f)
     assert written["num_skipped_files"] == 2

@@ -433,7 +433,7 @@ def test_plateau_and_schedule_free_run_resumes_exactly_and_evaluates_averaged_we
     from conftest import tiny_config
 
     from cv_jax.data.sources import load_split
-    from cv_jax.training import runs, sharding, steps, train
+    from cv_jax.training import evaluation, runs, sharding, steps, train
 
     def config():
         c = tiny_config(tiny_folder, cache_dir, eval_every_epochs=1.0, num_devices=1)
@@ -454,8 +454,8 @@ def test_plateau_and_schedule_free_run_resumes_exactly_and_evaluates_averaged_we
     assert plateau.plateau_lr_scale(a.state.opt_state) == 0.5 ** 2
     # The reported test metrics are those of the schedule-free average x, not of y.
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(a.config, schedule=lambda count: 0.0)
-    evaluator = train.Evaluator(test, 16, settings, sharding.make_mesh())
+    settings = steps.EvalSettings.from_config(a.config)
+    evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())
     assert evaluator(opt_state.eval_state(a.state))["loss"] == pytest.approx(straight["test_loss"],
                                                                         rel=1e-6)
     assert evaluator(a.state)["loss"] != pytest.approx(straight["test_loss"], rel=1e-6)

@@ -18,7 +18,7 @@ from cv_jax.config import model_section
 from cv_jax.data.sources import load_split
 from cv_jax.optim import opt_state
 from cv_jax.tools import predict
-from cv_jax.training import runs, sharding, steps, train
+from cv_jax.training import evaluation, runs, sharding, steps, train
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,8 @@ def test_loaded_model_describes_its_run(model, workdir):
 def test_predictions_equal_the_evaluator(model, workdir, tiny_folder):
     test = load_split(str(tiny_folder), "test")
     run = runs.load_run(workdir, "best")
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
-    evaluator = train.Evaluator(test, 16, settings, sharding.make_mesh())
+    settings = steps.EvalSettings.from_config(run.config)
+    evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())
     expected = evaluator.predictions(opt_state.eval_state(run.state))["prediction"]
     probabilities = model.predict(test.images)
     assert probabilities.shape == (36, 4)

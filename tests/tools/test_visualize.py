@@ -21,7 +21,7 @@ from cv_jax.analysis import figures
 from cv_jax.data.dataset import DataError
 from cv_jax.data.sources import load_split
 from cv_jax.tools import visualize
-from cv_jax.training import runs, sharding, steps, train
+from cv_jax.training import evaluation, runs, sharding, steps
 
 IMAGE_INDEX = 5
 DEFAULT_LAYERS = ["whiten", "group1/conv2", "group2/conv2", "group3/conv2"]
@@ -45,8 +45,8 @@ def independent(visualized, tiny_folder, cache_dir):
     workdir = visualized[0]
     run = runs.load_run(workdir)
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
-    evaluator = train.Evaluator(test, 16, settings, sharding.make_mesh())
+    settings = steps.EvalSettings.from_config(run.config)
+    evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())
     return run, test, evaluator.predictions(run.state)["prediction"]
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from cv_jax.training import curves, train
+from cv_jax.training import curves, setup
 
 
 def write_lines(path, lines):
@@ -53,7 +53,7 @@ def test_data_seed_fixes_the_example_order_independently_of_seed():
     keys = {}
     for seed, data_seed in [(0, -1), (1, -1), (1, 0), (5, 0)]:
         config.seed, config.data_seed = seed, data_seed
-        keys[seed, data_seed] = np.asarray(jax.random.key_data(train.shuffle_key(config)))
+        keys[seed, data_seed] = np.asarray(jax.random.key_data(setup.shuffle_key(config)))
     np.testing.assert_array_equal(keys[0, -1], keys[1, 0])
     np.testing.assert_array_equal(keys[1, 0], keys[5, 0])
     assert not np.array_equal(keys[0, -1], keys[1, -1])

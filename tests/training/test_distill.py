@@ -50,7 +50,7 @@ def test_alpha_zero_is_plain_training_and_alpha_one_uses_only_the_teacher():
     config = load_config("smoke")
     config.augment.update(crop_padding=0, flip=False)
     model, variables, state = small_model_state(config)
-    settings = steps.StepSettings.from_config(config, lambda c: 0.1)
+    settings = steps.TrainSettings.from_config(config, lambda c: 0.1)
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, 8)}
@@ -68,9 +68,10 @@ def test_alpha_zero_is_plain_training_and_alpha_one_uses_only_the_teacher():
     @jax.jit
     def expected_loss(x):
         student = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-        return losses.distillation_loss(student, only.logits(x, settings.mean, settings.std), 2.0)
+        norm = settings.normalization
+        return losses.distillation_loss(student, only.logits(x, norm.mean, norm.std), 2.0)
 
-    expected = expected_loss(steps.normalize(batch["image"], settings))
+    expected = expected_loss(steps.normalize(batch["image"], settings.normalization))
     # Two separately compiled programs: float32 sums in another order (the KL is ~4e-3 here).
     assert float(metrics["loss"]) == pytest.approx(float(jnp.mean(expected)), rel=1e-4)
 

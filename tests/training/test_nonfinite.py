@@ -19,7 +19,7 @@ from conftest import convnet_config
 
 from cv_jax.config import base_config
 from cv_jax.optim import chain, opt_state
-from cv_jax.training import runs, steps, train
+from cv_jax.training import divergence, runs, steps, train
 from cv_jax.training.state import create_train_state
 from cv_jax.workflows import members, vectorized
 
@@ -36,11 +36,12 @@ class TinyBN(nn.Module):
 
 def step_fn(std: float = 1.0):
     """The jitted train step without augmentation; ``std=0`` makes every input pixel inf."""
-    settings = steps.StepSettings(
-        mean=(0.0, 0.0, 0.0), std=(std,) * 3, dtype=jnp.float32, label_smoothing=0.0,
-        aux_weight=0.0, augment=mlc.ConfigDict(dict(crop_padding=0, padding_mode="constant",
-                                                    flip=False)),
-        schedule=optax.constant_schedule(0.1), tta_flip=False, ema_decay=0.5)
+    settings = steps.TrainSettings(
+        normalization=steps.Normalization(mean=(0.0, 0.0, 0.0), std=(std,) * 3,
+                                          dtype=jnp.float32),
+        label_smoothing=0.0, aux_weight=0.0,
+        augment=mlc.ConfigDict(dict(crop_padding=0, padding_mode="constant", flip=False)),
+        schedule=optax.constant_schedule(0.1), ema_decay=0.5)
     return jax.jit(lambda state, batch: steps.train_step(state, batch, settings))
 
 
@@ -131,15 +132,15 @@ def guarded(in_a_row: int, total: int):
 ])
 def test_stop_names_the_first_bad_step_and_metric(history, message) -> None:
     state = types.SimpleNamespace(opt_state=optax.EmptyState())
-    with pytest.raises(train.TrainingDiverged, match=message):
-        train.train_summary(history, state, 10, base_config(), FakeCheckpoints(6))
+    with pytest.raises(divergence.TrainingDiverged, match=message):
+        divergence.train_summary(history, state, 10, base_config(), FakeCheckpoints(6))
 
 
 def test_skip_summary_averages_applied_steps_and_reports_the_count() -> None:
     history = [record(loss=1.0, skipped=False), record(loss=np.nan, accuracy=0.0, skipped=True),
                record(loss=3.0, accuracy=1.0, skipped=False)]
-    summary = train.train_summary(history, guarded(0, 4), 12, base_config(),
-                                  FakeCheckpoints(None))
+    summary = divergence.train_summary(history, guarded(0, 4), 12, base_config(),
+                                       FakeCheckpoints(None))
     assert summary == {"loss": 2.0, "accuracy": 0.75, "learning_rate": pytest.approx(0.1),
                        "grad_norm": 2.0, "skipped_steps": 4}
 
@@ -148,13 +149,13 @@ def test_skip_stops_after_max_consecutive_skips() -> None:
     config = base_config()
     config.training.max_consecutive_skips = 3
     history = [record(loss=np.nan, skipped=True)] * 2
-    assert train.train_summary(history, guarded(2, 2), 5, config,
-                               FakeCheckpoints(None))["skipped_steps"] == 2
-    with pytest.raises(train.TrainingDiverged,
+    assert divergence.train_summary(history, guarded(2, 2), 5, config,
+                                    FakeCheckpoints(None))["skipped_steps"] == 2
+    with pytest.raises(divergence.TrainingDiverged,
                        match=r"^the last 3 steps up to step 6 had non-finite gradients and were "
                              r"skipped \(config.training.max_consecutive_skips=3\); training "
                              r"stopped\. Last good checkpoint: none yet"):
-        train.train_summary(history[:1], guarded(3, 3), 6, config, FakeCheckpoints(None))
+        divergence.train_summary(history[:1], guarded(3, 3), 6, config, FakeCheckpoints(None))
 
 
 # --- through train_and_evaluate -------------------------------------------------------------
@@ -188,7 +189,7 @@ def quick_config(tiny_folder, cache_dir, nonfinite: str) -> mlc.ConfigDict:
 def test_stop_run_names_the_step(tiny_folder, cache_dir, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(steps, "train_step", nan_input_at(BAD_STEP))
     config = quick_config(tiny_folder, cache_dir, "stop")
-    with pytest.raises(train.TrainingDiverged,
+    with pytest.raises(divergence.TrainingDiverged,
                        match=rf"^the training loss is nan at step {BAD_STEP}; training stopped\. "
                              r"Last good checkpoint: none yet"):
         train.train_and_evaluate(config, str(tmp_path))
@@ -220,7 +221,7 @@ def test_vectorized_members_skip_or_stop_like_single_runs(tiny_folder, cache_dir
     monkeypatch.setattr(steps, "train_step", nan_input_at(BAD_STEP))
     config = quick_config(tiny_folder, cache_dir, nonfinite)
     if nonfinite == "stop":
-        with pytest.raises(train.TrainingDiverged,
+        with pytest.raises(divergence.TrainingDiverged,
                            match=rf"^seed 0: the training loss is nan at step {BAD_STEP}"):
             vectorized.train_seeds(config, str(tmp_path), (0, 1))
         return

@@ -101,7 +101,7 @@ class TinyNet(nn.Module):
 
 
 def step_setup(**config_overrides):
-    """A TinyNet state, a batch and StepSettings built from a base config with overrides."""
+    """A TinyNet state, a batch and TrainSettings built from a base config with overrides."""
     config = base_config()
     config.augment.update(crop_padding=0, flip=False)
     config.dataset.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -116,7 +116,7 @@ def step_setup(**config_overrides):
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.integers(0, 256, (4, 2, 2, 3)), jnp.uint8),
              "label": jnp.array([0, 1, 2, 1])}
-    settings = steps.StepSettings.from_config(config, schedule, 1)
+    settings = steps.TrainSettings.from_config(config, schedule, 1)
     return state, batch, settings
 
 
@@ -142,7 +142,7 @@ def test_activity_penalty_adds_the_keras_formula() -> None:
                                       "loss.activity_layers": "^hidden$"})
     _, base = steps.train_step(state, batch, plain)
     _, metrics = steps.train_step(state, batch, regularised)
-    x = steps.normalize(batch["image"], plain).reshape(4, -1)
+    x = steps.normalize(batch["image"], plain.normalization).reshape(4, -1)
     params = state.params["hidden"]
     hidden = x @ params["kernel"] + params["bias"]  # the Dense output, before the ReLU
     per_example = 0.01 * jnp.abs(hidden).sum(1) + 0.1 * (hidden**2).sum(1)
@@ -151,10 +151,10 @@ def test_activity_penalty_adds_the_keras_formula() -> None:
 
 def test_class_weights_scale_each_examples_loss() -> None:
     state, batch, plain = step_setup()
-    weighted = steps.StepSettings(**{**plain.__dict__, "class_weights": (1.0, 3.0, 0.0)})
+    weighted = steps.TrainSettings(**{**plain.__dict__, "class_weights": (1.0, 3.0, 0.0)})
     _, base = steps.train_step(state, batch, plain)
     _, metrics = steps.train_step(state, batch, weighted)
-    x = steps.normalize(batch["image"], plain)
+    x = steps.normalize(batch["image"], plain.normalization)
     logits = state.apply_fn({"params": state.params}, x, train=False)
     per_example = losses.cross_entropy(logits, batch["label"])
     np.testing.assert_allclose(base["loss"], per_example.mean(), rtol=1e-6)

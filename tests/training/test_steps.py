@@ -10,8 +10,11 @@ import numpy as np
 import optax
 import pytest
 
+from cv_jax.config import base_config
 from cv_jax.training import steps
 from cv_jax.training.state import create_train_state
+
+PLAIN = steps.Normalization(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dtype=jnp.float32)
 
 
 class TwoHeads(nn.Module):
@@ -32,15 +35,14 @@ def test_aux_logits_add_weighted_cross_entropy() -> None:
     variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)), train=True)
     state = create_train_state(model, optax.sgd(0.0), variables, jax.random.key_data(
         jax.random.key(1)))
-    settings = steps.StepSettings(
-        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dtype=jnp.float32, label_smoothing=0.0,
-        aux_weight=0.3, augment=mlc.ConfigDict(dict(crop_padding=0, padding_mode="constant",
-                                                    flip=False)),
-        schedule=optax.constant_schedule(0.0), tta_flip=False,
+    settings = steps.TrainSettings(
+        normalization=PLAIN, label_smoothing=0.0, aux_weight=0.3,
+        augment=mlc.ConfigDict(dict(crop_padding=0, padding_mode="constant", flip=False)),
+        schedule=optax.constant_schedule(0.0),
     )
     _, metrics = steps.train_step(state, {"image": images, "label": labels}, settings)
 
-    x = steps.normalize(images, settings).reshape(4, -1)
+    x = steps.normalize(images, settings.normalization).reshape(4, -1)
     params = variables["params"]
 
     def ce(name: str) -> jax.Array:
@@ -59,11 +61,8 @@ class PositionalLinear(nn.Module):
         return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
 
-def tta_settings(tta_flip: bool, tta_translate: int) -> steps.StepSettings:
-    return steps.StepSettings(
-        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dtype=jnp.float32, label_smoothing=0.0,
-        aux_weight=0.0, augment=mlc.ConfigDict(), schedule=optax.constant_schedule(0.0),
-        tta_flip=tta_flip, tta_translate=tta_translate)
+def tta_settings(tta_flip: bool, tta_translate: int) -> steps.EvalSettings:
+    return steps.EvalSettings(PLAIN, tta_flip=tta_flip, tta_translate=tta_translate)
 
 
 @pytest.mark.parametrize("tta_flip", [False, True])
@@ -98,3 +97,18 @@ def test_tta_averages_mirrored_and_translated_views(tta_flip, tta_translate) -> 
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     # with any TTA the views differ, so the average is not the plain logits
     assert np.allclose(logits, linear(x), rtol=1e-5, atol=1e-5) == (not (tta_flip or tta_translate))
+
+
+def test_training_and_evaluation_normalise_alike_and_evaluation_needs_no_schedule() -> None:
+    config = base_config()
+    config.dataset.update(mean=(0.5, 0.25, 0.125), std=(2.0, 4.0, 8.0))
+    config.training.compute_dtype = "bfloat16"
+    config.eval.update(tta_flip=True, tta_translate=2)
+    evaluation = steps.EvalSettings.from_config(config)
+    assert evaluation == steps.EvalSettings(
+        steps.Normalization((0.5, 0.25, 0.125), (2.0, 4.0, 8.0), jnp.bfloat16), True, 2)
+    training = steps.TrainSettings.from_config(config, optax.constant_schedule(0.1))
+    assert training.normalization == evaluation.normalization
+    x = steps.normalize(jnp.full((1, 1, 1, 3), 255, jnp.uint8), evaluation.normalization)
+    assert x.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(x, np.float32).ravel(), [0.25, 0.1875, 0.109375])

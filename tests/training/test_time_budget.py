@@ -10,7 +10,7 @@ import pytest
 from conftest import convnet_config, load_config
 
 from cv_jax.config import ConfigError, validate
-from cv_jax.training import sharding, time_budget, train
+from cv_jax.training import datasets, sharding, time_budget, train
 from cv_jax.training.time_budget import Timings
 
 
@@ -113,7 +113,7 @@ def test_a_budgeted_run_is_the_run_of_its_scaled_config_and_resumes_its_plan(
 def test_measure_timings_compiles_and_times_the_run(tiny_folder, cache_dir):
     config = convnet_config(tiny_folder, cache_dir)
     started = time.perf_counter()
-    data = train.load_datasets(config)
+    data = datasets.load_datasets(config)
     mesh = sharding.make_mesh(config.training.num_devices)
     timings = train.measure_timings(config, data, mesh, started, min_steps=3, min_seconds=0.0)
     assert 0 < timings.compile < timings.elapsed <= time.perf_counter() - started

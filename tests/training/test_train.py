@@ -10,7 +10,8 @@ from conftest import tiny_config
 
 from cv_jax.config import ConfigError, model_section
 from cv_jax.data.sources import load_split
-from cv_jax.training import checkpoint, losses, runs, sharding, steps, train
+from cv_jax.training import checkpoint, divergence, evaluation, losses, runs, sharding, steps, train
+from cv_jax.training.plan import Plan
 
 
 def params_of(workdir):
@@ -78,8 +79,8 @@ def test_evaluation_counts_every_example_once(straight_run, tiny_folder, cache_d
     workdir, _ = straight_run
     run = runs.load_run(workdir)
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
-    evaluator = train.Evaluator(test, 16, settings, sharding.make_mesh())  # 36 = 2*16 + 4
+    settings = steps.EvalSettings.from_config(run.config)
+    evaluator = evaluation.Evaluator(test, 16, settings, sharding.make_mesh())  # 36 = 2*16 + 4
     out = evaluator.predictions(run.state)
     logits = steps.predict_logits(run.state, test.images, settings)
     np.testing.assert_array_equal(out["prediction"], np.argmax(logits, -1))
@@ -103,7 +104,7 @@ def test_workdir_of_another_model_is_refused(straight_run, tiny_folder, cache_di
 def test_diverging_loss_stops_with_a_clear_error(tiny_folder, cache_dir, tmp_path):
     config = tiny_config(tiny_folder, cache_dir)
     config.optimizer.update(learning_rate=1e30, lr_multipliers="")
-    with pytest.raises(train.TrainingDiverged, match="at step .*Last good checkpoint: none"):
+    with pytest.raises(divergence.TrainingDiverged, match="at step .*Last good checkpoint: none"):
         train.train_and_evaluate(config, str(tmp_path))
     assert not os.listdir(os.path.join(tmp_path, "checkpoints"))
 
@@ -117,9 +118,9 @@ def test_batch_not_divisible_by_devices(tiny_folder, cache_dir, tmp_path):
 
 def test_durations_in_steps_or_epochs(tiny_folder, cache_dir):
     config = tiny_config(tiny_folder, cache_dir)
-    assert train.Plan.from_config(config, 96).total_steps == 12
+    assert Plan.from_config(config, 96).total_steps == 12
     config.training.num_steps = 7
-    assert train.Plan.from_config(config, 96).total_steps == 7
+    assert Plan.from_config(config, 96).total_steps == 7
 
 
 def test_evaluate_cli_matches_the_run_and_reports_per_class(straight_run, tiny_folder, tmp_path):
@@ -150,7 +151,7 @@ def test_evaluate_cli_overrides_the_runs_tta(straight_run, tiny_folder, cache_di
     run = runs.load_run(workdir)
     assert run.config.eval.tta_flip and run.config.eval.tta_translate == 0
     test = load_split(str(tiny_folder), "test", cache_dir=cache_dir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
+    settings = steps.EvalSettings.from_config(run.config)
     losses_seen = {evaluate_run(workdir, str(tiny_folder), "test")["loss"]}
     for flip, translate in ((False, 0), (False, 1), (True, 2)):
         report = evaluate_run(workdir, str(tiny_folder), "test", tta_flip=flip,

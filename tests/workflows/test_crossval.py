@@ -15,7 +15,7 @@ from conftest import REPO, load_config, tiny_config
 from cv_jax.config import ConfigError, base_config, validate
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
-from cv_jax.training import train
+from cv_jax.training import datasets, train
 from cv_jax.workflows import crossval, multirun
 
 
@@ -74,9 +74,9 @@ def test_bad_fold_keys_are_named() -> None:
 
 def test_load_datasets_holds_out_the_fold(tiny_folder, cache_dir) -> None:
     config = tiny_config(tiny_folder, cache_dir)
-    whole = train.load_datasets(config).train
+    whole = datasets.load_datasets(config).train
     config.dataset.update(num_folds=4, fold=1)
-    data = train.load_datasets(config)
+    data = datasets.load_datasets(config)
     assert (len(data.train), len(data.validation)) == (72, 24)
     np.testing.assert_array_equal(np.bincount(data.validation.labels), [6, 6, 6, 6])
     rows = {image.tobytes() for image in np.concatenate([data.train.images,
@@ -85,7 +85,7 @@ def test_load_datasets_holds_out_the_fold(tiny_folder, cache_dir) -> None:
     config.dataset.validation_size = 10
     with pytest.raises(ConfigError, match=r"num_folds=4 holds out a fold as the "
                                                     r"validation split: set .*validation_size=0"):
-        train.load_datasets(config)
+        datasets.load_datasets(config)
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def fake_training(monkeypatch):
     calls = []
 
     def fake(config, workdir):
-        data = train.load_datasets(config)
+        data = datasets.load_datasets(config)
         calls.append((workdir, config))
         if not config.dataset.num_folds:
             return {"test_accuracy": 0.9, "test_examples": len(data.test), "epochs": 2.0}

@@ -15,7 +15,7 @@ from conftest import REPO, convnet_config, load_config, tiny_config
 
 from cv_jax.config import ConfigError, validate
 from cv_jax.data import pipeline
-from cv_jax.training import runs, train
+from cv_jax.training import datasets, runs
 from cv_jax.workflows import ensemble, members, multirun
 
 
@@ -39,9 +39,9 @@ def test_weighted_resampling_follows_the_weights() -> None:
 
 def test_load_datasets_resamples_the_training_set(tiny_folder, cache_dir, tmp_path) -> None:
     config = tiny_config(tiny_folder, cache_dir)
-    base = train.load_datasets(config).train
+    base = datasets.load_datasets(config).train
     config.dataset.resample_seed = 7
-    bagged = train.load_datasets(config).train
+    bagged = datasets.load_datasets(config).train
     expected = pipeline.take(base, pipeline.resample_indices(96, 7))
     np.testing.assert_array_equal(bagged.images, expected.images)
     np.testing.assert_array_equal(bagged.labels, expected.labels)
@@ -49,16 +49,16 @@ def test_load_datasets_resamples_the_training_set(tiny_folder, cache_dir, tmp_pa
     weights[5] = 1.0
     np.save(tmp_path / "w.npy", weights)
     config.dataset.resample_weights = str(tmp_path / "w.npy")
-    only = train.load_datasets(config).train
+    only = datasets.load_datasets(config).train
     assert len(only) == 96 and (only.images == base.images[5]).all()
     np.save(tmp_path / "short.npy", np.ones(95))
     config.dataset.resample_weights = str(tmp_path / "short.npy")
     with pytest.raises(ValueError, match=r"resample_weights='.*short.npy': resampling weights "
                                          r"must be 96 numbers"):
-        train.load_datasets(config)
+        datasets.load_datasets(config)
     config.dataset.resample_seed = -1
     with pytest.raises(ValueError, match=r"needs config.dataset.resample_seed >= 0"):
-        train.load_datasets(config)
+        datasets.load_datasets(config)
 
 
 def test_mean_probabilities_and_majority_vote_match_hand_computation() -> None:
@@ -106,7 +106,7 @@ def bagged(tiny_folder, cache_dir, tmp_path_factory):
 
 def test_bagging_members_and_ensemble(bagged) -> None:
     workdir, config, report = bagged
-    test = train.load_datasets(config).test
+    test = datasets.load_datasets(config).test
     probabilities = []
     for i in range(2):
         member = ensemble.member_dir(workdir, i)

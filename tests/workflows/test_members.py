@@ -11,6 +11,7 @@ from conftest import convnet_config
 
 from cv_jax.config import ConfigError
 from cv_jax.training import runs, sharding, train
+from cv_jax.training.results import read_results
 from cv_jax.workflows import members, vectorized
 
 SEEDS = (1,)
@@ -139,7 +140,7 @@ def test_varied_members_equal_separate_runs(tiny_folder, cache_dir, tmp_path, se
             assert mine.config.to_dict() == alone.config.to_dict()
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6),
                          jax.device_get(mine.state.params), jax.device_get(alone.state.params))
-            result = train.read_results(workdir)
+            result = read_results(workdir)
             assert result["vectorized_seeds"] == list(SEEDS)
             assert result["vectorized_vary"] == {k: list(v) for k, v in VARY.items()}
 

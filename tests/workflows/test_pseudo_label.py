@@ -14,7 +14,7 @@ from conftest import REPO, load_config, tiny_config
 from cv_jax.config import ConfigError, validate
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
-from cv_jax.training import train
+from cv_jax.training import datasets, train
 from cv_jax.workflows import multirun, pseudo_label
 
 
@@ -68,9 +68,9 @@ def test_pseudo_label_accuracy_is_against_the_true_labels() -> None:
 def test_load_datasets_adds_the_pseudo_labelled_examples(tiny_folder, cache_dir,
                                                          tmp_path) -> None:
     config = tiny_config(tiny_folder, cache_dir)
-    pool = train.load_datasets(config).train
+    pool = datasets.load_datasets(config).train
     config.dataset.num_labelled = 8
-    labelled = train.load_datasets(config).train
+    labelled = datasets.load_datasets(config).train
     np.testing.assert_array_equal(np.bincount(labelled.labels), [2, 2, 2, 2])
     chosen = pipeline.labelled_indices(pool.labels, 8, 4)
     np.testing.assert_array_equal(labelled.images, pool.images[chosen])
@@ -78,21 +78,21 @@ def test_load_datasets_adds_the_pseudo_labelled_examples(tiny_folder, cache_dir,
     path = str(tmp_path / "pl.npz")
     np.savez(path, indices=extra, labels=np.array([3, 3, 0]))
     config.dataset.pseudo_labels = path
-    union = train.load_datasets(config).train
+    union = datasets.load_datasets(config).train
     assert len(union) == 11
     np.testing.assert_array_equal(union.images[8:], pool.images[extra])
     np.testing.assert_array_equal(union.labels, np.concatenate([labelled.labels, [3, 3, 0]]))
     np.savez(path, indices=np.array([chosen[0]]), labels=np.array([1]))
     with pytest.raises(ValueError, match=r"pseudo_labels='.*pl.npz': some indices are labelled "
                                          r"examples"):
-        train.load_datasets(config)
+        datasets.load_datasets(config)
     config.dataset.pseudo_labels = str(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match=r"pseudo_labels='.*missing.npz' does not exist"):
-        train.load_datasets(config)
+        datasets.load_datasets(config)
     config.dataset.num_labelled = 0
     with pytest.raises(ValueError, match=r"needs a labelled subset: set "
                                          r"config.dataset.num_labelled"):
-        train.load_datasets(config)
+        datasets.load_datasets(config)
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def stubbed(tiny_folder, cache_dir, monkeypatch):
     trained = {}
 
     def fake_train(config, workdir):
-        trained[os.path.basename(workdir)] = (config, train.load_datasets(config).train)
+        trained[os.path.basename(workdir)] = (config, datasets.load_datasets(config).train)
         return {"test_accuracy": {"round_0": 0.5, "round_1": 0.6}[os.path.basename(workdir)],
                 "epochs": 2.0}
 

@@ -12,7 +12,8 @@ from conftest import tiny_config
 
 from cv_jax.config import ConfigError, model_section
 from cv_jax.optim import plateau
-from cv_jax.training import curves, runs, sharding, steps, train
+from cv_jax.training import curves, datasets, evaluation, runs, setup, sharding, steps, train
+from cv_jax.training.results import read_results
 from cv_jax.workflows import members, vectorized
 
 SEEDS = (3, 5)
@@ -57,8 +58,8 @@ def separate(tiny_folder, cache_dir, tmp_path_factory):
 
 def predictions(workdir, dataset):
     run = runs.load_run(workdir)
-    settings = steps.StepSettings.from_config(run.config, schedule=lambda count: 0.0)
-    evaluator = train.Evaluator(dataset, 16, settings, sharding.make_mesh())
+    settings = steps.EvalSettings.from_config(run.config)
+    evaluator = evaluation.Evaluator(dataset, 16, settings, sharding.make_mesh())
     return run.state, evaluator.predictions(run.state)["prediction"]
 
 
@@ -92,14 +93,14 @@ def assert_members_match(workdir, results, separate, test):
 
 def test_members_equal_separate_runs(vmapped, separate, tiny_folder, cache_dir):
     workdir, _, results = vmapped
-    test = train.load_datasets(tiny(tiny_folder, cache_dir)).test
+    test = datasets.load_datasets(tiny(tiny_folder, cache_dir)).test
     assert_members_match(workdir, results, separate, test)
 
 
 def test_unrolled_members_equal_separate_runs(separate, tiny_folder, cache_dir, tmp_path):
     config = tiny(tiny_folder, cache_dir)
     results = vectorized.train_seeds(config, str(tmp_path), SEEDS, mode="unroll")
-    test = train.load_datasets(config).test
+    test = datasets.load_datasets(config).test
     assert_members_match(str(tmp_path), results, separate, test)
 
 
@@ -147,7 +148,7 @@ def test_member_that_lost_its_results_is_evaluated_again(vmapped, tiny_folder, c
     assert again[1]["images_per_sec"] is None  # nothing was trained
     for key in ("test_correct", "test_loss", "best_step", "steps", "finished"):
         assert again[1][key] == results[1][key], key
-    assert train.read_results(str(copy / f"seed_{SEEDS[1]}")) == again[1]
+    assert read_results(str(copy / f"seed_{SEEDS[1]}")) == again[1]
 
 
 def test_member_config_shares_the_data_order(tiny_folder, cache_dir):
@@ -156,9 +157,9 @@ def test_member_config_shares_the_data_order(tiny_folder, cache_dir):
     configs = [members.member_config(config, s) for s in (0, 1)]
     assert [(m.seed, m.data_seed) for m in configs] == [(0, 4), (1, 4)]
     assert config.seed == 4 and config.data_seed == -1  # the given config is unchanged
-    keys = [jax.random.key_data(train.shuffle_key(m)) for m in configs]
+    keys = [jax.random.key_data(setup.shuffle_key(m)) for m in configs]
     np.testing.assert_array_equal(keys[0], keys[1])
-    np.testing.assert_array_equal(keys[0], jax.random.key_data(train.shuffle_key(config)))
+    np.testing.assert_array_equal(keys[0], jax.random.key_data(setup.shuffle_key(config)))
 
 
 def test_seeds_are_parsed_and_checked(tiny_folder, cache_dir, tmp_path):

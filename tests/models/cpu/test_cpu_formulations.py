@@ -16,7 +16,8 @@ from cv_jax.models.cpu import formulations as cpu_formulations
 from cv_jax.models.cpu import kernels as cpu_kernels
 from cv_jax.models.layers import PLAIN
 from cv_jax.tools import bench
-from cv_jax.training import losses, runs, sharding, train
+from cv_jax.training import losses, runs, setup, sharding, train
+from cv_jax.training.plan import Plan
 
 SPECIAL = [0.0, -0.0, 1.5e-38, -3.5, 6.5e4, np.inf, -np.inf, np.nan]
 
@@ -104,14 +105,14 @@ def train_one_step(formulations: str, model: str, image_size: int, **model_field
     config.model.update(model_fields)
     mesh = sharding.make_mesh(config.training.num_devices)
     data = bench.synthetic_train_set(16, (image_size, image_size, 3))
-    plan = train.Plan.from_config(config, len(data))
-    _, tx, settings = train.optimizer_and_settings(config, data, plan)
+    plan = Plan.from_config(config, len(data))
+    _, tx, settings = setup.optimizer_and_settings(config, data, plan)
     assert runs.training_layers(config) == (cpu_formulations.CPU if formulations == "on"
                                             else PLAIN)
-    state = train.build_state(config, data, settings, tx, mesh)
+    state = setup.build_state(config, data, settings, tx, mesh)
     initial = jax.tree.map(np.asarray, state.params)
-    images, labels, permute = train.device_train_set(data, config, mesh)
-    step = train.make_train_step(settings, 8, mesh)
+    images, labels, permute = setup.device_train_set(data, config, mesh)
+    step = setup.make_train_step(settings, 8, mesh)
     permutation = permute(0)
     program = step.lower(state, images, labels, permutation, 0).as_text()
     assert ("cv_jax_conv" in program) == (formulations == "on")

@@ -1,0 +1,189 @@
+"""From a config and its loaded data to what the training loop needs: the device mesh, the
+schedule, optimizer and step settings, the initial state, the training set and the teacher on
+the devices, and the train step and the evaluators compiled ahead of the loop.
+
+Every run is set up here: ``train.train_and_evaluate`` and the time-budget timing
+(``compile_run``), the vectorised run (its own stacked state and step; the device data and the
+compiling here) and the LR range test (its own optimizer; no evaluators).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections as mlc
+import optax
+
+from cv_jax import models
+from cv_jax.config import ConfigError
+from cv_jax.data import pipeline
+from cv_jax.data.dataset import ArrayDataset
+from cv_jax.optim import lr
+from cv_jax.training import distill, losses, runs, sharding, steps, transfer
+from cv_jax.training.datasets import Datasets
+from cv_jax.training.evaluation import Evaluator, make_evaluators
+from cv_jax.training.loop import Program
+from cv_jax.training.plan import Plan
+from cv_jax.training.state import TrainState, create_train_state, init_variables
+
+log = logging.getLogger("cv_jax")
+
+
+def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+                  schedule: optax.Schedule) -> steps.TrainSettings:
+    """The train step settings of a run (class weights come from the training labels)."""
+    weights = losses.class_weights(config.loss.class_weights, train.labels,
+                                   len(train.class_names))
+    return steps.TrainSettings.from_config(config, schedule, plan.steps_per_epoch, weights)
+
+
+def optimizer_and_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan):
+    """``(schedule, tx, settings)`` of a run: the LR schedule over its plan, the optimizer
+    (split by the transfer mode) and the step settings."""
+    schedule = lr.schedule(config, plan.steps_per_epoch, plan.total_steps)
+    tx = runs.build_optimizer(config, schedule, len(train.class_names), train.images.shape[1:],
+                              plan.steps_per_epoch)
+    return schedule, tx, step_settings(config, train, plan, schedule)
+
+
+def check_batch_size(batch_size: int, num_devices: int, key: str) -> None:
+    if batch_size % num_devices:
+        nearest = max(num_devices, batch_size // num_devices * num_devices)
+        raise ConfigError(
+            f"config.{key}={batch_size} does not divide across the {num_devices} devices; "
+            f"use a multiple of {num_devices} (e.g. {nearest})"
+        )
+
+
+def make_mesh(config: mlc.ConfigDict) -> jax.sharding.Mesh:
+    """The run's mesh over ``training.num_devices`` devices; its batch must divide across them."""
+    mesh = sharding.make_mesh(config.training.num_devices)
+    check_batch_size(config.training.batch_size, mesh.devices.size, "training.batch_size")
+    return mesh
+
+
+def train_step_fn(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh):
+    """The step, not jitted: slice the epoch permutation, gather the batch, update the state.
+    Its last argument is the distillation teacher, or None."""
+
+    def run(state, images, labels, permutation, index, teacher=None):
+        idx = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size, batch_size)
+        batch = {"image": images[idx], "label": labels[idx]}
+        batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
+        return steps.train_step(state, batch, settings, teacher)
+
+    return run
+
+
+def make_train_step(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh):
+    """:func:`train_step_fn`, jitted (the state is donated, outputs replicated)."""
+    repl = sharding.replicated(mesh)
+    return jax.jit(train_step_fn(settings, batch_size, mesh), donate_argnums=0,
+                   out_shardings=(repl, repl))
+
+
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, state_key)`` of a seed: the model's initialisation and the run's base key
+    (per-step augmentation and dropout keys are folded from it)."""
+    init_key, state_key = jax.random.split(jax.random.key_data(jax.random.key(seed)))
+    return init_key, state_key
+
+
+def shuffle_key(config: mlc.ConfigDict) -> jax.Array:
+    """The key of the training-example order: from ``data_seed``, or ``seed`` when it is -1
+    (so runs that differ only in ``seed`` but share ``data_seed`` see the same batches)."""
+    seed = config.seed if config.data_seed < 0 else config.data_seed
+    return jax.random.fold_in(seed_keys(seed)[1], 1)
+
+
+def device_train_set(train: ArrayDataset, config: mlc.ConfigDict, mesh: jax.sharding.Mesh):
+    """The training images and labels on the devices, and ``permute(epoch)``: that epoch's
+    order of the examples (jitted; the same for every run with the same shuffle key)."""
+    repl = sharding.replicated(mesh)
+    images, labels = jax.device_put((train.images, train.labels), repl)
+    key = jax.device_put(shuffle_key(config), repl)
+    permute = jax.jit(functools.partial(pipeline.epoch_permutation, n=len(train)),
+                      out_shardings=repl)
+    return images, labels, lambda epoch: permute(key, epoch)
+
+
+def create_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
+    """The run's model (``config.model``) for the classes of ``train``, as the train step
+    applies it: built with the run's training layers (``runs.training_layers``)."""
+    return runs.build_model(config, len(train.class_names), runs.training_layers(config))
+
+
+def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.TrainSettings,
+                tx, mesh: jax.sharding.Mesh) -> TrainState:
+    """A fresh state: model init, data-dependent init, replicated over the mesh."""
+    advice = models.input_size_advice(config.model.name, train.images.shape[1:3])
+    if advice:
+        log.warning("%s", advice)
+    model = create_model(config, train)
+    init_key, state_key = seed_keys(config.seed)
+    variables = jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key)
+    variables = models.data_dependent_init(
+        config.model.name, variables, train.images[: config.model_init_examples],
+        functools.partial(steps.normalize, normalization=settings.normalization))
+    if transfer.enabled(config):
+        variables = transfer.initialize(config, variables, len(train.class_names),
+                                        train.images.shape[1:])
+    ema = config.training.ema_decay > 0
+    state = jax.jit(lambda v, k: create_train_state(model, tx, v, k, ema))(variables, state_key)
+    return jax.device_put(state, sharding.replicated(mesh))
+
+
+def initial_state(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+                  mesh: jax.sharding.Mesh) -> tuple[steps.TrainSettings, TrainState]:
+    """The run's train step settings and fresh state, its optimizer over ``plan``
+    (:func:`optimizer_and_settings`)."""
+    _, tx, settings = optimizer_and_settings(config, train, plan)
+    return settings, build_state(config, train, settings, tx, mesh)
+
+
+def device_program(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+                   mesh: jax.sharding.Mesh, train_step) -> Program:
+    """What the loop runs: ``train_step`` (jitted) over the training set on the devices, with
+    the config's distillation teacher (or none)."""
+    images, labels, permute = device_train_set(train, config, mesh)
+    teacher = distill.load_teacher(config, train.class_names, mesh)
+    return Program(train_step, images, labels, permute, plan.steps_per_epoch, teacher)
+
+
+@dataclasses.dataclass
+class Compiled:
+    """A run's program and evaluators, compiled ahead of the loop, and how long that took."""
+
+    program: Program
+    evaluators: dict[str, Evaluator]
+    compile_time: float
+
+
+def compile_program(program: Program, state: TrainState,
+                    evaluators: dict[str, Evaluator] | None = None,
+                    eval_state: TrainState | None = None) -> Compiled:
+    """``program`` with its train step compiled for ``state`` and the ``evaluators`` compiled
+    for ``eval_state`` (default: ``state``)."""
+    evaluators = evaluators or {}
+    start = time.perf_counter()
+    compiled = program.train_step.lower(state, program.images, program.labels,
+                                        program.permute(0), 0, program.teacher).compile()
+    for evaluator in evaluators.values():
+        evaluator.compile(state if eval_state is None else eval_state)
+    compile_time = time.perf_counter() - start
+    log.info("Compiled in %.1f s.", compile_time)
+    return Compiled(dataclasses.replace(program, train_step=compiled), evaluators, compile_time)
+
+
+def compile_run(config: mlc.ConfigDict, data: Datasets, plan: Plan, mesh: jax.sharding.Mesh,
+                settings: steps.TrainSettings, state: TrainState) -> Compiled:
+    """A run's train step (from ``settings``) over its training set and teacher on the
+    devices, and its evaluators, compiled for ``state``."""
+    step = make_train_step(settings, config.training.batch_size, mesh)
+    program = device_program(config, data.train, plan, mesh, step)
+    return compile_program(program, state, make_evaluators(config, data, mesh))

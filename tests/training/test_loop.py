@@ -1,0 +1,240 @@
+"""The training loop and a run's hooks, on a stand-in program: each epoch's permutation and
+batch index, hooks acting at their steps, stops, and a run resumed from a checkpoint logging
+what the run in one go logged."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import optax
+
+from cv_jax.config import base_config
+from cv_jax.training import hooks
+from cv_jax.training.early_stopping import EarlyStopping
+from cv_jax.training.loop import Hook, Loop, Program, run
+from cv_jax.training.metrics import Progress
+from cv_jax.training.plan import Plan
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A TrainState stand-in: the steps taken, and what the records and evaluations read."""
+
+    step: int = 0
+    opt_state: Any = optax.EmptyState()
+    ema: dict = dataclasses.field(default_factory=dict)
+    lr_scale: float = 1.0  # what a reduce-on-plateau update changes
+
+
+def program(steps_per_epoch: int, calls: list | None = None,
+            permuted: list | None = None) -> Program:
+    """A program whose step appends ``(permutation, index)`` to ``calls`` and whose loss is the
+    step's number; ``permute`` appends the epochs it is asked for to ``permuted``."""
+
+    def train_step(state, images, labels, permutation, index, teacher):
+        if calls is not None:
+            calls.append((permutation, index))
+        new = dataclasses.replace(state, step=state.step + 1)
+        return new, {"loss": np.float32(new.step), "accuracy": np.float32(index / 8),
+                     "learning_rate": np.float32(0.1), "grad_norm": np.float32(1.0)}
+
+    def permute(epoch):
+        if permuted is not None:
+            permuted.append(epoch)
+        return f"epoch {epoch}"
+
+    return Program(train_step, None, None, permute, steps_per_epoch)
+
+
+class Every(Hook):
+    """Acts every ``n`` steps, noting the step; stops the loop at ``stop_at``."""
+
+    def __init__(self, n: int, stop_at: int | None = None):
+        self.n, self.stop_at, self.steps = n, stop_at, []
+
+    def due(self, loop: Loop) -> bool:
+        return loop.step % self.n == 0
+
+    def act(self, loop: Loop) -> None:
+        self.steps.append(loop.step)
+        if loop.step == self.stop_at:
+            loop.stop = f"asked at {loop.step}"
+
+
+def test_the_loop_takes_each_epochs_permutation_and_calls_hooks_at_their_steps():
+    calls, permuted = [], []
+    every3, every4 = Every(3), Every(4)
+    loop = run(program(4, calls, permuted), State(), 0, 10, [every3, every4])
+    assert calls == [(f"epoch {s // 4}", s % 4) for s in range(10)]
+    assert permuted == [0, 1, 2]  # once per epoch
+    assert every3.steps == [3, 6, 9] and every4.steps == [4, 8]
+    assert (loop.step, loop.end, loop.state.step, loop.stop) == (10, 10, 10, "")
+    assert float(loop.metrics["loss"]) == 10.0
+
+
+def test_a_hook_that_stops_ends_the_loop_after_that_step_and_later_hooks_still_act():
+    calls = []
+    stopper, after = Every(1, stop_at=5), Every(1)
+    loop = run(program(4, calls), State(), 0, 10, [stopper, after])
+    assert (loop.step, loop.state.step, loop.stop) == (5, 5, "asked at 5")
+    assert len(calls) == 5 and after.steps == [1, 2, 3, 4, 5]
+
+
+def test_a_loop_given_a_stop_takes_no_step():
+    calls, hook = [], Every(1)
+    loop = run(program(4, calls), State(step=6), 6, 10, [hook], stop="early stopping")
+    assert (loop.step, loop.state.step, loop.stop) == (6, 6, "early stopping")
+    assert calls == [] and hook.steps == []
+
+
+def test_a_loop_resumed_from_a_middle_step_takes_the_same_batches():
+    straight, first, resumed, permuted = [], [], [], []
+    run(program(4, straight), State(), 0, 10, [])
+    middle = run(program(4, first), State(), 0, 6, []).state
+    loop = run(program(4, resumed, permuted), middle, 6, 10, [])
+    assert first + resumed == straight
+    assert permuted == [1, 2]  # the resumed epoch's permutation is made again
+    assert loop.state.step == 10
+
+
+# --- a run's hooks ----------------------------------------------------------------------------
+
+class Writer:
+    def __init__(self):
+        self.records = []
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        self.records.append({"step": step, "split": split, **metrics})
+
+    def steps(self, split: str) -> list[int]:
+        return [r["step"] for r in self.records if r["split"] == split]
+
+
+class Checkpoints:
+    directory = "/runs/x/checkpoints"
+
+    def __init__(self):
+        self.saved = []  # (step, state, metrics or None)
+
+    def save(self, step: int, state: State, sig: dict, metrics: dict | None = None) -> None:
+        self.saved.append((step, state, metrics))
+
+    def latest_step(self) -> int | None:
+        return self.saved[-1][0] if self.saved else None
+
+    def wait(self) -> None:
+        pass
+
+
+def evaluate(state: State) -> dict:
+    """A one-split 'evaluation' whose loss is the state's step."""
+    return {"loss": float(state.step), "accuracy": 0.5}
+
+
+class Requests:
+    """A stop request arriving after step ``at``."""
+
+    def __init__(self, at: int):
+        self.at, self.reason = at, None
+
+    def requested(self, step: int) -> bool:
+        if step >= self.at:
+            self.reason = "SIGTERM"
+        return self.reason is not None
+
+
+PLAN = Plan(steps_per_epoch=4, total_steps=12, eval_every_steps=4, checkpoint_every_steps=6)
+
+
+def config():
+    config = base_config()
+    config.training.update(log_every_steps=5, batch_size=8)
+    return config
+
+
+def train(start: int = 0):
+    """``train_runs`` of a run alone on the stand-in program, from the state after ``start``
+    steps; returns it with the run's writer and checkpoints."""
+    writer, ckpt = Writer(), Checkpoints()
+    runs = hooks.Runs.alone(hooks.Output(config(), ckpt, writer))
+    trained = hooks.train_runs(program(4), State(step=start), start, config(), PLAN, runs,
+                               {"test": evaluate}, {})
+    return trained, writer, ckpt
+
+
+def run_hooks(requests: Requests):
+    """A run's hooks for a run alone, with its writer and checkpoints."""
+    writer, ckpt = Writer(), Checkpoints()
+    runs = hooks.Runs.alone(hooks.Output(config(), ckpt, writer))
+    created = hooks.RunHooks.create(config(), PLAN, runs, {"test": evaluate}, {},
+                                    Progress(PLAN.total_steps, 0, 8), requests)
+    return created, writer, ckpt
+
+
+def test_a_run_records_evaluates_and_saves_at_the_plans_steps():
+    trained, writer, ckpt = train()
+    # every 5 steps and at every checkpoint (evaluations every 4 steps, checkpoints every 6)
+    assert writer.steps("train") == [4, 5, 6, 8, 10, 12]
+    assert writer.steps("test") == [4, 8, 12]
+    assert [(s, m) for s, _, m in ckpt.saved] == [
+        (4, {"test_loss": 4.0, "test_accuracy": 0.5}), (6, None),
+        (8, {"test_loss": 8.0, "test_accuracy": 0.5}),
+        (12, {"test_loss": 12.0, "test_accuracy": 0.5})]
+    losses = [r["loss"] for r in writer.records if r["split"] == "train"]
+    assert losses == [2.5, 5.0, 6.0, 7.5, 9.5, 11.5]  # the mean over the steps since the last
+    record = writer.records[0]
+    assert record["epoch"] == 1.0 and record["images_per_sec"] > 0
+    assert trained.loop.step == 12 and trained.hooks.evaluate.last == [
+        {"test_loss": 12.0, "test_accuracy": 0.5}]
+    assert len(trained.hooks.records.rates) == 6 and trained.seconds > 0
+
+
+def test_a_run_cut_short_evaluates_and_saves_at_its_last_step_without_a_plateau_update():
+    updates = []
+
+    def plateau(state, metrics):
+        updates.append(state.step)
+        return dataclasses.replace(state, lr_scale=metrics["test_loss"] / 8)
+
+    created, writer, ckpt = run_hooks(Requests(at=100))
+    created.evaluate.plateau = plateau
+    loop = run(program(4), State(), 0, 7, created.all())
+    assert loop.step == 7
+    assert writer.steps("train") == [4, 5, 6, 7] and writer.steps("test") == [4, 7]
+    assert [(s, m is not None) for s, _, m in ckpt.saved] == [(4, True), (6, False), (7, True)]
+    assert updates == [4]  # after the scheduled evaluation only, before its checkpoint
+    assert [state.lr_scale for _, state, _ in ckpt.saved] == [0.5, 0.5, 0.5]
+    assert loop.state.lr_scale == 0.5
+
+
+def test_a_stop_request_ends_the_run_with_a_record_and_a_checkpoint_at_that_step():
+    created, writer, ckpt = run_hooks(Requests(at=3))
+    loop = run(program(4), State(), 0, 12, created.all())
+    assert (loop.step, loop.stop, created.stop.reason) == (3, "stop requested (SIGTERM)",
+                                                           "SIGTERM")
+    assert writer.steps("train") == [3] and writer.steps("test") == []
+    assert ckpt.saved == [(3, State(step=3), None)]
+
+
+def test_early_stopping_ends_the_run_at_the_evaluation_that_calls_for_it():
+    created, writer, ckpt = run_hooks(Requests(at=100))
+    created.evaluate.stopper = EarlyStopping("test_loss", "min", patience=1)  # loss = step
+    loop = run(program(4), State(), 0, 12, created.all())
+    assert (loop.step, loop.stop, created.evaluate.stopped_early) == (8, "early stopping", True)
+    assert writer.steps("test") == [4, 8]
+    assert [(s, m is not None) for s, _, m in ckpt.saved] == [(4, True), (6, False), (8, True)]
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in records]
+
+
+def test_a_run_resumed_from_a_checkpoint_logs_the_records_of_the_run_in_one_go():
+    _, straight, _ = train()
+    for checkpoint in (4, 6, 8):
+        _, resumed, saved = train(start=checkpoint)
+        after = [r for r in straight.records if r["step"] > checkpoint]
+        assert untimed(resumed.records) == untimed(after), checkpoint
+        assert [s for s, _, _ in saved.saved] == [s for s in (4, 6, 8, 12) if s > checkpoint]
