@@ -55,20 +55,18 @@ import multiprocessing
 import os
 import pickle
 import posixpath
-import stat
 import tarfile
 import time
-import warnings
 import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 # From the submodule: importing cv_jax.config imports cv_jax.models, which imports this package.
 from cv_jax.config.schema import BAD_FILES_POLICIES
 from cv_jax.data.cache import cached, fingerprint
 from cv_jax.data.dataset import ArrayDataset, DataError, printable
+from cv_jax.data.decode import Decoded, Payload, array_to_rgb, decode_chunk, decode_one
 from cv_jax.data.walk import walk
 
 logger = logging.getLogger(__name__)
@@ -81,7 +79,6 @@ _CHUNK_SIZE = 1024  # images per decode task; also the threshold for starting th
 _MAX_WORKERS = 8
 _MAX_LISTED = 20  # bad files named in one error message
 # PIL modes of 16-bit grayscale (a 16-bit PNG opens as I;16, in older Pillow as I).
-_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _SIZE_HINT = "set config.dataset.image_size=(H, W) to resize every image"
 _LOCATION_HINT = (
     "Fix: point --config.dataset.data_dir (or CV_JAX_DATA) at an ImageFolder tree "
@@ -89,76 +86,18 @@ _LOCATION_HINT = (
     "batches folder (cifar-10-batches-py) or cifar-10-python.tar.gz, or use 'tfds:<name>'."
 )
 
-# Payload handed to a decode worker: file bytes (archive member) or a file path (directory).
-Payload = bytes | str
-# Decode result: an RGB uint8 [H, W, 3] array, or the error text for an undecodable file.
-Decoded = np.ndarray | str
 
 
 # --------------------------------------------------------------------------- image decoding
 
 
-def _to_rgb_array(image: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
-    """Convert a PIL image to RGB, resize it bilinearly to ``image_size`` (H, W) if given."""
-    if image.mode in _SIXTEEN_BIT_MODES:  # .convert() would clip 0..65535 to 0..255
-        wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
-        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if image_size is not None and image.size != (image_size[1], image_size[0]):
-        image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def _array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
-    """Return an in-memory image array ([H, W], [H, W, 1|3|4]) as RGB uint8, resized if asked."""
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    is_rgb = array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3
-    if is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
-        return array
-    return _to_rgb_array(Image.fromarray(array), image_size)
-
-
-def _decode_one(payload: Payload, image_size: tuple[int, int] | None) -> Decoded:
-    """Decode one encoded image (bytes or a file path); return the error text on failure.
-
-    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression-bomb guard, which PIL only
-    warns about below twice the limit) are refused before their pixels are read.
-    """
-    try:
-        if isinstance(payload, str) and not stat.S_ISREG(os.stat(payload).st_mode):
-            raise OSError("not a regular file (opening a FIFO or device could block)")
-        source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                return _to_rgb_array(image, image_size)
-    except Exception as e:  # any decoder failure means "bad file"
-        return f"{type(e).__name__}: {e}"
-
-
 def decode_image(path: str, image_size: Sequence[int] | None = None) -> np.ndarray:
     """One image file as RGB uint8 [H, W, 3], converted and resized as :func:`load_split`
     does; DataError naming the file if it cannot be decoded."""
-    decoded = _decode_one(os.fspath(path), _normalize_size(image_size))
+    decoded = decode_one(os.fspath(path), _normalize_size(image_size))
     if isinstance(decoded, str):
         raise DataError(f"cannot decode {path} as an image ({decoded}); give a readable image "
                         f"file ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    return decoded
-
-
-def _decode_chunk(payloads: list[Payload],
-                  image_size: tuple[int, int] | None) -> np.ndarray | list[Decoded]:
-    """Decode a chunk of images (runs in a worker process).
-
-    Returns one stacked array when every image decoded to the same shape (much cheaper to send
-    back than many small arrays), else the per-image list of arrays and error texts.
-    """
-    decoded = [_decode_one(p, image_size) for p in payloads]
-    shapes = {d.shape if isinstance(d, np.ndarray) else None for d in decoded}
-    if len(shapes) == 1 and None not in shapes:
-        return np.stack(decoded)
     return decoded
 
 
@@ -212,7 +151,7 @@ class _Decoder:
         future = None
         if self._pool is not None and not self._pool_broken:
             try:
-                future = self._pool.submit(_decode_chunk, chunk, self._image_size)
+                future = self._pool.submit(decode_chunk, chunk, self._image_size)
             except concurrent.futures.process.BrokenProcessPool as e:
                 self._mark_broken(e)
         self._chunks.append((chunk, future))
@@ -233,7 +172,7 @@ class _Decoder:
                 return future.result()
             except concurrent.futures.process.BrokenProcessPool as e:
                 self._mark_broken(e)
-        return _decode_chunk(chunk, self._image_size)
+        return decode_chunk(chunk, self._image_size)
 
     def results(self) -> dict[str, Decoded]:
         """Wait for all chunks; return ``{key: array or error text}``."""
@@ -572,7 +511,7 @@ def _load_cifar(plan: _CifarPlan, split: str, read: Callable[[str], bytes],
         labels.append(np.asarray(_field(batch, variant.labels_field, shown), dtype=np.int32))
     stacked = np.ascontiguousarray(np.concatenate(images))
     if image_size is not None and tuple(image_size) != (32, 32):
-        stacked = np.stack([_array_to_rgb(image, image_size) for image in stacked])
+        stacked = np.stack([array_to_rgb(image, image_size) for image in stacked])
     return ArrayDataset(stacked, np.concatenate(labels), names)
 
 
@@ -679,7 +618,7 @@ def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> Arr
     arrays, labels = [], []
     for index in range(len(source)):
         example = source[index]
-        arrays.append(_array_to_rgb(np.asarray(example[image_key]), image_size))
+        arrays.append(array_to_rgb(np.asarray(example[image_key]), image_size))
         labels.append(int(example[label_key]))
     names = [f"{where} example {i}" for i in range(len(arrays))]
     return ArrayDataset(_stack_images(arrays, names, where), np.array(labels, dtype=np.int32),

@@ -304,7 +304,7 @@ def test_tfds_unknown_dataset_error():
 def _fail_decoding(monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("decoder called although the split should come from the cache")
-    monkeypatch.setattr(sources, "_decode_chunk", boom)
+    monkeypatch.setattr(sources, "decode_chunk", boom)
 
 
 @pytest.mark.parametrize("as_archive", [False, True])

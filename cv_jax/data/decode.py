@@ -1,0 +1,73 @@
+"""Decoding image files into RGB uint8 arrays: what the decode worker processes of
+:mod:`cv_jax.data.sources` run. It imports only PIL and numpy, so a spawned worker starts fast.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+
+import numpy as np
+from PIL import Image
+
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+# Payload handed to a decode worker: file bytes (archive member) or a file path (directory).
+Payload = bytes | str
+# Decode result: an RGB uint8 [H, W, 3] array, or the error text for an undecodable file.
+Decoded = np.ndarray | str
+
+
+def to_rgb_array(image: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
+    """Convert a PIL image to RGB, resize it bilinearly to ``image_size`` (H, W) if given."""
+    if image.mode in _SIXTEEN_BIT_MODES:  # .convert() would clip 0..65535 to 0..255
+        wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image_size is not None and image.size != (image_size[1], image_size[0]):
+        image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
+    """Return an in-memory image array ([H, W], [H, W, 1|3|4]) as RGB uint8, resized if asked."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    is_rgb = array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3
+    if is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
+        return array
+    return to_rgb_array(Image.fromarray(array), image_size)
+
+
+def decode_one(payload: Payload, image_size: tuple[int, int] | None) -> Decoded:
+    """Decode one encoded image (bytes or a file path); return the error text on failure.
+
+    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression-bomb guard, which PIL only
+    warns about below twice the limit) are refused before their pixels are read.
+    """
+    try:
+        if isinstance(payload, str) and not stat.S_ISREG(os.stat(payload).st_mode):
+            raise OSError("not a regular file (opening a FIFO or device could block)")
+        source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                return to_rgb_array(image, image_size)
+    except Exception as e:  # any decoder failure means "bad file"
+        return f"{type(e).__name__}: {e}"
+
+
+def decode_chunk(payloads: list[Payload],
+                  image_size: tuple[int, int] | None) -> np.ndarray | list[Decoded]:
+    """Decode a chunk of images (runs in a worker process).
+
+    Returns one stacked array when every image decoded to the same shape (much cheaper to send
+    back than many small arrays), else the per-image list of arrays and error texts.
+    """
+    decoded = [decode_one(p, image_size) for p in payloads]
+    shapes = {d.shape if isinstance(d, np.ndarray) else None for d in decoded}
+    if len(shapes) == 1 and None not in shapes:
+        return np.stack(decoded)
+    return decoded
