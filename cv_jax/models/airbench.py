@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cv_jax.models import register
 from cv_jax.models.layers import PLAIN, Conv, LayerImpl, torch_default_init
+from cv_jax.models.registry import register
 
 WHITEN_PATCH = 2  # whitening conv kernel size; it has 2 * C * WHITEN_PATCH**2 output channels
 

@@ -40,8 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import register
 from cv_jax.models.layers import PLAIN, Conv, Dropout, LayerImpl, initializer
+from cv_jax.models.registry import register
 
 
 def local_response_norm(

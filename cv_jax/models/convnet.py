@@ -50,7 +50,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import register
 from cv_jax.models.layers import (
     PLAIN,
     AvgPool,
@@ -61,6 +60,7 @@ from cv_jax.models.layers import (
     initializer,
     is_number,
 )
+from cv_jax.models.registry import register
 
 LAYERS_GRAMMAR = (
     "write comma-separated layers: conv:FILTERS[:kK][:sS][:same|:valid], "

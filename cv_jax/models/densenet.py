@@ -36,7 +36,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
     PLAIN,
     AvgPool,
@@ -45,6 +44,7 @@ from cv_jax.models.layers import (
     global_avg_pool,
     torch_default_init,
 )
+from cv_jax.models.registry import partial_module, register
 
 # torchvision: kaiming_normal_ (fan_in, ReLU gain) for convs; nn.Linear's default U(+-1/sqrt(n)).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")

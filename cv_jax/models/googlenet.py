@@ -43,7 +43,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
     PLAIN,
     AvgPool,
@@ -52,6 +51,7 @@ from cv_jax.models.layers import (
     global_avg_pool,
     initializer,
 )
+from cv_jax.models.registry import partial_module, register
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTION = {

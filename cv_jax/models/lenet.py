@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import register
 from cv_jax.models.layers import PLAIN, AvgPool, Conv, LayerImpl, activation, initializer
+from cv_jax.models.registry import register
 
 
 @register("lenet5")

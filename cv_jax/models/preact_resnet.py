@@ -31,8 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import partial_module, register
 from cv_jax.models.layers import PLAIN, Dropout, LayerImpl, global_avg_pool, torch_default_init
+from cv_jax.models.registry import partial_module, register
 from cv_jax.models.resnet import conv, dense
 
 

@@ -44,7 +44,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
     PLAIN,
     Conv,
@@ -54,6 +53,7 @@ from cv_jax.models.layers import (
     torch_default_init,
     uniform_symmetric,
 )
+from cv_jax.models.registry import partial_module, register
 
 
 def conv(

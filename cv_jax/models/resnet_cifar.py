@@ -12,8 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import partial_module, register
 from cv_jax.models.layers import PLAIN, Conv, LayerImpl, global_avg_pool, he_normal_fan_out
+from cv_jax.models.registry import partial_module, register
 
 STAGE_WIDTHS = (16, 32, 64)
 

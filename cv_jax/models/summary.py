@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cv_jax.models import create_model, default_input_shape
+from cv_jax.models.registry import create_model, default_input_shape
 
 
 @dataclasses.dataclass(frozen=True)

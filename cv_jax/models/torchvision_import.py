@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cv_jax.models import create_model
+from cv_jax.models.registry import create_model
 
 StateDict = Mapping[str, np.ndarray]
 

@@ -36,7 +36,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import partial_module, register
 from cv_jax.models.layers import (
     PLAIN,
     Dropout,
@@ -44,6 +43,7 @@ from cv_jax.models.layers import (
     adaptive_avg_pool,
     he_normal_fan_out,
 )
+from cv_jax.models.registry import partial_module, register
 
 # Convolutions per stage in configurations A, B, D, E (paper, Table 1).
 CONVS_PER_STAGE = {

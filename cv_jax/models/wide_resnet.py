@@ -24,9 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cv_jax.models import partial_module, register
 from cv_jax.models.layers import PLAIN, LayerImpl, global_avg_pool, he_normal_fan_out
 from cv_jax.models.preact_resnet import PreActBlock
+from cv_jax.models.registry import partial_module, register
 from cv_jax.models.resnet import conv, dense
 
 

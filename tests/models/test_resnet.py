@@ -16,7 +16,7 @@ import cv_jax.models as models
 import cv_jax.models.preact_resnet  # noqa: F401
 import cv_jax.models.resnet  # noqa: F401
 import cv_jax.models.wide_resnet  # noqa: F401
-from cv_jax.models import create_model, default_input_shape, model_fields, register
+from cv_jax.models import create_model, default_input_shape, model_fields, register, registry
 from cv_jax.models.preact_resnet import PreActBlock, PreActResNet
 from cv_jax.models.resnet import ResNet
 from cv_jax.models.wide_resnet import WideResNet
@@ -191,7 +191,7 @@ SMALL_INPUT = (8, 8, 3)
 @pytest.fixture
 def tiny_names(monkeypatch) -> None:
     """Registers the unrestricted classes as "tiny_resnet" and "tiny_preact" for one test."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register("tiny_resnet")(ResNet)
     register("tiny_preact")(PreActResNet)
 
