@@ -6,9 +6,13 @@
     ... --config.optimizer.learning_rate=0.05   (any key below can be overridden)
 
 Recipes (the bare word in the config string):
-  headline  airbench-style fast net (whitening stem, conv-pool-BN-GELU groups), batch 1024,
-            Nesterov SGD, one-cycle LR, label smoothing 0.2, flip TTA; bf16. For accelerators.
-  cpu       the same net, narrower, sized to finish in about 15 minutes on a 2-core CPU.
+  headline  airbench94 (KellerJordan/cifar10-airbench legacy/airbench94.py): its net (whitening
+            stem, conv-pool-BN-GELU groups), batch 1024, 9.9 epochs, Nesterov SGD at its step
+            size, BN biases at 64x, whitening bias frozen after 3 epochs, Lookahead, label
+            smoothing 0.2, alternating flips, flip+translate TTA at the end; bf16. For
+            accelerators. docs/recipes-and-configs.md maps each ingredient to its key.
+  cpu       the same recipe on a narrower net, batch 256, 7 epochs: about 15 minutes on a
+            2-core CPU.
   cpu15     the best test accuracy in 15 minutes on a 2-core CPU: the net at widths 64/128/128
             (the cpu recipe's saturates), as many epochs as fit in 15 minutes on this machine
             (a time budget: minutes=15), evaluated once, at the end.
@@ -18,6 +22,10 @@ Recipes (the bare word in the config string):
             on a 5,000-image validation split (patience 10, best weights restored).
   timm      a modern regularisation stack on ResNet-18 (CIFAR stem): SGD+Nesterov, cosine with
             5 warmup epochs, label smoothing, mixup/CutMix, RandAugment, random erasing, 200 epochs.
+  resnet_paper  He et al. 2016 (arXiv:1512.03385) section 4.2 on ResNet-20 (model=resnet32, 44,
+            56 or 110 for the others): batch 128, SGD momentum 0.9, weight decay 1e-4, LR 0.1
+            divided by 10 at 32k and 48k iterations, 64k iterations, 4-pixel pad-crop + flip,
+            one view at test time; ResNet-110 warms up at 0.01 for 400 iterations, as the paper.
 With no recipe named, 'headline' runs on GPU/TPU and 'cpu' on a CPU backend.
 Any other model (model=resnet20, ...) gets the classic He et al. SGD recipe instead:
 lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, 4-pixel pad-and-crop + flip.
@@ -86,9 +94,15 @@ import jax
 
 from cv_jax.config import base_config, model_section, parse_arg
 
-RECIPES = ("headline", "cpu", "cpu15", "smoke", "keras", "timm")
+RECIPES = ("headline", "cpu", "cpu15", "smoke", "keras", "timm", "resnet_paper")
+# The CIFAR ResNets of He et al. (2016), section 4.2, trained by resnet_paper.
+PAPER_RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 # airbench keeps the whitening filters and BatchNorm scales fixed; only biases of BN learn.
 AIRBENCH_FREEZE = r"whiten/kernel|scale$"
+# airbench94's optimizer hyper-parameters (KellerJordan/cifar10-airbench, legacy/airbench94.py),
+# in its own units: lr and weight_decay per 1024 examples of a summed loss (airbench_step).
+AIRBENCH94 = dict(lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0,
+                  label_smoothing=0.2, whiten_bias_epochs=3, epochs=9.9)
 
 
 def get_config(arg=None):
@@ -97,9 +111,12 @@ def get_config(arg=None):
     config = base_config()
     config.recipe, config.recipe_reason = _choose_recipe(arg.recipe)
     {"headline": _headline, "cpu": _cpu, "cpu15": _cpu15, "smoke": _smoke, "keras": _keras,
-     "timm": _timm}[config.recipe](config)
+     "timm": _timm, "resnet_paper": _resnet_paper}[config.recipe](config)
     if arg.model and arg.model != config.model.name:
-        _classic_sgd(config, arg.model)
+        if config.recipe == "resnet_paper":
+            _resnet_paper(config, arg.model)
+        else:
+            _classic_sgd(config, arg.model)
     _apply_shortcuts(config, arg)
     return config
 
@@ -112,31 +129,58 @@ def _choose_recipe(named):
     return recipe, f"no recipe named; the JAX backend is {backend}"
 
 
-def _airbench_optimizer(config, peak_lr, epochs):
-    """Nesterov SGD on the mean loss with airbench's one-cycle triangle (0.2 -> 1 -> 0.07)."""
-    config.optimizer.update(name="sgd", learning_rate=peak_lr, momentum=0.85, nesterov=True,
-                            weight_decay=5e-4 * 1024 / config.training.batch_size,
-                            freeze=AIRBENCH_FREEZE, lr_multipliers=r"bias$=8")
+def airbench_step(batch_size, lr, momentum, weight_decay):
+    """airbench's learning rate and weight decay as this codebase's: ``(learning_rate, l2)`` of
+    SGD on the mean loss over ``batch_size`` images.
+
+    airbench states them per 1024 examples ("decoupled", after myrtle.ai): PyTorch SGD on the
+    *summed* loss at ``lr / (1024 * k)`` with ``k = 1 + 1 / (1 - momentum)`` (Nesterov's
+    step-size gain), and a coupled weight decay whose step, ``lr_torch * wd_torch``, is
+    ``weight_decay * batch_size / (1024 * k)``. On the mean loss the same update is made by
+    ``learning_rate = lr * batch_size / (1024 * k)`` and ``l2 = weight_decay / lr``.
+    """
+    k = 1 + 1 / (1 - momentum)
+    return lr * batch_size / (1024 * k), weight_decay / lr
+
+
+def _airbench_optimizer(config, epochs):
+    """airbench94's optimizer and training-side conventions: Nesterov SGD at airbench's step
+    size (``airbench_step``), coupled weight decay on every trained
+    parameter with the same decay per step for every group, BatchNorm biases at 64 x the
+    learning rate, the whitening bias frozen after 3 epochs, Lookahead every 5 steps, the
+    one-cycle triangle 0.2 -> 1 -> 0.07 (peak at 23%), label smoothing 0.2, alternating flips
+    and 2-pixel reflect translations, flip TTA."""
+    hyp = AIRBENCH94
+    lr, l2 = airbench_step(config.training.batch_size, hyp["lr"], hyp["momentum"],
+                           hyp["weight_decay"])
+    config.optimizer.update(
+        name="sgd", learning_rate=lr, momentum=hyp["momentum"], nesterov=True,
+        weight_decay=l2, decay_mask=".*", decay_ignores_multipliers=True,
+        freeze=AIRBENCH_FREEZE, lr_multipliers=rf"norm\d/bias$={hyp['bias_scaler']:g}",
+        freeze_after=f"whiten/bias={hyp['whiten_bias_epochs']}", lookahead_every=5,
+        lookahead_decay=0.95**5, lookahead_power=3.0)
     config.schedule.update(name="linear", warmup_fraction=0.23, warmup_init_factor=0.2,
                            end_factor=0.07)
-    config.loss.label_smoothing = 0.2
-    config.augment.update(crop_padding=2, padding_mode="reflect", flip=True)
+    config.loss.label_smoothing = hyp["label_smoothing"]
+    config.augment.update(crop_padding=2, padding_mode="reflect", flip=True,
+                          flip_mode="alternate")
     config.eval.tta_flip = True
     config.training.num_epochs = epochs
 
 
 def _headline(config):
+    """airbench94: its net, optimizer, 9.9 epochs at batch 1024, evaluated once at the end."""
     config.model = model_section("airbench")
-    config.training.update(batch_size=1024, compute_dtype="bfloat16", log_every_steps=10)
-    _airbench_optimizer(config, peak_lr=1.0, epochs=10.0)
-    config.eval.tta_translate = 1  # airbench94's TTA: flips and 1-pixel translations
-    config.eval.batch_size = 2000
+    config.training.update(batch_size=1024, compute_dtype="bfloat16", log_every_steps=10,
+                           eval_every_epochs=1000.0)
+    _airbench_optimizer(config, epochs=AIRBENCH94["epochs"])
+    config.eval.update(tta_translate=1, batch_size=2000)  # airbench94's TTA: + translations
 
 
 def _cpu(config):
     config.model = model_section("airbench", widths=(32, 64, 64))
     config.training.update(batch_size=256, log_every_steps=20)
-    _airbench_optimizer(config, peak_lr=1.0, epochs=7.0)
+    _airbench_optimizer(config, epochs=7.0)
 
 
 def _cpu15(config):
@@ -148,7 +192,7 @@ def _cpu15(config):
     config.model = model_section("airbench", widths=(64, 128, 128))
     config.training.update(batch_size=256, log_every_steps=20, time_budget_minutes=15.0,
                            eval_every_epochs=1000.0, checkpoint_every_steps=200)
-    _airbench_optimizer(config, peak_lr=1.0, epochs=7.0)  # the schedule's shape, scaled
+    _airbench_optimizer(config, epochs=7.0)  # the schedule's shape, scaled
 
 
 def _smoke(config):
@@ -156,7 +200,7 @@ def _smoke(config):
     config.dataset.update(max_train_examples=512, max_eval_examples=256)
     config.training.update(batch_size=64, log_every_steps=2, eval_every_epochs=1.0)
     config.model_init_examples = 512
-    _airbench_optimizer(config, peak_lr=0.5, epochs=2.0)
+    _airbench_optimizer(config, epochs=2.0)
     config.eval.batch_size = 128
 
 
@@ -186,6 +230,32 @@ def _timm(config):
     config.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
     config.augment.update(auto_augment="randaugment", randaugment_num_ops=2,
                           randaugment_magnitude=9, erasing_prob=0.25)
+
+
+def _resnet_paper(config, model="resnet20"):
+    """He et al. 2016, section 4.2: "a weight decay of 0.0001 and momentum of 0.9 ... a
+    mini-batch size of 128 ... We start with a learning rate of 0.1, divide it by 10 at 32k and
+    48k iterations, and terminate training at 64k iterations"; for ResNet-110, 0.01 "until the
+    training error is below 80% (about 400 iterations)", then 0.1. The boundaries are in epochs
+    of CIFAR-10's 50,000 training images (390 steps). Weight decay on every parameter, as
+    PyTorch's SGD ``weight_decay`` applies it; single-view evaluation."""
+    if model not in PAPER_RESNETS:
+        raise ValueError(f"resnet_paper trains {', '.join(PAPER_RESNETS)}; got model={model!r}")
+    config.model = model_section(model, shortcut="A")
+    config.training.update(batch_size=128, num_steps=64_000, eval_every_epochs=10.0,
+                           checkpoint_every_steps=1000, log_every_steps=100)
+    config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
+                            weight_decay=1e-4, decay_mask=".*", freeze="", lr_multipliers="")
+    spe = 50_000 // 128
+    boundaries, factors = (32_000 / spe, 48_000 / spe), (0.1, 0.1)
+    if model == "resnet110":
+        config.optimizer.learning_rate = 0.01
+        boundaries, factors = (400 / spe, *boundaries), (10.0, *factors)
+    config.schedule.update(name="multistep", boundaries=boundaries, decay_factors=factors,
+                           warmup_epochs=0.0, warmup_fraction=0.0)
+    config.loss.label_smoothing = 0.0
+    config.augment.update(crop_padding=4, padding_mode="constant", flip=True)
+    config.eval.update(tta_flip=False, tta_translate=0)
 
 
 def _classic_sgd(config, model):

@@ -236,6 +236,23 @@ SCHEMA: dict[str, Section] = {
                    ok=_reads(re.compile)),
         lr_multipliers=Key("", "'REGEX=FACTOR,...' per-group learning-rate factors",
                            ok=_reads(parse_multipliers)),
+        decay_ignores_multipliers=Key(
+            False, "the weight decay per step is not scaled by lr_multipliers (airbench's "
+                   "bias_scaler: a group's L2 coefficient is divided by its factor); "
+                   "L2-style decay only"),
+        freeze_after=Key("", "'REGEX=EPOCHS,...': matching parameters stop changing after "
+                             "that many epochs (airbench: 'whiten/bias=3')",
+                         ok=_reads(lambda v: parse_multipliers(
+                             v, "optimizer.freeze_after", "EPOCHS"))),
+        lookahead_every=Key(0, "> 0: Lookahead (Zhang et al. 2019) as airbench: every k steps "
+                               "the slow copy of the weights and BatchNorm statistics moves "
+                               "toward them and they are reset to it (airbench: 5); 0 = off",
+                            "an integer >= 0 (0: off)", lambda v: v >= 0),
+        lookahead_decay=Key(0.95**5, "the slow copy's decay at the end of the run; at step t "
+                                     "it is lookahead_decay * (t / T) ** lookahead_power",
+                            "a number in [0, 1]", lambda v: 0 <= v <= 1),
+        lookahead_power=Key(3.0, "the decay's ramp over the run (airbench: 3; 0: constant)",
+                            "a number >= 0", lambda v: v >= 0),
     ),
     "schedule": _section(
         "the learning rate per train step (cv_jax/optim/lr.py composes it, "
@@ -324,6 +341,10 @@ SCHEMA: dict[str, Section] = {
                          "an integer >= 0 (0: off)", lambda v: v >= 0),
         padding_mode=_choice("constant", "pad-and-crop: numpy's pad mode", PADDING_MODES),
         flip=Key(True, "random left-right flip (Keras' horizontal_flip)"),
+        flip_mode=_choice("random", "flip: 'random' per image and step, or 'alternate' "
+                                    "(airbench): a random choice per image in epoch 0, "
+                                    "then the opposite one each following epoch",
+                          ("random", "alternate")),
         vertical_flip=Key(False, "random up-down flip"),
         rotation_range=Key(0.0, "affine: angle ~ U(-r, r) degrees (Keras' names and units)",
                            "degrees in [0, 180] (0: off)", lambda v: 0 <= v <= 180),

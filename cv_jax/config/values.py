@@ -26,8 +26,10 @@ def is_off(value: Any) -> bool:
     return isinstance(value, numbers.Number) and value == 0
 
 
-def parse_multipliers(spec: str) -> dict[str, float]:
-    """``'bn.*/bias=64,head=0.1'`` -> ``{'bn.*/bias': 64.0, 'head': 0.1}`` (regex -> LR factor)."""
+def parse_multipliers(spec: str, key: str = "optimizer.lr_multipliers",
+                      number: str = "FACTOR") -> dict[str, float]:
+    """``'bn.*/bias=64,head=0.1'`` -> ``{'bn.*/bias': 64.0, 'head': 0.1}`` (regex -> number);
+    the error names the config ``key`` and what the ``number`` is."""
     result: dict[str, float] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         pattern, sep, factor = item.rpartition("=")
@@ -38,8 +40,8 @@ def parse_multipliers(spec: str) -> dict[str, float]:
             result[pattern] = float(factor)
         except (ValueError, re.error):
             raise ConfigError(
-                f"config.optimizer.lr_multipliers: cannot read {item!r}; "
-                "write comma-separated REGEX=FACTOR pairs, e.g. 'bias$=2,head/=0.1'"
+                f"config.{key}: cannot read {item!r}; "
+                f"write comma-separated REGEX={number} pairs, e.g. 'bias$=2,head/=0.1'"
             ) from None
     return result
 

@@ -18,7 +18,8 @@ ImageDataGenerator where it has one):
    modes 'reflect' = dcb|abcd|cba, 'constant' = zeros, 'edge') and take a random crop of the
    original size, i.e. an integer translation by up to crop_padding pixels. Then flips:
    [flip] left-right with probability 1/2 (this is Keras' ``horizontal_flip``; the key keeps
-   its name so that existing configs keep working and it pairs with ``eval.tta_flip``), and
+   its name so that existing configs keep working and it pairs with ``eval.tta_flip``) or,
+   with [flip_mode] 'alternate', airbench's alternating flip (:func:`alternating_flips`), and
    [vertical_flip] up-down with probability 1/2.
 2. Affine warp [rotation_range, width_shift_range, height_shift_range, zoom_range,
    shear_range, fill_mode, cval]. One 3x3 matrix per image composes, about the image centre,
@@ -151,6 +152,22 @@ def random_flip(images: jax.Array, key: jax.Array) -> jax.Array:
     """Mirrors each image left-right with probability 1/2."""
     flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
     return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+@jax.jit
+def alternating_flips(key: jax.Array, indices: jax.Array, epoch: jax.Array) -> jax.Array:
+    """airbench's alternating flip (arXiv:2404.00498, section 3.6): whether to mirror each
+    example (by its ``indices`` in the training set) in ``epoch``. Each example gets one fixed
+    random choice from ``key``, used in even epochs; odd epochs use the opposite one, so every
+    image is seen both ways in any two consecutive epochs."""
+    first = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(indices)
+    return jnp.logical_xor(first, epoch % 2 == 1)
+
+
+@jax.jit
+def flip_where(images: jax.Array, flips: jax.Array) -> jax.Array:
+    """Mirrors left-right the images where ``flips`` [B] is True."""
+    return jnp.where(flips[:, None, None, None], images[:, :, ::-1, :], images)
 
 
 @jax.jit
@@ -626,13 +643,20 @@ def _policy_on(cfg: mlc.ConfigDict) -> bool:
                                            and cfg.randaugment_num_ops == 0)
 
 
-def augment_batch(images: jax.Array, key: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:
+def augment_batch(images: jax.Array, key: jax.Array, cfg: Mapping[str, Any],
+                  flips: jax.Array | None = None) -> jax.Array:
     """Applies the augmentations switched on in ``config.augment``, in the documented order.
 
     ``images``: uint8 ``[B, H, W, C]``; returns the same shape and dtype (see the module
-    docstring for rounding). Unchanged (the same array) when every op is off.
+    docstring for rounding). Unchanged (the same array) when every op is off. With
+    ``flip_mode='alternate'``, ``flips`` [B] says which images to mirror
+    (:func:`alternating_flips`; the train step knows the examples' indices and the epoch).
     """
     cfg = settings(cfg)
+    alternate = cfg.flip and cfg.flip_mode == "alternate"
+    if alternate and flips is None:
+        raise ValueError("augment.flip_mode='alternate' needs the batch's flips "
+                         "(augment.alternating_flips of the examples' indices and the epoch)")
     crop_key, flip_key = jax.random.split(key)  # as before the other ops existed
 
     def key_for(tag):
@@ -640,7 +664,7 @@ def augment_batch(images: jax.Array, key: jax.Array, cfg: Mapping[str, Any]) -> 
 
     x = random_crop(images, crop_key, cfg.crop_padding, cfg.padding_mode)
     if cfg.flip:
-        x = random_flip(x, flip_key)
+        x = flip_where(x, flips) if alternate else random_flip(x, flip_key)
     if cfg.vertical_flip:
         x = random_vertical_flip(x, key_for(_VFLIP))
     if _affine_on(cfg) or _colour_on(cfg) or _policy_on(cfg):
@@ -678,7 +702,8 @@ def describe(cfg: Mapping[str, Any] | mlc.ConfigDict) -> str:
     """The ops switched on, with their settings, in pipeline order ('none' if all are off)."""
     cfg = settings(cfg)
     switches = {k: cfg[k] for k in _OFF if cfg[k] != _OFF[k]}
-    details = {"crop_padding": ("padding_mode",), "cutout_size": ("erasing_value",),
+    details = {"crop_padding": ("padding_mode",), "flip": ("flip_mode",),
+               "cutout_size": ("erasing_value",),
                "erasing_prob": ("erasing_area", "erasing_aspect", "erasing_value"),
                "auto_augment": (("randaugment_num_ops", "randaugment_magnitude")
                                 if cfg.auto_augment == "randaugment" else ())}

@@ -9,8 +9,10 @@ Order of the chain (each part optional; a key at its "off" value removes the par
       -> [L2-style weight decay] -> update rule(lr schedule) -> [reduce-on-plateau scale]
       -> per-group LR multipliers
   (sam wraps everything after the clipping, which acts on the gradients of both of its steps;
-  schedule_free_* wrap the whole inner chain.) With ``training.nonfinite='skip'`` the run's
-  whole optimizer is wrapped in ``optax.apply_if_finite`` (:func:`skip_nonfinite`).
+  schedule_free_* wrap the whole inner chain.) Parameters matching a regex of ``freeze_after``
+  get zero updates from that many epochs on (:func:`freeze_after`, around the whole optimizer).
+  With ``training.nonfinite='skip'`` the run's whole optimizer is wrapped in
+  ``optax.apply_if_finite`` (:func:`skip_nonfinite`).
 
 Update rules (``optimizer.name``): sgd (momentum, nesterov), adam, adamw, rmsprop, adagrad,
 adadelta, lamb, lars, lion from optax; and three wrappers from ``optax.contrib``:
@@ -117,12 +119,34 @@ def _rules(cfg: mlc.ConfigDict,
     }
 
 
-def _rule_with_decay(cfg: mlc.ConfigDict, name: str,
-                     lr: optax.ScalarOrSchedule) -> list[optax.GradientTransformation]:
-    """[L2 weight decay,] the update rule ``name``."""
+def decay_by_path(weight_decay: float, mask: Callable[[PyTree], PyTree],
+                  factor: Callable[[str], float]) -> optax.GradientTransformation:
+    """``optax.add_decayed_weights`` with the coefficient ``weight_decay / factor(path)``
+    (0 where the factor is 0): after the per-group LR multipliers (``factor``) scale the update,
+    every group decays by the same amount per step, as airbench's ``bias_scaler`` does."""
+
+    def coefficient(path: str) -> float:
+        f = factor(path)
+        return weight_decay / f if f else 0.0
+
+    def update(updates, state, params):
+        decayed = jax.tree_util.tree_map_with_path(
+            lambda path, u, p, m: u + coefficient(param_path(path)) * p if m else u,
+            updates, params, mask(params))
+        return decayed, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _rule_with_decay(cfg: mlc.ConfigDict, name: str, lr: optax.ScalarOrSchedule,
+                     factor: Callable[[str], float]) -> list[optax.GradientTransformation]:
+    """[L2 weight decay,] the update rule ``name``; ``factor`` is the LR multiplier per path."""
     parts = []
     if not is_off(cfg.weight_decay) and name not in DECOUPLED_DECAY:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=path_mask(cfg.decay_mask)))
+        mask = path_mask(cfg.decay_mask)
+        parts.append(decay_by_path(cfg.weight_decay, mask, factor)
+                     if cfg.decay_ignores_multipliers
+                     else optax.add_decayed_weights(cfg.weight_decay, mask=mask))
     parts.append(_rules(cfg, lr)[name]())
     return parts
 
@@ -147,6 +171,11 @@ def create_optimizer(config: mlc.ConfigDict,
     if cfg.accumulate_steps < 1:
         raise ConfigError(f"config.optimizer.accumulate_steps={cfg.accumulate_steps} is invalid: "
                           "use an integer >= 1 (1: off)")
+    rule = cfg.sam_base if cfg.name == "sam" else cfg.name
+    if cfg.decay_ignores_multipliers and rule in DECOUPLED_DECAY:
+        raise ConfigError(f"config.optimizer.decay_ignores_multipliers=True needs L2-style "
+                          f"weight decay; {rule!r} decouples it. Use sgd, adam, rmsprop, ... "
+                          "or set it to False")
     lr = lr_lib.per_update(learning_rate, lr_lib.steps_per_update(config))
     clipping = []
     if cfg.agc_clip > 0:
@@ -156,19 +185,20 @@ def create_optimizer(config: mlc.ConfigDict,
     after = []
     if config.schedule.name == "reduce_on_plateau":
         after.append(plateau_scale(config))
+    factor = lr_lib.multiplier(config)
     if cfg.lr_multipliers:
-        after.append(scale_by_path(lr_lib.multiplier(config)))
+        after.append(scale_by_path(factor))
 
     if cfg.name == "sam":
-        outer = optax.chain(*_rule_with_decay(cfg, cfg.sam_base, lr), *after)
+        outer = optax.chain(*_rule_with_decay(cfg, cfg.sam_base, lr, factor), *after)
         adversarial = optax.chain(contrib.normalize(), optax.sgd(cfg.sam_rho))
         tx = optax.chain(*clipping, contrib.sam(outer, adversarial,
                                                 sync_period=lr_lib.SAM_SYNC_PERIOD))
     elif cfg.name.startswith("schedule_free"):
-        inner = optax.chain(*clipping, *_rule_with_decay(cfg, cfg.name, lr), *after)
+        inner = optax.chain(*clipping, *_rule_with_decay(cfg, cfg.name, lr, factor), *after)
         tx = contrib.schedule_free(inner, learning_rate=lr, b1=cfg.b1)
     else:
-        tx = optax.chain(*clipping, *_rule_with_decay(cfg, cfg.name, lr), *after)
+        tx = optax.chain(*clipping, *_rule_with_decay(cfg, cfg.name, lr, factor), *after)
 
     if cfg.freeze:
         frozen = path_mask(cfg.freeze)
@@ -180,6 +210,36 @@ def create_optimizer(config: mlc.ConfigDict,
     if cfg.accumulate_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps).gradient_transformation()
     return tx
+
+
+# --- Parameters frozen after a number of epochs ------------------------------------------
+
+def freeze_after(inner: optax.GradientTransformation,
+                 frozen_from: Callable[[str], int | None]) -> optax.GradientTransformation:
+    """``inner``, with zero updates for each parameter from train step ``frozen_from(path)`` on
+    (None: never), counted in this wrapper's own train steps. As PyTorch's
+    ``requires_grad=False`` mid-run (airbench's whitening bias), the parameter stops changing;
+    its optimizer state is left as it is."""
+
+    def init(params):
+        return FreezeAfterState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, inner_state = inner.update(updates, state.inner, params)
+
+        def gate(path, u):
+            start = frozen_from(param_path(path))
+            return u if start is None else jnp.where(state.count < start, u, jnp.zeros_like(u))
+
+        new_updates = jax.tree_util.tree_map_with_path(gate, new_updates)
+        return new_updates, FreezeAfterState(state.count + 1, inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+class FreezeAfterState(NamedTuple):
+    count: jax.Array
+    inner: Any
 
 
 # --- Non-finite gradients -------------------------------------------------------------------
@@ -254,8 +314,12 @@ def run_optimizer(config: mlc.ConfigDict, schedule: optax.Schedule, head: frozen
     backbone when the transfer mode makes them learn differently, and skipping non-finite steps
     if the config says so."""
     if not lr_lib.splits_by_transfer(config):
-        return skip_nonfinite(config, create_optimizer(config, schedule))
-    groups = {name: group_optimizer(config, schedule,
-                                    lr_lib.transfer_group(config, name, steps_per_epoch))
-              for name in (lr_lib.HEAD, lr_lib.BACKBONE)}
-    return skip_nonfinite(config, optax.multi_transform(groups, backbone_labels(head)))
+        tx = create_optimizer(config, schedule)
+    else:
+        groups = {name: group_optimizer(config, schedule,
+                                        lr_lib.transfer_group(config, name, steps_per_epoch))
+                  for name in (lr_lib.HEAD, lr_lib.BACKBONE)}
+        tx = optax.multi_transform(groups, backbone_labels(head))
+    if config.optimizer.freeze_after:
+        tx = freeze_after(tx, lr_lib.freeze_step(config, steps_per_epoch))
+    return skip_nonfinite(config, tx)

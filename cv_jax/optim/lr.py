@@ -23,6 +23,9 @@ cv_jax.tools.schedules`` prints and plots it. The pieces, each from its config k
   backbone learns at ``backbone_lr_multiplier`` x the schedule (staged: from the end of
   ``frozen_epochs``, 0 before; linear_probe: 0 throughout); parameters matching
   ``optimizer.freeze`` never change;
+* **freezing after a while** (:func:`freeze_step`): parameters matching a regex of
+  ``optimizer.freeze_after`` stop changing after that many epochs (airbench trains its
+  whitening layer's bias for 3);
 * **reduce-on-plateau**: with schedule ``reduce_on_plateau``, the factor that
   :mod:`cv_jax.optim.plateau` lowers after evaluations, kept in the optimizer state (a run-time
   value, passed to :func:`learning_rate`);
@@ -52,10 +55,10 @@ HEAD, BACKBONE = "head", "backbone"
 
 def warmup_steps(config: mlc.ConfigDict, steps_per_epoch: int, total_steps: int) -> int:
     """Train steps of linear warmup: ``warmup_epochs`` of epochs, or ``warmup_fraction`` of the
-    run (at most the whole run)."""
+    run, rounded down as airbench does (at most the whole run)."""
     cfg = config.schedule
     if cfg.warmup_fraction:
-        return min(round(cfg.warmup_fraction * total_steps), total_steps)
+        return min(int(cfg.warmup_fraction * total_steps), total_steps)
     return min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
 
 
@@ -95,6 +98,15 @@ def multiplier(config: mlc.ConfigDict) -> Callable[[str], float]:
     compiled = [(re.compile(p), f) for p, f in parse_multipliers(
         config.optimizer.lr_multipliers).items()]
     return lambda path: next((f for regex, f in compiled if regex.search(path)), 1.0)
+
+
+def freeze_step(config: mlc.ConfigDict, steps_per_epoch: int) -> Callable[[str], int | None]:
+    """``path -> train step`` from which the parameter no longer changes (the first matching
+    regex of ``optimizer.freeze_after``, its epochs x ``steps_per_epoch``, rounded), or None."""
+    compiled = [(re.compile(p), round(epochs * steps_per_epoch)) for p, epochs in
+                parse_multipliers(config.optimizer.freeze_after,
+                                  "optimizer.freeze_after", "EPOCHS").items()]
+    return lambda path: next((step for regex, step in compiled if regex.search(path)), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +166,9 @@ def learning_rate(config: mlc.ConfigDict, steps_per_epoch: int, total_steps: int
         scale = plateau_scale if config.schedule.name == "reduce_on_plateau" else 1.0
         rate = np.asarray(base(count * every), np.float64) * multiplier(config)(path) * scale
         rate = np.where(steps < group.start, 0.0, rate)
+        frozen_from = freeze_step(config, steps_per_epoch)(path)
+        if frozen_from is not None:
+            rate = np.where(steps >= frozen_from, 0.0, rate)
     return float(rate) if rate.ndim == 0 else rate
 
 

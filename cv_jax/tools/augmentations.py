@@ -52,10 +52,17 @@ def main(argv: list[str]) -> None:
                        cache_dir=data.cache_dir or None)
     pick = np.sort(pipeline.shuffled_order(len(train), flags_.seed)[:flags_.rows])
     images = jnp.asarray(train.images[pick])
-    step = jax.jit(lambda x, k: augment.augment_batch(x, k, config.augment))
+    alternate = config.augment.flip and config.augment.flip_mode == "alternate"
     base = jax.random.key(flags_.seed)
-    columns = [np.asarray(images)] + [
-        np.asarray(step(images, jax.random.fold_in(base, j))) for j in range(1, flags_.cols)]
+
+    @jax.jit
+    def step(x, j):
+        """Draw j (alternating flips: as in epoch j - 1)."""
+        flips = augment.alternating_flips(base, jnp.asarray(pick), j - 1) if alternate else None
+        return augment.augment_batch(x, jax.random.fold_in(base, j), config.augment, flips)
+
+    columns = [np.asarray(images)] + [np.asarray(step(images, j))
+                                      for j in range(1, flags_.cols)]
     scale = max(1, 128 // max(images.shape[1:3]))
     Image.fromarray(make_grid(columns, scale)).save(flags_.out)
     print(f"Wrote {flags_.out}: {flags_.rows} training images from {source} (first column), "

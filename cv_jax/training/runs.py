@@ -158,7 +158,8 @@ def load_run(workdir: str, which: str = "latest", num_devices: int = 0) -> Run:
         variables = init_variables(model, jax.random.key_data(jax.random.key(0)),
                                    tuple(sig["image_shape"]))
         return create_train_state(model, tx, variables, jax.random.key_data(jax.random.key(0)),
-                                  ema=config.training.ema_decay > 0)
+                                  ema=config.training.ema_decay > 0,
+                                  slow=config.optimizer.lookahead_every > 0)
 
     mesh = sharding.make_mesh(num_devices)
     abstract = jax.eval_shape(skeleton)

@@ -39,7 +39,8 @@ def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
     """The train step settings of a run (class weights come from the training labels)."""
     weights = losses.class_weights(config.loss.class_weights, train.labels,
                                    len(train.class_names))
-    return steps.TrainSettings.from_config(config, schedule, plan.steps_per_epoch, weights)
+    return steps.TrainSettings.from_config(config, schedule, plan.steps_per_epoch, weights,
+                                           plan.total_steps)
 
 
 def optimizer_and_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan):
@@ -73,7 +74,7 @@ def train_step_fn(settings: steps.TrainSettings, batch_size: int, mesh: jax.shar
 
     def run(state, images, labels, permutation, index, teacher=None):
         idx = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size, batch_size)
-        batch = {"image": images[idx], "label": labels[idx]}
+        batch = {"image": images[idx], "label": labels[idx], "index": idx}
         batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
         return steps.train_step(state, batch, settings, teacher)
 
@@ -133,8 +134,9 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Tra
     if transfer.enabled(config):
         variables = transfer.initialize(config, variables, len(train.class_names),
                                         train.images.shape[1:])
-    ema = config.training.ema_decay > 0
-    state = jax.jit(lambda v, k: create_train_state(model, tx, v, k, ema))(variables, state_key)
+    ema, slow = config.training.ema_decay > 0, config.optimizer.lookahead_every > 0
+    state = jax.jit(lambda v, k: create_train_state(model, tx, v, k, ema, slow))(
+        variables, state_key)
     return jax.device_put(state, sharding.replicated(mesh))
 
 

@@ -22,6 +22,8 @@ class TrainState(train_state.TrainState):
     rng: jax.Array
     # Exponential moving average {'params', 'batch_stats'} of the weights, or {} when off.
     ema: Any = None
+    # Lookahead's slow copy {'params', 'batch_stats'} (cv_jax.optim.lookahead), or {} when off.
+    slow: Any = None
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> dict:
@@ -31,16 +33,19 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, variables: dict,
-                       rng: jax.Array, ema: bool = False) -> TrainState:
-    """A step-0 state from initialised variables; with ``ema`` the average starts at them."""
+                       rng: jax.Array, ema: bool = False, slow: bool = False) -> TrainState:
+    """A step-0 state from initialised variables; with ``ema`` the average, and with ``slow``
+    Lookahead's slow copy, start at them."""
     batch_stats = variables.get("batch_stats", {})
+    weights = {"params": variables["params"], "batch_stats": batch_stats}
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=batch_stats,
         tx=tx,
         rng=rng,
-        ema={"params": variables["params"], "batch_stats": batch_stats} if ema else {},
+        ema=weights if ema else {},
+        slow=weights if slow else {},
     )
 
 

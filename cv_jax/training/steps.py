@@ -17,6 +17,7 @@ import optax
 from cv_jax.config import is_off
 from cv_jax.data import augment, mixup
 from cv_jax.optim import chain, opt_state
+from cv_jax.optim.lookahead import Lookahead
 from cv_jax.training import distill, losses
 from cv_jax.training.state import TrainState, update_ema
 
@@ -70,11 +71,13 @@ class TrainSettings:
     input_noise_std: float = 0.0
     weight_noise_std: float = 0.0
     ema_decay: float = 0.0  # 0: no moving average of the weights
+    lookahead: Lookahead | None = None
 
     @classmethod
     def from_config(cls, config: mlc.ConfigDict, schedule: optax.Schedule,
                     steps_per_epoch: int = 1,
-                    class_weights: tuple[float, ...] | None = None) -> TrainSettings:
+                    class_weights: tuple[float, ...] | None = None,
+                    total_steps: int = 0) -> TrainSettings:
         return cls(
             normalization=Normalization.from_config(config),
             label_smoothing=config.loss.label_smoothing,
@@ -92,6 +95,7 @@ class TrainSettings:
             input_noise_std=config.noise.input_std,
             weight_noise_std=config.noise.weight_std,
             ema_decay=config.training.ema_decay,
+            lookahead=Lookahead.from_config(config, total_steps),
         )
 
 
@@ -124,14 +128,35 @@ def _captures(settings: TrainSettings):
         method == "__call__" and bool(regex.search("/".join(module.scope.path))))
 
 
+ALTERNATING_FLIPS = 2  # fold of the run's key for the per-example flips of flip_mode='alternate'
+
+
+def _alternating_flips(state: TrainState, batch: dict,
+                       settings: TrainSettings) -> jax.Array | None:
+    """With ``augment.flip_mode='alternate'``: which examples of the batch to mirror at this
+    step's epoch (``augment.alternating_flips``, from the batch's example indices); else None."""
+    cfg = settings.augment
+    if not (cfg.get("flip", True) and cfg.get("flip_mode", "random") == "alternate"):
+        return None
+    if "index" not in batch:
+        raise ValueError("augment.flip_mode='alternate' needs the batch's example indices "
+                         "(batch['index'])")
+    epoch = state.step // settings.steps_per_epoch
+    return augment.alternating_flips(jax.random.fold_in(state.rng, ALTERNATING_FLIPS),
+                                     batch["index"], epoch)
+
+
 def train_step(state: TrainState, batch: dict, settings: TrainSettings,
                teacher: distill.Teacher | None = None) -> tuple[TrainState, dict]:
-    """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]}.
+    """One optimizer step on a batch {'image': uint8 [B,H,W,C], 'label': int [B]} (and
+    'index' [B], the examples' indices in the training set, for alternating flips).
 
     Loss = class-weighted soft-target cross-entropy (smoothed, then mixed by mixup/cutmix)
     — with a ``teacher``, ``(1 - alpha)`` x that plus ``alpha`` x the distillation loss —
     + ``aux_weight`` x the cross-entropy of each auxiliary classifier (GoogLeNet's heads sow
     their logits into ``aux_logits`` in train mode) + the L2 weight penalty + activity penalties.
+    With Lookahead the new state's weights and BatchNorm statistics are Lookahead's
+    (``cv_jax.optim.lookahead``).
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     aug_key, dropout_key = jax.random.split(step_key)
@@ -139,7 +164,8 @@ def train_step(state: TrainState, batch: dict, settings: TrainSettings,
     # the augmentation and dropout streams of a run unchanged.
     extra_keys = jax.random.split(jax.random.fold_in(step_key, 1), 3)
     mix_key, input_noise_key, weight_noise_key = extra_keys
-    images = augment.augment_batch(batch["image"], aug_key, settings.augment)
+    images = augment.augment_batch(batch["image"], aug_key, settings.augment,
+                                   _alternating_flips(state, batch, settings))
     x = normalize(images, settings.normalization)
     partner, lam = None, 1.0
     if settings.mixup is not None and mixup.enabled(settings.mixup):
@@ -192,6 +218,14 @@ def train_step(state: TrainState, batch: dict, settings: TrainSettings,
     new_state = state.apply_gradients(
         grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
     )
+    if settings.lookahead is not None:
+        if not state.slow:
+            raise ValueError("optimizer.lookahead_every > 0 needs Lookahead's slow copy in the "
+                             "state: create it with create_train_state(..., slow=True)")
+        fast = {"params": new_state.params, "batch_stats": new_state.batch_stats}
+        fast, slow = settings.lookahead(fast, state.slow, new_state.step)
+        new_state = new_state.replace(params=fast["params"], batch_stats=fast["batch_stats"],
+                                      slow=slow)
     if not is_off(settings.ema_decay):
         new_state = new_state.replace(ema=update_ema(
             state.ema, new_state.params, new_state.batch_stats, settings.ema_decay))
@@ -214,7 +248,7 @@ def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> Tra
 
     return new.replace(params=keep(old.params, new.params),
                        batch_stats=keep(old.batch_stats, new.batch_stats),
-                       ema=keep(old.ema, new.ema))
+                       ema=keep(old.ema, new.ema), slow=keep(old.slow, new.slow))
 
 
 def predict_logits(state: TrainState, images: jax.Array, settings: EvalSettings) -> jax.Array:

@@ -20,9 +20,10 @@ def test_default_recipe_follows_the_backend():
 def test_config_string_variants_and_shortcuts():
     config = load_config("smoke,epochs=3,batch_size=32,seed=4")
     assert (config.recipe, config.training.num_epochs, config.seed) == ("smoke", 3.0, 4)
-    # The learning rate scales linearly with the batch size shortcut (64 -> 32).
+    # The learning rate scales linearly with the batch size shortcut (64 -> 32): airbench's
+    # 11.5 per 1024 examples over Nesterov's gain 1 + 1 / (1 - 0.85), for 32 images.
     assert config.training.batch_size == 32
-    assert config.optimizer.learning_rate == pytest.approx(0.25)
+    assert config.optimizer.learning_rate == pytest.approx(11.5 * 32 / 1024 / (1 + 1 / 0.15))
     resnet = load_config("cpu,model=resnet20,steps=10")
     assert resnet.model.to_dict() == {"name": "resnet20", "shortcut": "A", "bn_momentum": 0.9,
                                       "bn_epsilon": 1e-5}
@@ -168,3 +169,23 @@ def test_a_good_config_reaches_compilation(tiny_folder, cache_dir, tmp_path, no_
     with pytest.raises(AssertionError, match="jax.jit was reached"):
         train.train_and_evaluate(tiny_config(tiny_folder, cache_dir), str(tmp_path))
 
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet56", "resnet110"])
+def test_resnet_paper_recipe_is_the_papers_schedule(model):
+    """He et al. 2016, section 4.2: LR 0.1, /10 at 32k and 48k iterations, 64k iterations,
+    batch 128 (ResNet-110: 0.01 for the first 400 iterations)."""
+    from cv_jax.optim import lr
+
+    config = load_config("resnet_paper" + ("" if model == "resnet20" else f",model={model}"))
+    validate(config)
+    assert (config.model.name, config.model.shortcut) == (model, "A")
+    assert (config.training.batch_size, config.training.num_steps) == (128, 64_000)
+    assert (config.optimizer.momentum, config.optimizer.nesterov,
+            config.optimizer.weight_decay) == (0.9, False, 1e-4)
+    steps = [0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999]
+    rates = lr.learning_rate(config, 390, 64_000, "stage1_block0/conv1/kernel", steps)
+    first = [0.01, 0.01] if model == "resnet110" else [0.1, 0.1]
+    assert rates == pytest.approx(first + [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    with pytest.raises(ValueError, match="resnet_paper trains resnet20, .*got model='vgg11'"):
+        load_config("resnet_paper,model=vgg11")

@@ -376,3 +376,27 @@ def test_cli_draws_a_grid_of_training_images(tiny_folder, cache_dir, tmp_path):
     assert grid.shape == (3 * 130 + 2, 4 * 130 + 2 + 4, 3)
     original, augmented = grid[2:130, 2:130], grid[2:130, 136:264]
     assert not np.array_equal(original, augmented)
+
+
+def test_alternating_flips_flip_each_image_the_other_way_every_epoch():
+    key = jax.random.key(3)
+    indices = jnp.arange(1000)
+    epoch0 = np.asarray(augment.alternating_flips(key, indices, 0))
+    assert 400 < epoch0.sum() < 600  # a random choice per image
+    np.testing.assert_array_equal(augment.alternating_flips(key, indices, 1), ~epoch0)
+    np.testing.assert_array_equal(augment.alternating_flips(key, indices, 4), epoch0)
+    # An image's choice depends on its index, not on where it sits in the batch.
+    shuffled = np.random.default_rng(0).permutation(1000)
+    np.testing.assert_array_equal(augment.alternating_flips(key, jnp.asarray(shuffled), 2),
+                                  epoch0[shuffled])
+
+
+def test_alternate_flip_mode_mirrors_the_images_it_is_given():
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 5, 6, 3), np.uint8))
+    cfg = {"crop_padding": 0, "flip": True, "flip_mode": "alternate"}
+    flips = jnp.asarray([True, False, False, True])
+    out = np.asarray(augment.augment_batch(images, jax.random.key(0), cfg, flips))
+    np.testing.assert_array_equal(out[[0, 3]], np.asarray(images)[[0, 3], :, ::-1])
+    np.testing.assert_array_equal(out[[1, 2]], np.asarray(images)[[1, 2]])
+    with pytest.raises(ValueError, match="flip_mode='alternate' needs the batch's flips"):
+        augment.augment_batch(images, jax.random.key(0), cfg)

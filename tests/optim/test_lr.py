@@ -114,3 +114,38 @@ def test_a_time_budget_scales_every_lr_duration_by_one_factor():
     assert (config.schedule.warmup_epochs, config.schedule.cycle_epochs) == (1.5, 4.5)
     assert tuple(config.schedule.boundaries) == (3.0, 6.0)
     assert config.transfer.frozen_epochs == 3.0
+
+
+def test_parameters_frozen_after_some_epochs_stop_changing_then():
+    config = plain_sgd(freeze_after=r"bias$=1.5")  # 1.5 epochs = 6 train steps
+    observed, predicted = observed_rates(config), predicted_rates(config)
+    for path in predicted:
+        np.testing.assert_allclose(observed[path], predicted[path], rtol=1e-6, err_msg=path)
+    assert predicted["body/bias"][:6].all() and not predicted["body/bias"][6:].any()
+    assert predicted["body/kernel"].all()
+
+
+def test_warmup_fraction_rounds_down_as_airbench():
+    config = plain_sgd()
+    config.schedule.update(warmup_fraction=0.23, warmup_epochs=0.0)
+    assert lr.warmup_steps(config, 195, 1365) == 313  # int(313.95), airbench's int()
+
+
+def test_decay_can_ignore_the_lr_multipliers():
+    """With decay_ignores_multipliers every group decays by the same amount per step (the
+    multiplier scales the gradient's part of the update only), as airbench's bias_scaler."""
+    config = plain_sgd(lr_multipliers=r"bias$=8", weight_decay=0.1, decay_mask=".*",
+                       decay_ignores_multipliers=True)
+    tx = chain.run_optimizer(config, lambda count: 0.4, HEAD, SPE)
+    zero_grads = jax.tree.map(jnp.zeros_like, PARAMS)
+    updates, _ = tx.update(zero_grads, tx.init(PARAMS), PARAMS)
+    decay = {chain.param_path(k): float(v[0]) for k, v in
+             jax.tree_util.tree_flatten_with_path(updates)[0]}
+    assert decay["body/bias"] == pytest.approx(decay["body/kernel"]) == pytest.approx(-0.04)
+    config.optimizer.decay_ignores_multipliers = False
+    tx = chain.run_optimizer(config, lambda count: 0.4, HEAD, SPE)
+    updates, _ = tx.update(zero_grads, tx.init(PARAMS), PARAMS)
+    assert float(updates["body"]["bias"][0]) == pytest.approx(-0.32)
+    config.optimizer.update(name="adamw", decay_ignores_multipliers=True)
+    with pytest.raises(ConfigError, match="decay_ignores_multipliers=True needs L2-style"):
+        chain.run_optimizer(config, lambda count: 0.4, HEAD, SPE)

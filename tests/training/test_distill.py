@@ -49,6 +49,7 @@ def teacher_from(model, variables, config, image_size=(16, 16), **kw):
 def test_alpha_zero_is_plain_training_and_alpha_one_uses_only_the_teacher():
     config = load_config("smoke")
     config.augment.update(crop_padding=0, flip=False)
+    config.optimizer.lookahead_every = 0  # one step, from a state without a slow copy
     model, variables, state = small_model_state(config)
     settings = steps.TrainSettings.from_config(config, lambda c: 0.1)
     rng = np.random.default_rng(0)

@@ -277,10 +277,11 @@ def test_a_model_built_with_the_cpu_layers_has_the_plain_loss_and_gradients(name
 
 def test_a_run_trains_alike_with_cpu_formulations_on_and_off(tiny_folder, cache_dir, tmp_path):
     """A few steps of the smoke recipe's run through ``train_and_evaluate``: CPU formulations
-    'on' (the CPU default) and 'off' (the layers a GPU trains with)."""
+    'on' (the CPU default) and 'off' (the layers a GPU trains with). 5 steps: Lookahead's first
+    sync is the end of the run."""
     results, params = {}, {}
     for choice in ("on", "off"):
-        config = tiny_run_config(tiny_folder, cache_dir, num_steps=3)
+        config = tiny_run_config(tiny_folder, cache_dir, num_steps=5)
         config.training.cpu_formulations = choice
         workdir = str(tmp_path / choice)
         results[choice] = train.train_and_evaluate(config, workdir)
@@ -290,5 +291,5 @@ def test_a_run_trains_alike_with_cpu_formulations_on_and_off(tiny_folder, cache_
     for a, b in zip(leaves, leaves0, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert not all(np.array_equal(a, b) for a, b in zip(leaves, leaves0, strict=True))  # 2 paths
-    assert results["on"]["steps"] == results["off"]["steps"] == 3
+    assert results["on"]["steps"] == results["off"]["steps"] == 5
     np.testing.assert_allclose(results["on"]["test_loss"], results["off"]["test_loss"], rtol=1e-5)
