@@ -1,5 +1,5 @@
 """The hooks of a training run (``cv_jax.training.loop``), in the order they act after each
-step: stop requests, train records, evaluations (then the reduce-on-plateau update and early
+call: stop requests, train records, evaluations (then the reduce-on-plateau update and early
 stopping) and checkpoints; and ``train_runs``, the loop run with them.
 
 They report for the runs one loop trains (``Runs``): a run trained alone
@@ -25,7 +25,7 @@ from cv_jax.training import checkpoint, divergence, evaluation, preemption
 from cv_jax.training.early_stopping import EarlyStopping
 from cv_jax.training.loop import Hook, Loop, Program, run
 from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
-from cv_jax.training.plan import Plan
+from cv_jax.training.plan import Plan, next_multiple
 from cv_jax.training.state import TrainState
 
 log = logging.getLogger("cv_jax")
@@ -65,9 +65,9 @@ class Runs:
 
 
 class StopOnRequest(Hook):
-    """Ends the loop after the step at which a stop was requested (SIGTERM or SIGINT, or a
-    multi-process preemption notice: ``preemption.StopRequests``); the checkpoint hook saves
-    that step."""
+    """Ends the loop after the call in which a stop was requested (SIGTERM or SIGINT, or a
+    multi-process preemption notice: ``preemption.StopRequests``), a request coming at any
+    time; the checkpoint hook saves that step."""
 
     def __init__(self, requests: preemption.StopRequests):
         self.requests = requests
@@ -80,33 +80,47 @@ class StopOnRequest(Hook):
         self.reason = self.requests.reason
         loop.stop = f"stop requested ({self.reason})"
 
+    def next_due(self, loop: Loop) -> int:
+        return loop.end  # checked after every call; calls are not cut short for it
+
+
+def unstack(calls: list[tuple[int, Any]]) -> list[dict]:
+    """The calls' metrics, ``(steps, metrics)`` each (``Loop.steps``, ``Loop.metrics``), fetched
+    and split into each step's."""
+    return [{k: v[i] for k, v in metrics.items()} if steps > 1 else metrics
+            for steps, metrics in jax.device_get(calls)
+            for i in range(steps)]
+
 
 class TrainRecords(Hook):
-    """Every ``every`` steps, and at the steps ``boundary`` names (the checkpoints, so a resumed
-    run logs the same records), writes each run's mean training metrics since its last record
-    (``divergence.train_summary``: a non-finite one stops the run) with the images/s and epoch;
-    keeps the images/s for the results."""
+    """Every ``every`` steps, and at the steps where ``boundary`` acts (the checkpoints, so a
+    resumed run logs the same records), writes each run's mean training metrics since its last
+    record (``divergence.train_summary``: a non-finite one stops the run) with the images/s
+    and epoch; keeps the images/s for the results."""
 
     def __init__(self, runs: Runs, every: int, steps_per_epoch: int, progress: Progress,
-                 boundary: Callable[[Loop], bool]):
+                 boundary: Hook):
         self.runs, self.every, self.steps_per_epoch = runs, every, steps_per_epoch
         self.progress, self.boundary = progress, boundary
-        self.history: list[Any] = []  # the per-step metrics since the last record
+        self.calls: list[tuple[int, Any]] = []  # the calls since the last record
         self.rates: list[float] = []
 
     def __call__(self, loop: Loop) -> None:
-        self.history.append(loop.metrics)
+        self.calls.append((loop.steps, loop.metrics))
         super().__call__(loop)
 
     def due(self, loop: Loop) -> bool:
-        return loop.step % self.every == 0 or self.boundary(loop)
+        return loop.step % self.every == 0 or self.boundary.due(loop)
+
+    def next_due(self, loop: Loop) -> int:
+        return min(next_multiple(loop.step, self.every), self.boundary.next_due(loop))
 
     def act(self, loop: Loop) -> None:
-        histories = self.runs.split(self.history)
+        histories = self.runs.split(unstack(self.calls))
         summaries = [summary(output, history, state, loop.step) for output, history, state
                      in zip(self.runs.outputs, histories, self.runs.states(loop.state),
                             strict=True)]
-        self.history = []
+        self.calls = []
         rate = self.progress.update(loop.step, mean_metrics(summaries))
         self.rates.append(rate)
         epoch = loop.step / self.steps_per_epoch
@@ -136,6 +150,9 @@ class SaveCheckpoints(Hook):
 
     def due(self, loop: Loop) -> bool:
         return self.plan.is_checkpoint_step(loop.step) or loop.step == loop.end or bool(loop.stop)
+
+    def next_due(self, loop: Loop) -> int:
+        return min(self.plan.next_checkpoint_step(loop.step), loop.end)
 
     def act(self, loop: Loop) -> None:
         if self.saved_step != loop.step:
@@ -169,6 +186,9 @@ class Evaluate(Hook):
 
     def due(self, loop: Loop) -> bool:
         return self.plan.is_eval_step(loop.step) or loop.step == loop.end
+
+    def next_due(self, loop: Loop) -> int:
+        return min(self.plan.next_eval_step(loop.step), loop.end)
 
     def act(self, loop: Loop) -> None:
         jax.block_until_ready(loop.state)  # finish queued steps before the clock stops
@@ -207,7 +227,7 @@ class RunHooks:
         checkpoints = SaveCheckpoints(runs, plan, sig)
         # A train record ends at every checkpoint, so a resumed run logs the same records.
         records = TrainRecords(runs, config.training.log_every_steps, plan.steps_per_epoch,
-                               progress, boundary=checkpoints.due)
+                               progress, boundary=checkpoints)
         plateau = plateau_updater(config)  # None unless schedule.name='reduce_on_plateau'
         evaluate = Evaluate(runs, plan, evaluators, progress, checkpoints, plateau, stopper)
         return cls(StopOnRequest(requests), records, evaluate, checkpoints)
@@ -237,10 +257,14 @@ def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict,
                max_steps_this_run: int | None = None, stopper: EarlyStopping | None = None,
                stop: str = "") -> Trained:
     """Trains ``runs`` from ``state`` (after ``start`` steps) to the end of the plan, or for
-    ``max_steps_this_run`` steps, with a training run's hooks (``stopper``: early stopping;
-    ``stop``: why the loop does not start). SIGTERM and SIGINT stop it with a checkpoint."""
-    end = plan.total_steps if max_steps_this_run is None else min(
-        plan.total_steps, start + max_steps_this_run)
+    ``max_steps_this_run`` steps (rounded up to a multiple of ``program.steps_per_call``, where
+    the run in one go ends a call too), with a training run's hooks (``stopper``: early
+    stopping; ``stop``: why the loop does not start). SIGTERM and SIGINT stop it with a
+    checkpoint."""
+    end = plan.total_steps
+    if max_steps_this_run is not None:
+        k = program.steps_per_call
+        end = min(end, -(-(start + max_steps_this_run) // k) * k)
     progress = Progress(plan.total_steps, start, config.training.batch_size)
     requests = preemption.StopRequests()
     hooks = RunHooks.create(config, plan, runs, evaluators, sig, progress, requests, stopper)
