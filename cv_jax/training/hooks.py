@@ -84,25 +84,45 @@ class StopOnRequest(Hook):
         return loop.end  # checked after every call; calls are not cut short for it
 
 
-def unstack(calls: list[tuple[int, Any]]) -> list[dict]:
-    """The calls' metrics, ``(steps, metrics)`` each (``Loop.steps``, ``Loop.metrics``), fetched
-    and split into each step's."""
-    return [{k: v[i] for k, v in metrics.items()} if steps > 1 else metrics
-            for steps, metrics in jax.device_get(calls)
-            for i in range(steps)]
+@dataclasses.dataclass
+class Interval:
+    """The steps of one train record: the calls since the previous record, each as ``(steps,
+    metrics on the devices)`` (``Loop.steps``, ``Loop.metrics``), up to ``step``."""
+
+    step: int
+    calls: list[tuple[int, Any]]
+
+    def history(self) -> list[dict]:
+        """The per-step metrics, fetched (this waits for the interval's last step only)."""
+        fetched = jax.device_get(self.calls)
+        return [step for steps, metrics in fetched
+                for step in ([metrics] if steps == 1 else unstack(metrics, steps))]
+
+
+def unstack(metrics: dict, steps: int) -> list[dict]:
+    """Metrics stacked on a leading axis of ``steps`` -> each step's."""
+    return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
 
 
 class TrainRecords(Hook):
     """Every ``every`` steps, and at the steps where ``boundary`` acts (the checkpoints, so a
     resumed run logs the same records), writes each run's mean training metrics since its last
     record (``divergence.train_summary``: a non-finite one stops the run) with the images/s
-    and epoch; keeps the images/s for the results."""
+    and epoch; keeps the images/s for the results.
+
+    The device does not wait on the host at a record: its metrics stay on the devices until
+    the next record is due (the steps up to it are done by then, later ones queued), or are
+    fetched at once where ``boundary`` acts (the checkpoint's save waits for the device
+    anyway). So a non-finite loss stops the run up to one record late, but before the next
+    checkpoint is saved. The images/s are the steps between two fetched records over the wall
+    time between the fetches."""
 
     def __init__(self, runs: Runs, every: int, steps_per_epoch: int, progress: Progress,
                  boundary: Hook):
         self.runs, self.every, self.steps_per_epoch = runs, every, steps_per_epoch
         self.progress, self.boundary = progress, boundary
         self.calls: list[tuple[int, Any]] = []  # the calls since the last record
+        self.pending: Interval | None = None  # the last record, not yet fetched
         self.rates: list[float] = []
 
     def __call__(self, loop: Loop) -> None:
@@ -116,23 +136,35 @@ class TrainRecords(Hook):
         return min(next_multiple(loop.step, self.every), self.boundary.next_due(loop))
 
     def act(self, loop: Loop) -> None:
-        histories = self.runs.split(unstack(self.calls))
-        summaries = [summary(output, history, state, loop.step) for output, history, state
-                     in zip(self.runs.outputs, histories, self.runs.states(loop.state),
-                            strict=True)]
-        self.calls = []
-        rate = self.progress.update(loop.step, mean_metrics(summaries))
+        interval, self.calls = Interval(loop.step, self.calls), []
+        self.flush()
+        if self.boundary.due(loop):
+            self.write(interval)
+        else:
+            self.pending = interval
+
+    def flush(self) -> None:
+        """Writes the record not yet fetched, if any."""
+        if self.pending is not None:
+            interval, self.pending = self.pending, None
+            self.write(interval)
+
+    def write(self, interval: Interval) -> None:
+        histories = self.runs.split(interval.history())
+        summaries = [summary(output, history, interval.step)
+                     for output, history in zip(self.runs.outputs, histories, strict=True)]
+        rate = self.progress.update(interval.step, mean_metrics(summaries))
         self.rates.append(rate)
-        epoch = loop.step / self.steps_per_epoch
+        epoch = interval.step / self.steps_per_epoch
         for output, record in zip(self.runs.outputs, summaries, strict=True):
-            output.writer.write(loop.step, "train", record | {"images_per_sec": rate,
-                                                              "epoch": epoch})
+            output.writer.write(interval.step, "train", record | {"images_per_sec": rate,
+                                                                  "epoch": epoch})
 
 
-def summary(output: Output, history: list[dict], state: TrainState, step: int) -> dict:
+def summary(output: Output, history: list[dict], step: int) -> dict:
     """``divergence.train_summary`` of one run; its error names the run."""
     try:
-        return divergence.train_summary(history, state, step, output.config, output.ckpt)
+        return divergence.train_summary(history, None, step, output.config, output.ckpt)
     except divergence.TrainingDiverged as e:
         if not output.name:
             raise
@@ -272,6 +304,7 @@ def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict,
     try:
         requests.install()
         loop = run(program, state, start, end, hooks.all(), stop)
+        hooks.records.flush()
     finally:
         requests.uninstall()
         progress.close()

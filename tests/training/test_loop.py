@@ -308,3 +308,46 @@ def test_several_steps_per_call_record_evaluate_and_save_at_the_steps_of_one():
         assert untimed(several.records) == untimed(one.records), start
         assert saved.saved == one_saved.saved, start
 
+
+class Fetched:
+    """A metric on a stand-in device: notes, when it is read, its step and the steps the loop
+    has dispatched by then."""
+
+    dispatched = 0
+
+    def __init__(self, value, step: int, reads: list):
+        self.value, self.step, self.reads = value, step, reads
+        Fetched.dispatched = max(Fetched.dispatched, step)
+
+    def __array__(self, dtype=None, copy=None):
+        self.reads.append((self.step, Fetched.dispatched))
+        return np.asarray(self.value, np.float32)
+
+
+def test_a_record_is_fetched_only_once_later_steps_are_dispatched():
+    """Records every 5 steps; the run's only checkpoint (evaluation) is at its end, step 12."""
+    reads = []
+    Fetched.dispatched = 0
+    plan = Plan(steps_per_epoch=4, total_steps=12, eval_every_steps=12)
+    _, writer, _ = train(plan=plan, metric=lambda value, step: Fetched(value, step, reads))
+    assert writer.steps("train") == [5, 10, 12]
+    fetched_at = {}
+    for step, dispatched in reads:
+        fetched_at.setdefault(step, set()).add(dispatched)
+    # steps 1-5 (the record at 5) are read once step 10 is dispatched, steps 6-10 at the end
+    assert fetched_at == {**dict.fromkeys(range(1, 6), {10}),
+                          **dict.fromkeys(range(6, 13), {12})}
+    losses = [r["loss"] for r in writer.records if r["split"] == "train"]
+    assert losses == [3.0, 8.0, 11.5]
+
+
+def test_flush_writes_the_record_not_yet_fetched_when_a_hook_ends_the_loop():
+    """A hook ends the loop between checkpoints: ``train_runs`` flushes the last record."""
+    writer, ckpt = Writer(), Checkpoints()
+    runs = hooks.Runs.alone(hooks.Output(config(), ckpt, writer))
+    created = hooks.RunHooks.create(config(), PLAN, runs, {"test": evaluate}, {},
+                                    Progress(PLAN.total_steps, 0, 8), Requests(at=100))
+    loop = run(program(4), State(), 0, 12, [created.records, Every(5, stop_at=5)])
+    assert loop.step == 5 and writer.steps("train") == [4]
+    created.records.flush()
+    assert writer.steps("train") == [4, 5]
