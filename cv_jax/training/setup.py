@@ -82,8 +82,8 @@ def train_step_fn(settings: steps.TrainSettings, batch_size: int, mesh: jax.shar
     return run
 
 
-def scan_steps(step, steps: int):
-    """``steps`` calls of ``step`` (a function like :func:`train_step_fn`'s) as one
+def scan_steps(step, count: int):
+    """``count`` calls of ``step`` (a function like :func:`train_step_fn`'s) as one
     ``lax.scan``, the batch index advancing by one each time: the state after the last step,
     and the steps' metrics stacked on a leading axis."""
 
@@ -91,23 +91,24 @@ def scan_steps(step, steps: int):
         def body(state, i):
             return step(state, images, labels, permutation, index + i, teacher)
 
-        return jax.lax.scan(body, state, jnp.arange(steps, dtype=jnp.int32))
+        return jax.lax.scan(body, state, jnp.arange(count, dtype=jnp.int32))
 
     return run
 
 
-def jit_steps(step, mesh: jax.sharding.Mesh, steps: int = 1):
-    """``step`` (a function like :func:`train_step_fn`'s), or :func:`scan_steps` of it with
-    ``steps`` > 1, jitted: the state is donated, the outputs replicated."""
+def jit_steps(step, mesh: jax.sharding.Mesh, steps_per_call: int = 1):
+    """``step`` (a function like :func:`train_step_fn`'s), or with ``steps_per_call`` > 1
+    :func:`scan_steps` of it, jitted: the state is donated, the outputs replicated."""
     repl = sharding.replicated(mesh)
-    return jax.jit(step if steps == 1 else scan_steps(step, steps), donate_argnums=0,
-                   out_shardings=(repl, repl))
+    if steps_per_call > 1:
+        step = scan_steps(step, steps_per_call)
+    return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
 
 
 def make_train_step(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh,
-                    steps: int = 1):
-    """:func:`train_step_fn`, jitted (:func:`jit_steps`: ``steps`` > 1 of them per call)."""
-    return jit_steps(train_step_fn(settings, batch_size, mesh), mesh, steps)
+                    steps_per_call: int = 1):
+    """:func:`train_step_fn`, jitted (:func:`jit_steps`)."""
+    return jit_steps(train_step_fn(settings, batch_size, mesh), mesh, steps_per_call)
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -187,10 +187,11 @@ def _where(error: BaseException) -> str:
 
 def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str],
                          data: ArrayDataset, plan: Plan, mesh: jax.sharding.Mesh,
-                         mode: str = "vmap", own_orders: bool = False, steps: int = 1):
+                         mode: str = "vmap", own_orders: bool = False,
+                         steps_per_call: int = 1):
     """One jitted step of every member (``configs``, which differ in seed and the ``varied``
     keys): ``(stacked state, images, labels, permutation, index, teacher) -> (state,
-    metrics)``; with ``steps`` > 1, that many steps per call (``setup.jit_steps``). The
+    metrics)``; with ``steps_per_call`` > 1, that many steps per call (``setup.jit_steps``). The
     training set, permutation, batch index (so the batch) and the distillation teacher are
     shared; with ``own_orders`` the permutation is one row per member ([members, n] indices
     into the training set), so each member draws its own batch (bootstrap samples).
@@ -226,4 +227,4 @@ def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str
                     f"the train step branches on the value of one of {', '.join(varied)} (at "
                     f"{_where(e)}), so it cannot vary inside one vmapped step; use "
                     "--mode=unroll (one copy of the step per member) or separate runs") from e
-    return setup.jit_steps(step, mesh, steps)
+    return setup.jit_steps(step, mesh, steps_per_call)
