@@ -414,6 +414,10 @@ SCHEMA: dict[str, Section] = {
                               "a positive number of epochs", lambda v: v > 0),
         log_every_steps=Key(50, "log the training metrics every this many steps",
                             "a positive integer", lambda v: v > 0),
+        steps_per_call=Key(1, "train steps per dispatch to the devices (a lax.scan of the "
+                              "step, compiled beside the single step); records, evaluations "
+                              "and checkpoints stay at their steps (single steps reach them)",
+                           "a positive integer", lambda v: v > 0),
         keep_checkpoints=Key(2, "keep the latest K, plus the best by <eval split>_accuracy",
                              "an integer >= 1", lambda v: v >= 1),
         checkpoint_every_steps=Key(0, "also checkpoint every N steps between evals; 0 = at "

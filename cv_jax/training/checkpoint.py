@@ -7,6 +7,7 @@ classes, every parameter's shape), so a workdir is never restored into a differe
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
@@ -31,6 +32,21 @@ class _NoMetricsNotice(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoMetricsNotice())
+
+
+def save_from_one_replica() -> None:
+    """Has Orbax save a replicated jax.Array from one replica, as it does by default where
+    $JAX_PLATFORMS names a GPU. Elsewhere it splits the array over its replicas
+    ('replica-parallel'), slicing each replica's copy with a JAX op: a compilation per array
+    shape and replica at a run's first save, in the middle of training on several devices.
+    Orbax has no public switch for it, so its registered handler is copied with the switch off
+    (if the private attribute is renamed, nothing changes and tests/training/test_compiles.py
+    fails)."""
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if getattr(handler, "_use_replica_parallel", False):
+        single = copy.copy(handler)
+        single._use_replica_parallel = False
+        ocp.type_handlers.register_type_handler(jax.Array, single, override=True)
 
 
 def selection(config) -> tuple[str, str]:
@@ -108,6 +124,7 @@ class Checkpoints:
     def __init__(self, workdir: str, *, keep: int, best_metric: str, best_mode: str,
                  resume: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        save_from_one_replica()
         self.best_metric = best_metric
         self._saving: int | None = None  # the step being written
         if resume and jax.process_index() == 0 and os.path.isdir(self.directory):

@@ -1,5 +1,5 @@
 """The hooks of a training run (``cv_jax.training.loop``), in the order they act after each
-step: stop requests, train records, evaluations (then the reduce-on-plateau update and early
+call: stop requests, train records, evaluations (then the reduce-on-plateau update and early
 stopping) and checkpoints; and ``train_runs``, the loop run with them.
 
 They report for the runs one loop trains (``Runs``): a run trained alone
@@ -25,7 +25,7 @@ from cv_jax.training import checkpoint, divergence, evaluation, preemption
 from cv_jax.training.early_stopping import EarlyStopping
 from cv_jax.training.loop import Hook, Loop, Program, run
 from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
-from cv_jax.training.plan import Plan
+from cv_jax.training.plan import Plan, next_multiple
 from cv_jax.training.state import TrainState
 
 log = logging.getLogger("cv_jax")
@@ -65,9 +65,9 @@ class Runs:
 
 
 class StopOnRequest(Hook):
-    """Ends the loop after the step at which a stop was requested (SIGTERM or SIGINT, or a
-    multi-process preemption notice: ``preemption.StopRequests``); the checkpoint hook saves
-    that step."""
+    """Ends the loop after the call in which a stop was requested (SIGTERM or SIGINT, or a
+    multi-process preemption notice: ``preemption.StopRequests``), a request coming at any
+    time; the checkpoint hook saves that step."""
 
     def __init__(self, requests: preemption.StopRequests):
         self.requests = requests
@@ -80,45 +80,91 @@ class StopOnRequest(Hook):
         self.reason = self.requests.reason
         loop.stop = f"stop requested ({self.reason})"
 
+    def next_due(self, loop: Loop) -> int:
+        return loop.end  # checked after every call; calls are not cut short for it
+
+
+@dataclasses.dataclass
+class Interval:
+    """The steps of one train record: the calls since the previous record, each as ``(steps,
+    metrics on the devices)`` (``Loop.steps``, ``Loop.metrics``), up to ``step``."""
+
+    step: int
+    calls: list[tuple[int, Any]]
+
+    def history(self) -> list[dict]:
+        """The per-step metrics, fetched (this waits for the interval's last step only)."""
+        fetched = jax.device_get(self.calls)
+        return [step for steps, metrics in fetched
+                for step in ([metrics] if steps == 1 else unstack(metrics, steps))]
+
+
+def unstack(metrics: dict, steps: int) -> list[dict]:
+    """Metrics stacked on a leading axis of ``steps`` -> each step's."""
+    return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
+
 
 class TrainRecords(Hook):
-    """Every ``every`` steps, and at the steps ``boundary`` names (the checkpoints, so a resumed
-    run logs the same records), writes each run's mean training metrics since its last record
-    (``divergence.train_summary``: a non-finite one stops the run) with the images/s and epoch;
-    keeps the images/s for the results."""
+    """Every ``every`` steps, and at the steps where ``boundary`` acts (the checkpoints, so a
+    resumed run logs the same records), writes each run's mean training metrics since its last
+    record (``divergence.train_summary``: a non-finite one stops the run) with the images/s
+    and epoch; keeps the images/s for the results.
+
+    The device does not wait on the host at a record: its metrics stay on the devices until
+    the next record is due (the steps up to it are done by then, later ones queued), or are
+    fetched at once where ``boundary`` acts (the checkpoint's save waits for the device
+    anyway). So a non-finite loss stops the run up to one record late, but before the next
+    checkpoint is saved. The images/s are the steps between two fetched records over the wall
+    time between the fetches."""
 
     def __init__(self, runs: Runs, every: int, steps_per_epoch: int, progress: Progress,
-                 boundary: Callable[[Loop], bool]):
+                 boundary: Hook):
         self.runs, self.every, self.steps_per_epoch = runs, every, steps_per_epoch
         self.progress, self.boundary = progress, boundary
-        self.history: list[Any] = []  # the per-step metrics since the last record
+        self.calls: list[tuple[int, Any]] = []  # the calls since the last record
+        self.pending: Interval | None = None  # the last record, not yet fetched
         self.rates: list[float] = []
 
     def __call__(self, loop: Loop) -> None:
-        self.history.append(loop.metrics)
+        self.calls.append((loop.steps, loop.metrics))
         super().__call__(loop)
 
     def due(self, loop: Loop) -> bool:
-        return loop.step % self.every == 0 or self.boundary(loop)
+        return loop.step % self.every == 0 or self.boundary.due(loop)
+
+    def next_due(self, loop: Loop) -> int:
+        return min(next_multiple(loop.step, self.every), self.boundary.next_due(loop))
 
     def act(self, loop: Loop) -> None:
-        histories = self.runs.split(self.history)
-        summaries = [summary(output, history, state, loop.step) for output, history, state
-                     in zip(self.runs.outputs, histories, self.runs.states(loop.state),
-                            strict=True)]
-        self.history = []
-        rate = self.progress.update(loop.step, mean_metrics(summaries))
+        interval, self.calls = Interval(loop.step, self.calls), []
+        self.flush()
+        if self.boundary.due(loop):
+            self.write(interval)
+        else:
+            self.pending = interval
+
+    def flush(self) -> None:
+        """Writes the record not yet fetched, if any."""
+        if self.pending is not None:
+            interval, self.pending = self.pending, None
+            self.write(interval)
+
+    def write(self, interval: Interval) -> None:
+        histories = self.runs.split(interval.history())
+        summaries = [summary(output, history, interval.step)
+                     for output, history in zip(self.runs.outputs, histories, strict=True)]
+        rate = self.progress.update(interval.step, mean_metrics(summaries))
         self.rates.append(rate)
-        epoch = loop.step / self.steps_per_epoch
+        epoch = interval.step / self.steps_per_epoch
         for output, record in zip(self.runs.outputs, summaries, strict=True):
-            output.writer.write(loop.step, "train", record | {"images_per_sec": rate,
-                                                              "epoch": epoch})
+            output.writer.write(interval.step, "train", record | {"images_per_sec": rate,
+                                                                  "epoch": epoch})
 
 
-def summary(output: Output, history: list[dict], state: TrainState, step: int) -> dict:
+def summary(output: Output, history: list[dict], step: int) -> dict:
     """``divergence.train_summary`` of one run; its error names the run."""
     try:
-        return divergence.train_summary(history, state, step, output.config, output.ckpt)
+        return divergence.train_summary(history, None, step, output.config, output.ckpt)
     except divergence.TrainingDiverged as e:
         if not output.name:
             raise
@@ -136,6 +182,9 @@ class SaveCheckpoints(Hook):
 
     def due(self, loop: Loop) -> bool:
         return self.plan.is_checkpoint_step(loop.step) or loop.step == loop.end or bool(loop.stop)
+
+    def next_due(self, loop: Loop) -> int:
+        return min(self.plan.next_checkpoint_step(loop.step), loop.end)
 
     def act(self, loop: Loop) -> None:
         if self.saved_step != loop.step:
@@ -169,6 +218,9 @@ class Evaluate(Hook):
 
     def due(self, loop: Loop) -> bool:
         return self.plan.is_eval_step(loop.step) or loop.step == loop.end
+
+    def next_due(self, loop: Loop) -> int:
+        return min(self.plan.next_eval_step(loop.step), loop.end)
 
     def act(self, loop: Loop) -> None:
         jax.block_until_ready(loop.state)  # finish queued steps before the clock stops
@@ -207,7 +259,7 @@ class RunHooks:
         checkpoints = SaveCheckpoints(runs, plan, sig)
         # A train record ends at every checkpoint, so a resumed run logs the same records.
         records = TrainRecords(runs, config.training.log_every_steps, plan.steps_per_epoch,
-                               progress, boundary=checkpoints.due)
+                               progress, boundary=checkpoints)
         plateau = plateau_updater(config)  # None unless schedule.name='reduce_on_plateau'
         evaluate = Evaluate(runs, plan, evaluators, progress, checkpoints, plateau, stopper)
         return cls(StopOnRequest(requests), records, evaluate, checkpoints)
@@ -237,10 +289,14 @@ def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict,
                max_steps_this_run: int | None = None, stopper: EarlyStopping | None = None,
                stop: str = "") -> Trained:
     """Trains ``runs`` from ``state`` (after ``start`` steps) to the end of the plan, or for
-    ``max_steps_this_run`` steps, with a training run's hooks (``stopper``: early stopping;
-    ``stop``: why the loop does not start). SIGTERM and SIGINT stop it with a checkpoint."""
-    end = plan.total_steps if max_steps_this_run is None else min(
-        plan.total_steps, start + max_steps_this_run)
+    ``max_steps_this_run`` steps (rounded up to a multiple of ``program.steps_per_call``, where
+    the run in one go ends a call too), with a training run's hooks (``stopper``: early
+    stopping; ``stop``: why the loop does not start). SIGTERM and SIGINT stop it with a
+    checkpoint."""
+    end = plan.total_steps
+    if max_steps_this_run is not None:
+        k = program.steps_per_call
+        end = min(end, -(-(start + max_steps_this_run) // k) * k)
     progress = Progress(plan.total_steps, start, config.training.batch_size)
     requests = preemption.StopRequests()
     hooks = RunHooks.create(config, plan, runs, evaluators, sig, progress, requests, stopper)
@@ -248,6 +304,7 @@ def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict,
     try:
         requests.install()
         loop = run(program, state, start, end, hooks.all(), stop)
+        hooks.records.flush()
     finally:
         requests.uninstall()
         progress.close()

@@ -1,12 +1,18 @@
-"""The training loop, once: advance a state step by step over the epochs' permutations of the
-training set, and after every step let each hook (a periodic action, as in CLU) decide whether
-it acts.
+"""The training loop, once: advance a state over the epochs' permutations of the training set,
+one step or ``steps_per_call`` steps per call, and after every call let each hook (a periodic
+action, as in CLU) decide whether it acts.
 
 What a run does besides stepping (train records, evaluations, checkpoints, stop requests, early
 stopping; an LR range test's recording, a timing) is a hook: ``train.train_and_evaluate``,
 the vectorised run (``cv_jax.workflows.vectorized``), the LR range test
 (``cv_jax.workflows.lr_find``) and the time-budget timing (``train.measure_timings``) each run
 this loop with their own hooks.
+
+With ``steps_per_call`` = k > 1, a call of k steps starts at a multiple of k and passes no
+step at which a hook may act (``Hook.next_due``) and no epoch's end; elsewhere the loop takes
+single steps. So the hooks act at the steps they would with one step per call, and a run
+resumed from a checkpoint makes the calls of the run in one go (every multiple of k and every
+hook's step ends a call in both).
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ class Program:
 
     ``train_step(state, images, labels, permutation, index, teacher) -> (state, metrics)``
     trains on the ``index``-th batch of ``permutation``, ``permute(epoch)`` is that epoch's
-    order of the examples."""
+    order of the examples. With ``steps_per_call`` = k > 1, ``train_steps`` (same arguments)
+    trains on the batches ``index`` .. ``index + k - 1`` in one call and returns their metrics
+    stacked on a leading axis."""
 
     train_step: Callable[..., tuple[Any, Any]]
     images: Any
@@ -31,22 +39,30 @@ class Program:
     permute: Callable[[int], Any]
     steps_per_epoch: int
     teacher: Any = None  # the distillation teacher (cv_jax.training.distill), or None
+    steps_per_call: int = 1
+    train_steps: Callable[..., tuple[Any, Any]] | None = None
+
+    def __post_init__(self):
+        if (self.steps_per_call > 1) != (self.train_steps is not None):
+            raise ValueError("train_steps is given exactly when steps_per_call > 1")
 
 
 @dataclasses.dataclass
 class Loop:
-    """Where the loop is, as the hooks see it after a step: they may replace ``state`` or set
+    """Where the loop is, as the hooks see it after a call: they may replace ``state`` or set
     ``stop``."""
 
     step: int  # steps done
     end: int  # the step the loop runs to
     state: Any  # the state after ``step`` steps
-    metrics: Any = None  # the last step's metrics (on the devices)
-    stop: str = ""  # why the loop ends after this step ('': it goes on)
+    metrics: Any = None  # the last call's metrics (on the devices): one step's, or stacked
+    steps: int = 1  # the last call's steps (> 1: ``metrics`` are stacked on a leading axis)
+    stop: str = ""  # why the loop ends after this call ('': it goes on)
 
 
 class Hook(abc.ABC):
-    """A periodic action: called after every step, it decides whether it acts at that step."""
+    """A periodic action: called after every call of the train step, it decides whether it
+    acts at that step."""
 
     def __call__(self, loop: Loop) -> None:
         if self.due(loop):
@@ -54,24 +70,40 @@ class Hook(abc.ABC):
 
     @abc.abstractmethod
     def due(self, loop: Loop) -> bool:
-        """Whether it acts after this step."""
+        """Whether it acts after this call."""
 
     @abc.abstractmethod
     def act(self, loop: Loop) -> None:
         """What it does: may replace ``loop.state`` or set ``loop.stop``."""
 
+    def next_due(self, loop: Loop) -> int:
+        """The first step after ``loop.step`` at which it may act (a call of several steps
+        ends there at the latest); by default the next one."""
+        return loop.step + 1
+
 
 class EveryStep(Hook):
-    """A hook that acts after every step."""
+    """A hook that acts after every step (the loop then takes one step per call)."""
 
     def due(self, loop: Loop) -> bool:
         return True
 
 
+def call_steps(program: Program, loop: Loop, hooks: Sequence[Hook]) -> int:
+    """How many steps the next call takes: ``program.steps_per_call`` from a multiple of it
+    where no hook may act and no epoch ends before the last of them, else 1."""
+    k = program.steps_per_call
+    if k == 1 or loop.step % k:
+        return 1
+    spe = program.steps_per_epoch
+    limit = min([loop.end, (loop.step // spe + 1) * spe, *(h.next_due(loop) for h in hooks)])
+    return k if loop.step + k <= limit else 1
+
+
 def run(program: Program, state: Any, start: int, end: int, hooks: Sequence[Hook],
         stop: str = "") -> Loop:
     """Advances ``state`` (after ``start`` steps) to step ``end``, or until a hook sets
-    ``loop.stop``; ``stop`` given says why the loop does not start. After each step the hooks
+    ``loop.stop``; ``stop`` given says why the loop does not start. After each call the hooks
     are called in order. Returns where the loop ended."""
     loop = Loop(step=start, end=end, state=state, stop=stop)
     spe, epoch, permutation = program.steps_per_epoch, -1, None
@@ -79,10 +111,11 @@ def run(program: Program, state: Any, start: int, end: int, hooks: Sequence[Hook
         if loop.step // spe != epoch:
             epoch = loop.step // spe
             permutation = program.permute(epoch)
-        loop.state, loop.metrics = program.train_step(
-            loop.state, program.images, program.labels, permutation, loop.step % spe,
-            program.teacher)
-        loop.step += 1
+        loop.steps = call_steps(program, loop, hooks)
+        train = program.train_step if loop.steps == 1 else program.train_steps
+        loop.state, loop.metrics = train(loop.state, program.images, program.labels, permutation,
+                                         loop.step % spe, program.teacher)
+        loop.step += loop.steps
         for hook in hooks:
             hook(loop)
     return loop

@@ -38,3 +38,19 @@ class Plan:
     def is_checkpoint_step(self, step: int) -> bool:
         every = self.checkpoint_every_steps
         return self.is_eval_step(step) or bool(every and step % every == 0)
+
+    def next_eval_step(self, step: int) -> int:
+        """The first evaluation step after ``step`` (past the end: the next multiple)."""
+        following = next_multiple(step, self.eval_every_steps)
+        return min(following, self.total_steps) if step < self.total_steps else following
+
+    def next_checkpoint_step(self, step: int) -> int:
+        """The first checkpoint step after ``step``."""
+        every = self.checkpoint_every_steps
+        following = self.next_eval_step(step)
+        return min(following, next_multiple(step, every)) if every else following
+
+
+def next_multiple(step: int, every: int) -> int:
+    """The first multiple of ``every`` after ``step``."""
+    return (step // every + 1) * every

@@ -1,5 +1,6 @@
-"""Stop requests for the training loop: SIGTERM or SIGINT end a run at the next step boundary,
-with a checkpoint, instead of killing it mid-step.
+"""Stop requests for the training loop: SIGTERM or SIGINT end a run after the call of the train
+step in progress (one step, or ``training.steps_per_call``), with a checkpoint, instead of
+killing it mid-step.
 
 In a single process the first signal sets a flag and puts the previous handlers back, so a
 second one acts as usual (Ctrl-C twice interrupts at once). In a multi-process run the
@@ -28,6 +29,7 @@ class StopRequests:
     def __init__(self):
         self.reason: str | None = None  # e.g. 'SIGTERM', once a stop is requested
         self._previous: dict[int, object] = {}
+        self._checks = 0  # calls of requested(): the same sequence on every process
 
     def install(self) -> None:
         """Catches SIGTERM and SIGINT (single process, main thread only)."""
@@ -48,10 +50,13 @@ class StopRequests:
         self._previous = {}
 
     def requested(self, step: int) -> bool:
-        """Whether the run should save a checkpoint at ``step`` and stop."""
+        """Whether the run should save a checkpoint at ``step`` and stop. Every process asks
+        after each call of the train step; the preemption service counts the calls (a call of
+        several steps would skip the step it agrees on, which must be met exactly)."""
+        self._checks += 1
         if self.reason is None and jax.process_count() > 1:
             try:
-                if multihost_utils.reached_preemption_sync_point(step):
+                if multihost_utils.reached_preemption_sync_point(self._checks):
                     self.reason = "a preemption notice"
             except RuntimeError:  # the preemption service is off
                 pass

@@ -13,9 +13,11 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections as mlc
 import optax
 
@@ -81,11 +83,33 @@ def train_step_fn(settings: steps.TrainSettings, batch_size: int, mesh: jax.shar
     return run
 
 
-def make_train_step(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh):
-    """:func:`train_step_fn`, jitted (the state is donated, outputs replicated)."""
+def scan_steps(step, count: int):
+    """``count`` calls of ``step`` (a function like :func:`train_step_fn`'s) as one
+    ``lax.scan``, the batch index advancing by one each time: the state after the last step,
+    and the steps' metrics stacked on a leading axis."""
+
+    def run(state, images, labels, permutation, index, teacher=None):
+        def body(state, i):
+            return step(state, images, labels, permutation, index + i, teacher)
+
+        return jax.lax.scan(body, state, jnp.arange(count, dtype=jnp.int32))
+
+    return run
+
+
+def jit_steps(step, mesh: jax.sharding.Mesh, steps_per_call: int = 1):
+    """``step`` (a function like :func:`train_step_fn`'s), or with ``steps_per_call`` > 1
+    :func:`scan_steps` of it, jitted: the state is donated, the outputs replicated."""
     repl = sharding.replicated(mesh)
-    return jax.jit(train_step_fn(settings, batch_size, mesh), donate_argnums=0,
-                   out_shardings=(repl, repl))
+    if steps_per_call > 1:
+        step = scan_steps(step, steps_per_call)
+    return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+
+
+def make_train_step(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh,
+                    steps_per_call: int = 1):
+    """:func:`train_step_fn`, jitted (:func:`jit_steps`)."""
+    return jit_steps(train_step_fn(settings, batch_size, mesh), mesh, steps_per_call)
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -149,12 +173,17 @@ def initial_state(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
 
 
 def device_program(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
-                   mesh: jax.sharding.Mesh, train_step) -> Program:
-    """What the loop runs: ``train_step`` (jitted) over the training set on the devices, with
-    the config's distillation teacher (or none)."""
+                   mesh: jax.sharding.Mesh, make_step: Callable[[int], Callable],
+                   steps_per_call: int | None = None) -> Program:
+    """What the loop runs: the train step ``make_step(1)`` (``make_step(k)``: k steps per call,
+    jitted) over the training set on the devices, with the config's distillation teacher (or
+    none); ``steps_per_call`` (default ``training.steps_per_call``) > 1 adds ``make_step`` of
+    it."""
+    k = config.training.steps_per_call if steps_per_call is None else steps_per_call
     images, labels, permute = device_train_set(train, config, mesh)
     teacher = distill.load_teacher(config, train.class_names, mesh)
-    return Program(train_step, images, labels, permute, plan.steps_per_epoch, teacher)
+    return Program(make_step(1), images, labels, permute, plan.steps_per_epoch, teacher,
+                   steps_per_call=k, train_steps=make_step(k) if k > 1 else None)
 
 
 @dataclasses.dataclass
@@ -169,23 +198,29 @@ class Compiled:
 def compile_program(program: Program, state: TrainState,
                     evaluators: dict[str, Evaluator] | None = None,
                     eval_state: TrainState | None = None) -> Compiled:
-    """``program`` with its train step compiled for ``state`` and the ``evaluators`` compiled
-    for ``eval_state`` (default: ``state``)."""
+    """``program`` with its train step (and its ``train_steps``) compiled for ``state`` and
+    the ``evaluators`` compiled for ``eval_state`` (default: ``state``)."""
     evaluators = evaluators or {}
     start = time.perf_counter()
-    compiled = program.train_step.lower(state, program.images, program.labels,
-                                        program.permute(0), 0, program.teacher).compile()
+    arguments = (state, program.images, program.labels, program.permute(0), 0, program.teacher)
+    compiled = {"train_step": program.train_step.lower(*arguments).compile()}
+    if program.train_steps is not None:
+        compiled["train_steps"] = program.train_steps.lower(*arguments).compile()
     for evaluator in evaluators.values():
         evaluator.compile(state if eval_state is None else eval_state)
     compile_time = time.perf_counter() - start
     log.info("Compiled in %.1f s.", compile_time)
-    return Compiled(dataclasses.replace(program, train_step=compiled), evaluators, compile_time)
+    return Compiled(dataclasses.replace(program, **compiled), evaluators, compile_time)
 
 
 def compile_run(config: mlc.ConfigDict, data: Datasets, plan: Plan, mesh: jax.sharding.Mesh,
-                settings: steps.TrainSettings, state: TrainState) -> Compiled:
-    """A run's train step (from ``settings``) over its training set and teacher on the
-    devices, and its evaluators, compiled for ``state``."""
-    step = make_train_step(settings, config.training.batch_size, mesh)
-    program = device_program(config, data.train, plan, mesh, step)
+                settings: steps.TrainSettings, state: TrainState,
+                steps_per_call: int | None = None) -> Compiled:
+    """A run's train step (from ``settings``; ``steps_per_call``: as :func:`device_program`)
+    over its training set and teacher on the devices, and its evaluators, compiled for
+    ``state``."""
+    def make_step(k):
+        return make_train_step(settings, config.training.batch_size, mesh, k)
+
+    program = device_program(config, data.train, plan, mesh, make_step, steps_per_call)
     return compile_program(program, state, make_evaluators(config, data, mesh))

@@ -230,8 +230,10 @@ def train_step(state: TrainState, batch: dict, settings: TrainSettings,
         new_state = new_state.replace(ema=update_ema(
             state.ema, new_state.params, new_state.batch_stats, settings.ema_decay))
     guard = opt_state.nonfinite_guard(new_state.opt_state)
-    if guard is not None:  # training.nonfinite='skip'
+    if guard is not None:  # training.nonfinite='skip': the step and the counters after it
         metrics["skipped"] = jnp.logical_not(guard.last_finite)
+        metrics["skipped_in_a_row"] = guard.notfinite_count
+        metrics["skipped_steps"] = guard.total_notfinite
         new_state = keep_if_skipped(state, new_state, metrics["skipped"])
     return new_state, metrics
 

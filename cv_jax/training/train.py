@@ -149,10 +149,11 @@ def measure_timings(config: mlc.ConfigDict, data: Datasets, mesh: jax.sharding.M
     """What a run of ``config`` costs here (cv_jax.training.time_budget): its train step compiled
     and timed (the median of at least ``min_steps`` steps and ``min_seconds``, after two untimed
     ones) from a throwaway initial state, and one batch of each evaluation set, timed after an
-    untimed one, times its batches."""
+    untimed one, times its batches. The steps are timed one per call (with
+    ``training.steps_per_call`` > 1 the run may take them faster)."""
     plan = Plan.from_config(config, len(data.train))
     settings, state = setup.initial_state(config, data.train, plan, mesh)
-    compiled = setup.compile_run(config, data, plan, mesh, settings, state)
+    compiled = setup.compile_run(config, data, plan, mesh, settings, state, steps_per_call=1)
     evaluation = 0.0
     for evaluator in compiled.evaluators.values():
         times = []

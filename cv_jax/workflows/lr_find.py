@@ -22,6 +22,7 @@ and decay, the suggestion is a candidate for ``optimizer.learning_rate`` (the pe
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -125,9 +126,11 @@ def lr_find(config: mlc.ConfigDict, num_steps: int = 100, min_lr: float = 1e-7,
     tx = chain.create_optimizer(config, schedule)
     settings = setup.step_settings(config, data.train, plan, schedule)
     state = setup.build_state(config, data.train, settings, tx, mesh)
-    step = setup.make_train_step(settings, config.training.batch_size, mesh)
-    program = setup.compile_program(setup.device_program(config, data.train, plan, mesh, step),
-                                    state).program
+    make_step = functools.partial(setup.make_train_step, settings, config.training.batch_size,
+                                  mesh)
+    program = setup.compile_program(  # the test records every step: one step per call
+        setup.device_program(config, data.train, plan, mesh, make_step, steps_per_call=1),
+        state).program
     test = RangeTest(schedule, num_steps, stop_factor, beta)
     run(program, state, 0, num_steps, [test])
     lrs, raw, smoothed, stopped = test.lrs, test.raw, test.smoothed, test.stopped

@@ -35,7 +35,7 @@ import ml_collections as mlc
 from cv_jax.analysis.sweep_definition import check_key, point_name, short_keys
 from cv_jax.config import ConfigError, lookup, validate
 from cv_jax.data.dataset import ArrayDataset
-from cv_jax.training import setup, sharding
+from cv_jax.training import setup
 from cv_jax.training.plan import Plan
 
 MODES = ("vmap", "unroll")
@@ -187,19 +187,20 @@ def _where(error: BaseException) -> str:
 
 def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str],
                          data: ArrayDataset, plan: Plan, mesh: jax.sharding.Mesh,
-                         mode: str = "vmap", own_orders: bool = False):
+                         mode: str = "vmap", own_orders: bool = False,
+                         steps_per_call: int = 1):
     """One jitted step of every member (``configs``, which differ in seed and the ``varied``
     keys): ``(stacked state, images, labels, permutation, index, teacher) -> (state,
-    metrics)``. The training set, permutation, batch index (so the batch) and the distillation
-    teacher are shared; with ``own_orders`` the permutation is one row per member ([members,
-    n] indices into the training set), so each member draws its own batch (bootstrap samples).
+    metrics)``; with ``steps_per_call`` > 1, that many steps per call (``setup.jit_steps``). The
+    training set, permutation, batch index (so the batch) and the distillation teacher are
+    shared; with ``own_orders`` the permutation is one row per member ([members, n] indices
+    into the training set), so each member draws its own batch (bootstrap samples).
 
     ``vmap``: one step traced from the first config with the varied keys as traced values,
     vmapped over the member axis. ``unroll``: each member's step built from its own config,
     repeated once per member in one program (XLA:CPU lowers a vmapped convolution to a grouped
     one, far slower than separate ones).
     """
-    repl = sharding.replicated(mesh)
     if mode == "unroll":
         singles = [_step_of(c, data, plan, mesh) for c in configs]
 
@@ -226,4 +227,4 @@ def make_vectorized_step(configs: Sequence[mlc.ConfigDict], varied: Sequence[str
                     f"the train step branches on the value of one of {', '.join(varied)} (at "
                     f"{_where(e)}), so it cannot vary inside one vmapped step; use "
                     "--mode=unroll (one copy of the step per member) or separate runs") from e
-    return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+    return setup.jit_steps(step, mesh, steps_per_call)

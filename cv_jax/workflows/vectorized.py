@@ -267,9 +267,12 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
                  "".join(f", {k} {list(v)}" for k, v in vary.items()),
                  len(data.train), len(data.test), plan.total_steps,
                  plan.steps_per_epoch, sharding.describe_devices(mesh))
-        step = make_vectorized_step([m.config for m in members], list(vary), data.train, plan,
-                                    mesh, mode, own_orders=orders is not None)
-        program = setup.device_program(lead, data.train, plan, mesh, step)
+        def make_step(steps_per_call: int):
+            return make_vectorized_step([m.config for m in members], list(vary), data.train,
+                                        plan, mesh, mode, own_orders=orders is not None,
+                                        steps_per_call=steps_per_call)
+
+        program = setup.device_program(lead, data.train, plan, mesh, make_step)
         if orders is not None:
             program = dataclasses.replace(
                 program, permute=through_samples(program.permute, orders, mesh))

@@ -28,24 +28,44 @@ class State:
     lr_scale: float = 1.0  # what a reduce-on-plateau update changes
 
 
-def program(steps_per_epoch: int, calls: list | None = None,
-            permuted: list | None = None) -> Program:
+def program(steps_per_epoch: int, calls: list | None = None, permuted: list | None = None,
+            steps_per_call: int = 1, lengths: list | None = None, metric=None) -> Program:
     """A program whose step appends ``(permutation, index)`` to ``calls`` and whose loss is the
-    step's number; ``permute`` appends the epochs it is asked for to ``permuted``."""
+    step's number; ``permute`` appends the epochs it is asked for to ``permuted``. With
+    ``steps_per_call`` > 1 it has ``train_steps`` too, their metrics stacked; each call appends
+    its steps to ``lengths``. ``metric(value, step)`` makes a metric of a step."""
 
-    def train_step(state, images, labels, permutation, index, teacher):
+    def one(state, permutation, index):
         if calls is not None:
             calls.append((permutation, index))
         new = dataclasses.replace(state, step=state.step + 1)
-        return new, {"loss": np.float32(new.step), "accuracy": np.float32(index / 8),
-                     "learning_rate": np.float32(0.1), "grad_norm": np.float32(1.0)}
+        values = {"loss": new.step, "accuracy": index / 8, "learning_rate": 0.1,
+                  "grad_norm": 1.0}
+        make = metric or (lambda value, step: np.float32(value))
+        return new, {k: make(v, new.step) for k, v in values.items()}
+
+    def train_step(state, images, labels, permutation, index, teacher):
+        if lengths is not None:
+            lengths.append(1)
+        return one(state, permutation, index)
+
+    def train_steps(state, images, labels, permutation, index, teacher):
+        if lengths is not None:
+            lengths.append(steps_per_call)
+        metrics = []
+        for i in range(steps_per_call):
+            state, m = one(state, permutation, index + i)
+            metrics.append(m)
+        return state, {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}
 
     def permute(epoch):
         if permuted is not None:
             permuted.append(epoch)
         return f"epoch {epoch}"
 
-    return Program(train_step, None, None, permute, steps_per_epoch)
+    return Program(train_step, None, None, permute, steps_per_epoch,
+                   steps_per_call=steps_per_call,
+                   train_steps=train_steps if steps_per_call > 1 else None)
 
 
 class Every(Hook):
@@ -56,6 +76,9 @@ class Every(Hook):
 
     def due(self, loop: Loop) -> bool:
         return loop.step % self.n == 0
+
+    def next_due(self, loop: Loop) -> int:
+        return (loop.step // self.n + 1) * self.n
 
     def act(self, loop: Loop) -> None:
         self.steps.append(loop.step)
@@ -87,6 +110,35 @@ def test_a_loop_given_a_stop_takes_no_step():
     loop = run(program(4, calls), State(step=6), 6, 10, [hook], stop="early stopping")
     assert (loop.step, loop.state.step, loop.stop) == (6, 6, "early stopping")
     assert calls == [] and hook.steps == []
+
+
+def test_calls_of_several_steps_start_at_multiples_and_end_short_of_hooks_and_epochs():
+    calls, lengths, every5 = [], [], Every(5)
+    loop = run(program(12, calls, steps_per_call=3, lengths=lengths), State(), 0, 18, [every5])
+    # 3 steps from 0, 6, 12 and 15; single steps up to 5 and 10 (the hook), then up to the
+    # next multiple of 3; 12 ends an epoch
+    assert lengths == [3, 1, 1, 1, 3, 1, 1, 1, 3, 3]
+    assert calls == [(f"epoch {s // 12}", s % 12) for s in range(18)]
+    assert every5.steps == [5, 10, 15] and loop.state.step == 18
+    lengths = []
+    run(program(8, steps_per_call=3, lengths=lengths), State(), 0, 9, [])
+    assert lengths == [3, 3, 1, 1, 1]  # 6 + 3 would pass the epoch's end at 8
+
+
+class Silent(Hook):
+    """Acts every 4 steps without saying so ahead (no ``next_due``)."""
+
+    def due(self, loop: Loop) -> bool:
+        return loop.step % 4 == 0
+
+    def act(self, loop: Loop) -> None:
+        pass
+
+
+def test_a_hook_that_does_not_say_when_it_acts_gets_single_steps():
+    lengths = []
+    run(program(8, steps_per_call=3, lengths=lengths), State(), 0, 6, [Every(2), Silent()])
+    assert lengths == [1] * 6
 
 
 def test_a_loop_resumed_from_a_middle_step_takes_the_same_batches():
@@ -154,12 +206,14 @@ def config():
     return config
 
 
-def train(start: int = 0):
-    """``train_runs`` of a run alone on the stand-in program, from the state after ``start``
-    steps; returns it with the run's writer and checkpoints."""
+def train(start: int = 0, steps_per_call: int = 1, plan: Plan = PLAN, **kwargs):
+    """``train_runs`` of a run alone on the stand-in program (``kwargs``: of ``program``), from
+    the state after ``start`` steps; returns it with the run's writer and checkpoints."""
     writer, ckpt = Writer(), Checkpoints()
     runs = hooks.Runs.alone(hooks.Output(config(), ckpt, writer))
-    trained = hooks.train_runs(program(4), State(step=start), start, config(), PLAN, runs,
+    trained = hooks.train_runs(program(plan.steps_per_epoch, steps_per_call=steps_per_call,
+                                       **kwargs),
+                               State(step=start), start, config(), plan, runs,
                                {"test": evaluate}, {})
     return trained, writer, ckpt
 
@@ -238,3 +292,62 @@ def test_a_run_resumed_from_a_checkpoint_logs_the_records_of_the_run_in_one_go()
         after = [r for r in straight.records if r["step"] > checkpoint]
         assert untimed(resumed.records) == untimed(after), checkpoint
         assert [s for s, _, _ in saved.saved] == [s for s in (4, 6, 8, 12) if s > checkpoint]
+
+
+LONGER = Plan(steps_per_epoch=8, total_steps=40, eval_every_steps=16, checkpoint_every_steps=6)
+
+
+def test_several_steps_per_call_record_evaluate_and_save_at_the_steps_of_one():
+    """Records every 5 steps, evaluations at 16, 32 and 40, checkpoints every 6: none a
+    multiple of 3; also from each checkpoint, resumed."""
+    for start in (0, 12, 16, 30):
+        _, one, one_saved = train(start, plan=LONGER)
+        lengths = []
+        _, several, saved = train(start, steps_per_call=3, plan=LONGER, lengths=lengths)
+        assert 3 in lengths and sum(lengths) == 40 - start
+        assert untimed(several.records) == untimed(one.records), start
+        assert saved.saved == one_saved.saved, start
+
+
+class Fetched:
+    """A metric on a stand-in device: notes, when it is read, its step and the steps the loop
+    has dispatched by then."""
+
+    dispatched = 0
+
+    def __init__(self, value, step: int, reads: list):
+        self.value, self.step, self.reads = value, step, reads
+        Fetched.dispatched = max(Fetched.dispatched, step)
+
+    def __array__(self, dtype=None, copy=None):
+        self.reads.append((self.step, Fetched.dispatched))
+        return np.asarray(self.value, np.float32)
+
+
+def test_a_record_is_fetched_only_once_later_steps_are_dispatched():
+    """Records every 5 steps; the run's only checkpoint (evaluation) is at its end, step 12."""
+    reads = []
+    Fetched.dispatched = 0
+    plan = Plan(steps_per_epoch=4, total_steps=12, eval_every_steps=12)
+    _, writer, _ = train(plan=plan, metric=lambda value, step: Fetched(value, step, reads))
+    assert writer.steps("train") == [5, 10, 12]
+    fetched_at = {}
+    for step, dispatched in reads:
+        fetched_at.setdefault(step, set()).add(dispatched)
+    # steps 1-5 (the record at 5) are read once step 10 is dispatched, steps 6-10 at the end
+    assert fetched_at == {**dict.fromkeys(range(1, 6), {10}),
+                          **dict.fromkeys(range(6, 13), {12})}
+    losses = [r["loss"] for r in writer.records if r["split"] == "train"]
+    assert losses == [3.0, 8.0, 11.5]
+
+
+def test_flush_writes_the_record_not_yet_fetched_when_a_hook_ends_the_loop():
+    """A hook ends the loop between checkpoints: ``train_runs`` flushes the last record."""
+    writer, ckpt = Writer(), Checkpoints()
+    runs = hooks.Runs.alone(hooks.Output(config(), ckpt, writer))
+    created = hooks.RunHooks.create(config(), PLAN, runs, {"test": evaluate}, {},
+                                    Progress(PLAN.total_steps, 0, 8), Requests(at=100))
+    loop = run(program(4), State(), 0, 12, [created.records, Every(5, stop_at=5)])
+    assert loop.step == 5 and writer.steps("train") == [4]
+    created.records.flush()
+    assert writer.steps("train") == [4, 5]

@@ -158,6 +158,29 @@ def test_skip_stops_after_max_consecutive_skips() -> None:
         divergence.train_summary(history[:1], guarded(3, 3), 6, config, FakeCheckpoints(None))
 
 
+def test_the_skip_counters_come_from_the_last_steps_metrics() -> None:
+    """As the train step reports them, so a record needs no state (it is fetched later)."""
+    config = base_config()
+    config.training.max_consecutive_skips = 2
+    history = [record(loss=1.0, skipped=False) | {"skipped_in_a_row": np.int32(0),
+                                                   "skipped_steps": np.int32(3)},
+               record(loss=np.nan, skipped=True) | {"skipped_in_a_row": np.int32(1),
+                                                     "skipped_steps": np.int32(4)}]
+    summary = divergence.train_summary(history, None, 8, config, FakeCheckpoints(None))
+    assert summary == {"loss": 1.0, "accuracy": 0.5, "learning_rate": pytest.approx(0.1),
+                       "grad_norm": 2.0, "skipped_steps": 4}
+    history.append(record(loss=np.nan, skipped=True) | {"skipped_in_a_row": np.int32(2),
+                                                         "skipped_steps": np.int32(5)})
+    with pytest.raises(divergence.TrainingDiverged, match=r"^the last 2 steps up to step 9 "):
+        divergence.train_summary(history, None, 9, config, FakeCheckpoints(None))
+
+
+def test_the_train_step_reports_the_skip_counters() -> None:
+    _, metrics = step_fn(std=0.0)(fresh_state(), BATCH)
+    assert (bool(metrics["skipped"]), int(metrics["skipped_in_a_row"]),
+            int(metrics["skipped_steps"])) == (True, 1, 1)
+
+
 # --- through train_and_evaluate -------------------------------------------------------------
 
 BAD_STEP = 3

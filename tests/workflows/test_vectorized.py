@@ -104,6 +104,19 @@ def test_unrolled_members_equal_separate_runs(separate, tiny_folder, cache_dir, 
     assert_members_match(str(tmp_path), results, separate, test)
 
 
+def test_members_trained_three_steps_per_call_equal_separate_runs(separate, tiny_folder,
+                                                                  cache_dir, tmp_path):
+    """Evaluated and logged every 3 steps: every call takes 3 steps (a scan of the vmapped
+    step)."""
+    config = tiny(tiny_folder, cache_dir)
+    config.training.update(steps_per_call=3, log_every_steps=3)
+    results = vectorized.train_seeds(config, str(tmp_path), SEEDS)
+    test = datasets.load_datasets(config).test
+    assert_members_match(str(tmp_path), results, separate, test)
+    records = curves.read_metrics(members.member_dir(str(tmp_path), SEEDS[0]))
+    assert [r["step"] for r in records if r["split"] == "train"] == [3, 6, 9, 12]
+
+
 def test_each_member_is_a_complete_run(vmapped, separate):
     workdir, _, results = vmapped
     single_keys = set(separate[SEEDS[0]][1])
