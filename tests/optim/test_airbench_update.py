@@ -148,8 +148,8 @@ def test_headline_trains_exactly_as_airbench94():
     mesh = setup.make_mesh(config)
     plan = Plan.from_config(config, NUM_TRAIN)
     settings, state = setup.initial_state(config, train, plan, mesh)
-    program = setup.device_program(config, train, plan, mesh,
-                                   setup.make_train_step(settings, BATCH, mesh))
+    program = setup.device_program(
+        config, train, plan, mesh, lambda k: setup.make_train_step(settings, BATCH, mesh, k))
     ref_params, ref_stats = _airbench94(config, state, train.images, train.labels,
                                         program.permute, plan)
     start = {path: np.asarray(value) for path, value in _paths(state.params)}
