@@ -1,0 +1,117 @@
+"""The `headline` recipe and airbench94 side by side, on the same data and machine.
+
+    # cv_jax: the headline recipe in float32, one workdir per seed (a stopped seed resumes)
+    python experiments/airbench94/side_by_side.py train --seeds=0,1,2 --root=runs/airbench94
+    # the table: cv_jax's results.json files and airbench94's printed logs (one file per seed,
+    # named *seed<k>*.txt, in --airbench_logs)
+    python experiments/airbench94/side_by_side.py report --root=runs/airbench94 \
+        --airbench_logs=PATH --out=experiments/airbench94/RESULTS.md
+
+How airbench94 is run for the comparison is in this folder's README.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_enum("command", None, ["train", "report"], "What to do (or the first argument).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the cv_jax runs.")
+flags.DEFINE_string("root", "runs/airbench94", "Folder of the cv_jax runs (seed_<k>/).")
+flags.DEFINE_string("airbench_logs", "", "Folder of airbench94's logs, *seed<k>*.txt.")
+flags.DEFINE_string("out", "", "Where to write the markdown table ('' = print it).")
+FLAGS = flags.FLAGS
+
+EPOCHS, BATCH, TRAIN_IMAGES = 9.9, 1024, 50_000
+STEPS = math.ceil(TRAIN_IMAGES // BATCH * EPOCHS)  # 476, airbench94's total_train_steps
+# airbench94 prints one row per epoch and a last row with epoch 'eval':
+# | run | epoch | train_loss | train_acc | val_acc | tta_val_acc | total_time_seconds |
+_ROW = re.compile(r"^\|\s*(\S*)\s*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S*)\s*\|"
+                  r"\s*(\S*)\s*\|\s*(\S+)\s*\|$")
+
+
+def train(seeds: list[int], root: str) -> None:
+    """Trains (or resumes) the headline recipe in float32 for each seed, one after another,
+    with a checkpoint every epoch (48 steps)."""
+    for seed in seeds:
+        subprocess.run([sys.executable, "-m", "cv_jax.main",
+                        f"--config=configs/cifar10.py:headline,dtype=float32,seed={seed}",
+                        f"--workdir={os.path.join(root, f'seed_{seed}')}",
+                        "--config.training.checkpoint_every_steps=48"], check=True)
+
+
+def airbench_result(path: str) -> dict:
+    """Test accuracy (TTA and last epoch without), and timed seconds from an airbench94 log."""
+    rows = [m.groups() for m in map(_ROW.match, open(path).read().splitlines()) if m]
+    final = [r for r in rows if r[1] == "eval"]
+    if not final:
+        raise ValueError(f"{path}: no final 'eval' row: the run did not finish")
+    epochs = [r for r in rows if r[1].isdigit()]
+    return {"test_accuracy": float(final[-1][5]), "no_tta_accuracy": float(epochs[-1][4]),
+            "seconds": float(final[-1][6])}
+
+
+def cv_jax_result(workdir: str) -> dict:
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    return {"test_accuracy": results["test_accuracy"], "seconds": results["train_time_s"],
+            "steps": results["steps"]}
+
+
+def _stats(values: list[float]) -> str:
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return f"{mean:.2%} (n=1)"
+    std = float(np.std(values, ddof=1))
+    return f"{mean:.2%} ± {std:.2%} (n={len(values)}, standard error {std / len(values)**0.5:.2%})"
+
+
+def report(root: str, airbench_logs: str) -> str:
+    ours = {int(os.path.basename(p).split("_")[1]): cv_jax_result(p)
+            for p in sorted(glob.glob(os.path.join(root, "seed_*")))
+            if os.path.exists(os.path.join(p, "results.json"))}
+    theirs = {}
+    for path in sorted(glob.glob(os.path.join(airbench_logs, "*seed*.txt"))):
+        seed = int(re.search(r"seed(\d+)", os.path.basename(path)).group(1))
+        try:
+            theirs[seed] = airbench_result(path)
+        except ValueError:
+            continue
+    lines = ["| system | seed | test accuracy (TTA) | timed s | training images/s |",
+             "|---|---|---|---|---|"]
+    for name, runs in (("cv_jax headline", ours), ("airbench94", theirs)):
+        for seed, r in sorted(runs.items()):
+            rate = STEPS * BATCH / r["seconds"]
+            lines.append(f"| {name} | {seed} | {r['test_accuracy']:.2%} | {r['seconds']:.0f} | "
+                         f"{rate:.0f} |")
+    lines.append("")
+    for name, runs in (("cv_jax headline", ours), ("airbench94", theirs)):
+        if runs:
+            lines.append(f"- {name}: {_stats([r['test_accuracy'] for r in runs.values()])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    command = FLAGS.command or (argv[1] if len(argv) > 1 else None)
+    if command == "train":
+        train([int(s) for s in FLAGS.seeds], FLAGS.root)
+    elif command == "report":
+        text = report(FLAGS.root, FLAGS.airbench_logs)
+        if FLAGS.out:
+            with open(FLAGS.out, "w") as f:
+                f.write(text + "\n")
+        print(text)
+    else:
+        raise app.UsageError("say train or report")
+
+
+if __name__ == "__main__":
+    app.run(main)
