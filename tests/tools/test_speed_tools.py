@@ -1,5 +1,6 @@
 """The benchmark and speed-run tools: what they compute, not how fast anything is."""
 
+import importlib.util
 import os
 
 import jax
@@ -22,7 +23,7 @@ def flax_parameter_count(name: str) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet18_cifar", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet18_cifar", "resnet50", "lenet5"])
 def test_torch_reference_has_the_same_parameter_count(name):
     torch_reference = pytest.importorskip("cv_jax.tools.torch_reference")
     assert torch_reference.parameter_count(
@@ -59,6 +60,20 @@ def test_rows_compute_rates_mfu_and_ratio_text():
     row["ratio"] = 1.25
     table = bench.format_table([row])
     assert "| 512 | 500.0 | 2000.0 | 50.0% | 3 | 1.25 |" in table
+
+
+def test_bench_times_each_side_in_a_process_of_its_own():
+    has_torch = importlib.util.find_spec("torch") is not None
+    rows = bench.compare(["lenet5"], batch_size=8, dtype="float32", steps=2, warmup=1,
+                         torch=has_torch)
+    assert [r["framework"] for r in rows] == ["cv_jax"] + ["pytorch"] * has_torch
+    assert all(r["images_per_sec"] > 0 and r["parameters"] == 62006 for r in rows)
+    if has_torch:
+        assert rows[0]["ratio"] == pytest.approx(
+            rows[0]["images_per_sec"] / rows[1]["images_per_sec"])
+    assert bench.worker_env("jax")["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert (bench.worker_env("torch").get("XLA_PYTHON_CLIENT_PREALLOCATE")
+            == os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
 
 
 def test_peak_flops_known_gpus_and_override():
