@@ -214,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if missing:
-        print(f"missing Python packages: {', '.join(missing)}; on a machine without them, "
-              "install the wheels of `make gpu-wheels` first (docs/speed.md)", file=sys.stderr)
+        hint = ("install the wheels of `make gpu-wheels` (docs/speed.md)"
+                if set(missing) <= {"ml_collections", "tensorboardX"} else
+                "run it with a Python that has cv_jax's dependencies (make install)")
+        print(f"missing Python packages: {', '.join(missing)}; {hint}", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))
     from cv_jax.runtime import cpu_defaults
