@@ -150,3 +150,31 @@ bench: install
 speedrun: install
 	$(PY) -m cv_jax.tools.speedrun --config=$(SPEEDRUN_CONFIG) --seeds=$(SEEDS) \
 		--workdir=$(if $(filter file,$(origin WORKDIR)),runs/speedrun,$(WORKDIR))
+
+# The GPU check (benchmarks/gpu_check.py; docs/speed.md): the headline speed run over as many
+# seeds as fit, ResNet-50 bf16 against PyTorch, 1/4/8 vectorised seeds, in one results file.
+# A GPU machine that has JAX, flax, optax, orbax-checkpoint and torch but no internet gets the
+# rest as wheels (make gpu-wheels: .whl/, Python 3.12) and CIFAR-10 in data/ (make gpu-data);
+# both folders are ignored by git, so carry them there. Then, on that machine:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   PYTHONPATH=/tmp/site python3 benchmarks/gpu_check.py --data=data --out=$OUT/gpu_check.json
+# (or make gpu-check GPU_CHECK_OUT=...). Here, `make gpu-check GPU_CHECK_FLAGS=--dry_run` runs
+# it at tiny sizes on the CPU.
+.PHONY: gpu-check gpu-wheels gpu-data
+GPU_WHEELS ?= ml_collections==1.1.0 tensorboardX==2.6.5
+CIFAR10_TARBALL ?= ../shared/data/cifar10-jpeg.tar.gz
+GPU_CHECK_OUT ?= runs/gpu_check/gpu_check.json
+GPU_CHECK_FLAGS ?=
+SOME_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:
+	$(SOME_PY) benchmarks/gpu_check.py $(if $(filter --dry_run,$(GPU_CHECK_FLAGS)),,--data=data) \
+		--out=$(GPU_CHECK_OUT) $(GPU_CHECK_FLAGS)
+
+gpu-wheels:
+	$(SOME_PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
+gpu-data:
+	mkdir -p data && cp $(CIFAR10_TARBALL) data/

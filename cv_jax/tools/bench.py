@@ -1,24 +1,32 @@
 """Training throughput of cv_jax's train step, side by side with PyTorch on the same machine.
 
     python -m cv_jax.tools.bench [--models=resnet20,resnet18_cifar] [--batch_size=128]
-        [--dtype=float32|bfloat16] [--steps=20] [--torch] [--torch_compile] [--json=FILE]
+        [--dtype=float32|bfloat16] [--steps=20] [--warmup=3] [--torch] [--torch_compile]
+        [--json=FILE]
 
 For each model, the jitted ``setup.make_train_step`` of a plain SGD recipe (Nesterov momentum,
 weight decay, no augmentation, so both sides do the same work) runs on device-resident
 synthetic images of the model's design size (32x32 or 224x224); with ``--torch`` the PyTorch
 counterpart from ``cv_jax.tools.torch_reference`` runs next (channels_last, bf16 autocast when
-``--dtype=bfloat16``, ``torch.compile`` with ``--torch_compile``). One row per side: images/s,
-milliseconds per step (median over ``--steps`` after compile and warm-up), the step's FLOPs as
-XLA counts them in the unoptimised step without cv_jax's CPU formulations (XLA cannot count
-inside cv_jax's CPU kernels), MFU against the device's peak (``--peak_tflops``, or a known
-GPU's dense peak), peak memory, and the ratio cv_jax / PyTorch. Throughput is measured here,
-never in a timed unit test.
+``--dtype=bfloat16``, ``torch.compile`` with ``--torch_compile``). Each side runs in a process
+of its own (``--worker=jax``; ``python -m cv_jax.tools.torch_reference``), the JAX one with
+``XLA_PYTHON_CLIENT_PREALLOCATE=false``, so the two never share a device's memory. Each
+compiles, runs ``--warmup`` untimed steps, then times ``--steps`` steps with one
+synchronisation at the end. One row per side: images/s, milliseconds per step (the timed
+stretch over the steps), the step's FLOPs as XLA counts them in the unoptimised step without
+cv_jax's CPU formulations (XLA cannot count inside cv_jax's CPU kernels), MFU against the
+device's peak (``--peak_tflops``, or a known GPU's dense peak), peak memory, and the ratio
+cv_jax / PyTorch. Throughput is measured here, never in a timed unit test.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -88,7 +96,9 @@ def _flops(lowered, num_devices: int) -> float | None:
 
 def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: int = 3,
                   cpu_formulations: str = "auto") -> dict[str, Any]:
-    """Median seconds per cv_jax train step of ``model``, with its FLOPs, memory, parameters."""
+    """Seconds per cv_jax train step of ``model`` (``steps`` steps timed with one
+    synchronisation at the end, after ``warmup`` untimed ones), with its FLOPs, memory and
+    parameters."""
     config = sgd_config(model, batch_size, dtype, cpu_formulations)
     mesh = sharding.make_mesh(config.training.num_devices)
     data = synthetic_train_set(batch_size * 2, models.default_input_shape(model))
@@ -104,14 +114,16 @@ def time_jax_step(model: str, batch_size: int, dtype: str, steps: int, warmup: i
     plain = state.replace(apply_fn=runs.build_model(config, len(data.class_names)).apply)
     flops = _flops(setup.make_train_step(settings, batch_size, mesh).lower(
         plain, images, labels, permutation, 0), mesh.devices.size)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        state, metrics = step(state, images, labels, permutation, i % 2)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
+    for i in range(warmup):
+        state, _ = step(state, images, labels, permutation, i % 2)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for i in range(steps):
+        state, _ = step(state, images, labels, permutation, i % 2)
+    jax.block_until_ready(state)
+    seconds = (time.perf_counter() - start) / steps
     device = mesh.devices.flatten()[0]
-    return {"seconds": float(np.median(times[warmup:])), "flops": flops,
+    return {"seconds": seconds, "flops": flops,
             "peak_bytes": _memory_bytes(step), "compile_s": compile_time,
             "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
             "device": f"{mesh.devices.size} x {device.device_kind}", "version": jax.__version__}
@@ -162,6 +174,55 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def worker_env(framework: str) -> dict[str, str]:
+    """A side's environment: this one, cv_jax importable, and for JAX no preallocation."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(models.__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    if framework == "jax":
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    return env
+
+
+def run_worker(framework: str, args: list[str]) -> dict[str, Any]:
+    """Runs one side's timing in a new process (``framework``: jax or torch); its result."""
+    module = "cv_jax.tools.bench" if framework == "jax" else "cv_jax.tools.torch_reference"
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "result.json")
+        subprocess.run([sys.executable, "-m", module, *args, f"--json={out}"], check=True,
+                       env=worker_env(framework))
+        with open(out) as f:
+            return json.load(f)
+
+
+def compare(model_names: list[str], batch_size: int, dtype: str, steps: int, warmup: int = 3,
+            torch: bool = True, torch_compile: bool = False, channels_last: bool = True,
+            peak_tflops: float = 0.0, cpu_formulations: str = "auto") -> list[dict[str, Any]]:
+    """The table's rows: for each model cv_jax's and (with ``torch``) PyTorch's, each timed in
+    a process of its own; cv_jax's row has the ``ratio`` of the images/s."""
+    rows = []
+    for model in model_names:
+        image = models.default_input_shape(model)
+        result = run_worker("jax", [
+            "--worker=jax", f"--models={model}", f"--batch_size={batch_size}", f"--dtype={dtype}",
+            f"--steps={steps}", f"--warmup={warmup}", f"--cpu_formulations={cpu_formulations}"])
+        peak = peak_flops(result["device"], dtype, peak_tflops)
+        ours = row("cv_jax", model, batch_size, image, dtype, result, peak)
+        rows.append(ours)
+        if torch:
+            theirs = run_worker("torch", [
+                f"--model={model}", f"--batch_size={batch_size}",
+                f"--image={','.join(map(str, image))}", f"--steps={steps}", f"--warmup={warmup}",
+                *(["--bf16"] if dtype == "bfloat16" else []),
+                *(["--compile"] if torch_compile else []),
+                "--channels_last" if channels_last else "--no-channels_last"])
+            theirs["flops"] = ours["gflops_per_step"] and ours["gflops_per_step"] * 1e9
+            name = "pytorch" + (" compiled" if torch_compile else "")
+            rows.append(row(name, model, batch_size, image, dtype, theirs, peak))
+            ours["ratio"] = ours["images_per_sec"] / rows[-1]["images_per_sec"]
+    return rows
+
+
 FLAGS = flags.FLAGS
 
 
@@ -169,7 +230,8 @@ def define_flags() -> None:
     flags.DEFINE_list("models", ["resnet20"], "cv_jax model names (python -m cv_jax.models).")
     flags.DEFINE_integer("batch_size", 128, "Global batch size.")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-    flags.DEFINE_integer("steps", 20, "Timed steps per row (after compile and 3 warm-up steps).")
+    flags.DEFINE_integer("steps", 20, "Timed steps per row (one synchronisation at the end).")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
     flags.DEFINE_bool("torch", False, "Also time the PyTorch counterpart of each model.")
     flags.DEFINE_bool("torch_compile", False, "torch.compile the PyTorch step.")
     flags.DEFINE_bool("channels_last", True, "PyTorch in channels_last memory format.")
@@ -177,31 +239,25 @@ def define_flags() -> None:
     flags.DEFINE_string("json", "", "Also write the rows to this JSON file.")
     flags.DEFINE_enum("cpu_formulations", "auto", ["auto", "on", "off"],
                       "config.training.cpu_formulations of the cv_jax step.")
+    flags.DEFINE_enum("worker", "", ["", "jax"], "Internal: time the one model of --models "
+                      "in this process and write the result to --json.")
+
 
 def main(argv):
     del argv
-    device = jax.devices()[0]
-    peak = peak_flops(device.device_kind, FLAGS.dtype, FLAGS.peak_tflops)
-    rows = []
-    for model in FLAGS.models:
-        image = models.default_input_shape(model)
-        ours = row("cv_jax", model, FLAGS.batch_size, image, FLAGS.dtype,
-                   time_jax_step(model, FLAGS.batch_size, FLAGS.dtype, FLAGS.steps,
-                                 cpu_formulations=FLAGS.cpu_formulations), peak)
-        rows.append(ours)
-        if FLAGS.torch:
-            from cv_jax.tools import torch_reference
-
-            theirs = torch_reference.time_train_step(
-                model, FLAGS.batch_size, image, bf16=FLAGS.dtype == "bfloat16",
-                channels_last=FLAGS.channels_last, compile=FLAGS.torch_compile,
-                steps=FLAGS.steps)
-            theirs["flops"] = ours["gflops_per_step"] and ours["gflops_per_step"] * 1e9
-            name = "pytorch" + (" compiled" if FLAGS.torch_compile else "")
-            rows.append(row(name, model, FLAGS.batch_size, image, FLAGS.dtype, theirs, peak))
-            ours["ratio"] = ours["images_per_sec"] / rows[-1]["images_per_sec"]
+    if FLAGS.worker:
+        (model,) = FLAGS.models
+        result = time_jax_step(model, FLAGS.batch_size, FLAGS.dtype, FLAGS.steps,
+                               FLAGS.warmup, FLAGS.cpu_formulations)
+        with open(FLAGS.json, "w") as f:
+            json.dump(result, f)
+        return
+    rows = compare(FLAGS.models, FLAGS.batch_size, FLAGS.dtype, FLAGS.steps, FLAGS.warmup,
+                   FLAGS.torch, FLAGS.torch_compile, FLAGS.channels_last, FLAGS.peak_tflops,
+                   FLAGS.cpu_formulations)
     print(f"{time.strftime('%Y-%m-%d')}, python {platform.python_version()}, "
-          f"{platform.processor() or platform.machine()}; median of {FLAGS.steps} steps")
+          f"{platform.processor() or platform.machine()}; {FLAGS.steps} steps after "
+          f"{FLAGS.warmup} warm-up steps, one synchronisation")
     print(format_table(rows))
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:

@@ -1,18 +1,22 @@
-"""PyTorch counterparts of cv_jax's ResNets, for side-by-side throughput (``cv_jax.tools.bench``).
+"""PyTorch counterparts of cv_jax's ResNets and LeNet-5, for side-by-side throughput
+(``cv_jax.tools.bench``, which runs ``python -m cv_jax.tools.torch_reference`` in a process of
+its own).
 
 The ImageNet ResNets are torchvision's; ``resnetN_cifar`` is torchvision's ResNet with the
 CIFAR stem cv_jax uses (3x3 stride-1 conv, no max-pool); ``resnet20/32/44/56/110`` are He et
-al.'s CIFAR ResNets with the parameter-free option-A shortcut, as in cv_jax.models.resnet_cifar.
-The train step is the usual eager loop (or ``torch.compile``d): SGD with Nesterov momentum and
-weight decay on the cross-entropy, optionally channels_last and bf16 autocast.
+al.'s CIFAR ResNets with the parameter-free option-A shortcut, as in cv_jax.models.resnet_cifar;
+``lenet5`` is cv_jax.models.lenet's. The train step is the usual eager loop (or
+``torch.compile``d): SGD with Nesterov momentum and weight decay on the cross-entropy,
+optionally channels_last and bf16 autocast.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,8 +61,24 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class LeNet5(nn.Module):
+    """cv_jax's lenet5: unpadded 5x5 convs 6/16/120, 2x2 average pools, tanh, dense 84."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(),
+            nn.AvgPool2d(2), nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(), nn.Linear(120, 84),
+            nn.Tanh(), nn.Linear(84, num_classes))
+
+    def forward(self, x):
+        return self.features(x)
+
+
 def create_model(name: str, num_classes: int) -> nn.Module:
     """The PyTorch model matching cv_jax model ``name``; ValueError when there is none."""
+    if name == "lenet5":
+        return LeNet5(num_classes)
     import torchvision
 
     match = re.fullmatch(r"resnet(\d+)(_cifar)?", name)
@@ -71,7 +91,7 @@ def create_model(name: str, num_classes: int) -> nn.Module:
     if match and not match[2] and int(match[1]) in (20, 32, 44, 56, 110):
         return CifarResNet(int(match[1]), num_classes)
     raise ValueError(f"no PyTorch reference for model {name!r}: use resnet18/34/50/101/152, "
-                     "their _cifar variants, or resnet20/32/44/56/110")
+                     "their _cifar variants, resnet20/32/44/56/110 or lenet5")
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -81,8 +101,9 @@ def parameter_count(model: nn.Module) -> int:
 def time_train_step(name: str, batch_size: int, image_shape: tuple[int, int, int], *,
                     num_classes: int = 10, bf16: bool = False, channels_last: bool = True,
                     compile: bool = False, steps: int = 20, warmup: int = 3) -> dict:
-    """Median seconds per SGD step of model ``name`` on synthetic data, its parameter count
-    and the peak CUDA memory (None on CPU)."""
+    """Seconds per SGD step of model ``name`` on synthetic data (``steps`` steps timed with
+    one synchronisation at the end, after ``warmup`` untimed ones), its parameter count and
+    the peak CUDA memory (None on CPU)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = create_model(name, num_classes).to(device)
@@ -115,13 +136,37 @@ def time_train_step(name: str, batch_size: int, image_shape: tuple[int, int, int
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    start = time.perf_counter()
     for _ in range(steps):
-        start = time.perf_counter()
         run()
-        sync()
-        times.append(time.perf_counter() - start)
+    sync()
+    seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return {"seconds": float(np.median(times)), "parameters": parameter_count(model),
+    return {"seconds": seconds, "parameters": parameter_count(model),
             "peak_bytes": peak, "device": torch.cuda.get_device_name() if peak is not None
             else f"cpu ({torch.get_num_threads()} threads)", "version": torch.__version__}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Times one model's step and writes the result to ``--json``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--batch_size", type=int, required=True)
+    parser.add_argument("--image", default="32,32,3", help="height,width,channels")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    result = time_train_step(args.model, args.batch_size,
+                             tuple(int(x) for x in args.image.split(",")), bf16=args.bf16,
+                             channels_last=args.channels_last, compile=args.compile,
+                             steps=args.steps, warmup=args.warmup)
+    with open(args.json, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ import numpy as np
 
 from cv_jax.optim.plateau import plateau_updater
 from cv_jax.training import checkpoint, divergence, evaluation, preemption
+from cv_jax.training.clock import Clock
 from cv_jax.training.early_stopping import EarlyStopping
 from cv_jax.training.loop import Hook, Loop, Program, run
 from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
@@ -174,10 +175,10 @@ def summary(output: Output, history: list[dict], step: int) -> dict:
 class SaveCheckpoints(Hook):
     """Saves each run's checkpoint at the plan's checkpoint steps, at the loop's end and when
     the loop stops. An evaluation saves its step's checkpoint with the metrics (``save``), and
-    a step is saved once."""
+    a step is saved once. Saving is off the run's ``clock``."""
 
-    def __init__(self, runs: Runs, plan: Plan, sig: dict):
-        self.runs, self.plan, self.sig = runs, plan, sig
+    def __init__(self, runs: Runs, plan: Plan, sig: dict, clock: Clock):
+        self.runs, self.plan, self.sig, self.clock = runs, plan, sig, clock
         self.saved_step: int | None = None
 
     def due(self, loop: Loop) -> bool:
@@ -193,8 +194,11 @@ class SaveCheckpoints(Hook):
     def save(self, step: int, states: list[TrainState],
              metrics: list[dict] | None = None) -> None:
         """Saves run i's ``states[i]`` with ``metrics[i]`` (its evaluation) when given."""
-        for i, (output, state) in enumerate(zip(self.runs.outputs, states, strict=True)):
-            output.ckpt.save(step, state, self.sig, metrics=None if metrics is None else metrics[i])
+        jax.block_until_ready(states)  # the steps before it stay on the clock
+        with self.clock.paused():
+            for i, (output, state) in enumerate(zip(self.runs.outputs, states, strict=True)):
+                output.ckpt.save(step, state, self.sig,
+                                 metrics=None if metrics is None else metrics[i])
         self.saved_step = step
 
 
@@ -254,9 +258,9 @@ class RunHooks:
     @classmethod
     def create(cls, config: mlc.ConfigDict, plan: Plan, runs: Runs,
                evaluators: dict[str, evaluation.Evaluator], sig: dict, progress: Progress,
-               requests: preemption.StopRequests, stopper: EarlyStopping | None = None
-               ) -> RunHooks:
-        checkpoints = SaveCheckpoints(runs, plan, sig)
+               requests: preemption.StopRequests, stopper: EarlyStopping | None = None,
+               clock: Clock | None = None) -> RunHooks:
+        checkpoints = SaveCheckpoints(runs, plan, sig, clock or Clock())
         # A train record ends at every checkpoint, so a resumed run logs the same records.
         records = TrainRecords(runs, config.training.log_every_steps, plan.steps_per_epoch,
                                progress, boundary=checkpoints)
@@ -270,44 +274,50 @@ class RunHooks:
 
 @dataclasses.dataclass
 class Trained:
-    """Where a training run's loop ended, its hooks (with what they recorded) and how long it
-    trained."""
+    """Where a training run's loop ended, its hooks (with what they recorded), how long it
+    trained and the run's clock (``cv_jax.training.clock``)."""
 
     loop: Loop
     hooks: RunHooks
     seconds: float
+    clock: Clock
 
     def timing(self, compile_time: float) -> dict[str, float | None]:
-        """The results' timing: train and compile seconds, the median images/s."""
+        """The results' timing: train, clock and compile seconds, the median images/s."""
         rates = self.hooks.records.rates
-        return {"train_time_s": self.seconds, "compile_time_s": compile_time,
+        return {"train_time_s": self.seconds, "timed_s": self.clock.seconds,
+                "compile_time_s": compile_time,
                 "images_per_sec": float(np.median(rates)) if rates else None}
 
 
 def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict, plan: Plan,
                runs: Runs, evaluators: dict[str, evaluation.Evaluator], sig: dict,
                max_steps_this_run: int | None = None, stopper: EarlyStopping | None = None,
-               stop: str = "") -> Trained:
+               stop: str = "", clock: Clock | None = None) -> Trained:
     """Trains ``runs`` from ``state`` (after ``start`` steps) to the end of the plan, or for
     ``max_steps_this_run`` steps (rounded up to a multiple of ``program.steps_per_call``, where
     the run in one go ends a call too), with a training run's hooks (``stopper``: early
-    stopping; ``stop``: why the loop does not start). SIGTERM and SIGINT stop it with a
-    checkpoint."""
+    stopping; ``stop``: why the loop does not start), the loop on ``clock`` (checkpoint saves
+    off it). SIGTERM and SIGINT stop it with a checkpoint."""
+    clock = clock or Clock()
     end = plan.total_steps
     if max_steps_this_run is not None:
         k = program.steps_per_call
         end = min(end, -(-(start + max_steps_this_run) // k) * k)
     progress = Progress(plan.total_steps, start, config.training.batch_size)
     requests = preemption.StopRequests()
-    hooks = RunHooks.create(config, plan, runs, evaluators, sig, progress, requests, stopper)
+    hooks = RunHooks.create(config, plan, runs, evaluators, sig, progress, requests, stopper,
+                            clock)
     started = time.perf_counter()
     try:
         requests.install()
+        clock.start()
         loop = run(program, state, start, end, hooks.all(), stop)
         hooks.records.flush()
     finally:
+        clock.stop()  # the last step was evaluated or saved, both synchronising
         requests.uninstall()
         progress.close()
         for output in runs.outputs:
             output.ckpt.wait()
-    return Trained(loop, hooks, time.perf_counter() - started)
+    return Trained(loop, hooks, time.perf_counter() - started, clock)

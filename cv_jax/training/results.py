@@ -59,8 +59,8 @@ def results_record(config: mlc.ConfigDict, plan: Plan, step: int, state: TrainSt
                    mesh: jax.sharding.Mesh, stopped_early: bool = False,
                    skipped: tuple[tuple[str, str], ...] = ()) -> dict:
     """What ``results.json`` holds for a finished run: the last evaluation, how long it trained
-    (``timing``: train/compile seconds, images/s), where and what it ran, and the data files
-    ``skipped`` under dataset.bad_files='skip' (file -> reason)."""
+    (``timing``: train/compile seconds, the clock's ``timed_s``, images/s), where and what it
+    ran, and the data files ``skipped`` under dataset.bad_files='skip' (file -> reason)."""
     return {
         **last_eval,
         "best_step": best_step,

@@ -27,6 +27,7 @@ from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.optim import lr
 from cv_jax.training import distill, losses, runs, sharding, steps, transfer
+from cv_jax.training.clock import Clock
 from cv_jax.training.datasets import Datasets
 from cv_jax.training.evaluation import Evaluator, make_evaluators
 from cv_jax.training.loop import Program
@@ -144,17 +145,20 @@ def create_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
 
 
 def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.TrainSettings,
-                tx, mesh: jax.sharding.Mesh) -> TrainState:
-    """A fresh state: model init, data-dependent init, replicated over the mesh."""
+                tx, mesh: jax.sharding.Mesh, clock: Clock | None = None) -> TrainState:
+    """A fresh state: model init, data-dependent init (on ``clock``), replicated over the
+    mesh."""
     advice = models.input_size_advice(config.model.name, train.images.shape[1:3])
     if advice:
         log.warning("%s", advice)
     model = create_model(config, train)
     init_key, state_key = seed_keys(config.seed)
-    variables = jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key)
-    variables = models.data_dependent_init(
-        config.model.name, variables, train.images[: config.model_init_examples],
-        functools.partial(steps.normalize, normalization=settings.normalization))
+    variables = jax.block_until_ready(
+        jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key))
+    with (clock or Clock()).timing():
+        variables = jax.block_until_ready(models.data_dependent_init(
+            config.model.name, variables, train.images[: config.model_init_examples],
+            functools.partial(steps.normalize, normalization=settings.normalization)))
     if transfer.enabled(config):
         variables = transfer.initialize(config, variables, len(train.class_names),
                                         train.images.shape[1:])
@@ -165,11 +169,12 @@ def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.Tra
 
 
 def initial_state(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
-                  mesh: jax.sharding.Mesh) -> tuple[steps.TrainSettings, TrainState]:
+                  mesh: jax.sharding.Mesh, clock: Clock | None = None
+                  ) -> tuple[steps.TrainSettings, TrainState]:
     """The run's train step settings and fresh state, its optimizer over ``plan``
     (:func:`optimizer_and_settings`)."""
     _, tx, settings = optimizer_and_settings(config, train, plan)
-    return settings, build_state(config, train, settings, tx, mesh)
+    return settings, build_state(config, train, settings, tx, mesh, clock)
 
 
 def device_program(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,

@@ -20,6 +20,7 @@ import numpy as np
 
 from cv_jax.config import validate
 from cv_jax.training import checkpoint, early_stopping, hooks, setup, sharding, time_budget
+from cv_jax.training.clock import Clock
 from cv_jax.training.datasets import Datasets, load_datasets
 from cv_jax.training.evaluation import evaluate_weights
 from cv_jax.training.loop import EveryStep, Loop, run
@@ -68,7 +69,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
                  previous["test_accuracy"], previous["test_examples"])
         ckpt.close()
         return previous
-    settings, state = setup.initial_state(config, data.train, plan, mesh)
+    clock = Clock()  # results.json's timed_s (cv_jax.training.clock)
+    settings, state = setup.initial_state(config, data.train, plan, mesh, clock)
     sig = checkpoint.signature(config.model.to_dict(), state.params, data.train.class_names,
                                data.train.images.shape[1:])
     if latest is not None:
@@ -91,7 +93,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
         trained = hooks.train_runs(
             compiled.program, state, step, config, plan,
             hooks.Runs.alone(hooks.Output(config, ckpt, writer)), compiled.evaluators, sig,
-            max_steps_this_run, stopper, stop="early stopping (replayed)" if replayed else "")
+            max_steps_this_run, stopper, stop="early stopping (replayed)" if replayed else "",
+            clock=clock)
     finally:
         writer.close()
     step, state = trained.loop.step, trained.loop.state

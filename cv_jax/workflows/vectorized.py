@@ -56,6 +56,7 @@ from cv_jax.data import pipeline
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.runtime import cpu_defaults
 from cv_jax.training import checkpoint, datasets, evaluation, hooks, setup, sharding, steps
+from cv_jax.training.clock import Clock
 from cv_jax.training.metrics import MetricWriter
 from cv_jax.training.plan import Plan
 from cv_jax.training.results import (
@@ -115,12 +116,13 @@ def member_getter(mesh: jax.sharding.Mesh):
 
 def build_members(configs: Sequence[mlc.ConfigDict], data: ArrayDataset,
                   settings: steps.TrainSettings, tx, mesh: jax.sharding.Mesh,
-                  orders: np.ndarray | None = None) -> list[TrainState]:
+                  orders: np.ndarray | None = None, clock: Clock | None = None
+                  ) -> list[TrainState]:
     """A fresh state per member config (each with its own seed), as ``setup.build_state``;
     with ``orders`` ([members, n] indices) member i starts from its own sample of ``data``
     (a data-dependent init sees that sample, as in its separate run)."""
     samples = [data] * len(configs) if orders is None else [pipeline.take(data, o) for o in orders]
-    return [setup.build_state(c, d, settings, tx, mesh)
+    return [setup.build_state(c, d, settings, tx, mesh, clock)
             for c, d in zip(configs, samples, strict=True)]
 
 
@@ -216,10 +218,13 @@ def resume_step(members: Sequence[Member]) -> int | None:
 
 def initial_state(members: Sequence[Member], data: ArrayDataset, settings: steps.TrainSettings,
                   tx, plan: Plan, mesh: jax.sharding.Mesh,
-                  orders: np.ndarray | None = None) -> tuple[TrainState, dict]:
+                  orders: np.ndarray | None = None,
+                  clock: Clock | None = None) -> tuple[TrainState, dict]:
     """The stacked state of the members (fresh, or restored from their latest common
-    checkpoint) and the model signature of their checkpoints."""
-    states = build_members([m.config for m in members], data, settings, tx, mesh, orders)
+    checkpoint) and the model signature of their checkpoints; their data-dependent inits on
+    ``clock``."""
+    states = build_members([m.config for m in members], data, settings, tx, mesh, orders,
+                           clock)
     check_same_shapes([m.name for m in members], states)
     sig = checkpoint.signature(members[0].config.model.to_dict(), states[0].params,
                                data.class_names, data.images.shape[1:])
@@ -258,7 +263,8 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
             return previous
         _, tx, settings = setup.optimizer_and_settings(lead, data.train, plan)
         orders = bootstrap_orders(members, len(data.train)) if bootstrap else None
-        state, sig = initial_state(members, data.train, settings, tx, plan, mesh, orders)
+        clock = Clock()  # the members' timed_s: all their inits and the loop
+        state, sig = initial_state(members, data.train, settings, tx, plan, mesh, orders, clock)
         for m in members:
             save_config(m.config, m.workdir)
             m.writer = MetricWriter(m.workdir)
@@ -280,7 +286,8 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
         compiled = setup.compile_program(program, state,
                                          evaluation.make_evaluators(lead, data, mesh),
                                          eval_state=take(state, 0))
-        return _train(lead, members, plan, compiled, take, state, sig, mesh, max_steps_this_run)
+        return _train(lead, members, plan, compiled, take, state, sig, mesh, max_steps_this_run,
+                      clock)
     finally:
         for m in members:
             m.close()
@@ -288,14 +295,14 @@ def train_seeds(config: mlc.ConfigDict, workdir: str, seeds: Sequence[int],
 
 def _train(config: mlc.ConfigDict, members: list[Member], plan: Plan, compiled: setup.Compiled,
            take, state: TrainState, sig: dict, mesh: jax.sharding.Mesh,
-           max_steps_this_run: int | None) -> list[dict]:
+           max_steps_this_run: int | None, clock: Clock | None = None) -> list[dict]:
     """The training of ``train_seeds`` from a stacked state: the loop with a run's hooks for
     every member (``take(state, i)``: member i's state), then each member's results."""
     runs = hooks.Runs([hooks.Output(m.config, m.ckpt, m.writer, m.name) for m in members],
                       take=take, stack=lambda states: stack(states, mesh),
                       split=lambda history: per_member(history, len(members)))
     trained = hooks.train_runs(compiled.program, state, int(state.step[0]), config, plan, runs,
-                               compiled.evaluators, sig, max_steps_this_run)
+                               compiled.evaluators, sig, max_steps_this_run, clock=clock)
     step, last_eval = trained.loop.step, trained.hooks.evaluate.last
     if step < plan.total_steps:
         log.info("Stopped at step %d of %d; rerun with the same workdir to continue.", step,
