@@ -13,11 +13,15 @@ step at which a hook may act (``Hook.next_due``) and no epoch's end; elsewhere t
 single steps. So the hooks act at the steps they would with one step per call, and a run
 resumed from a checkpoint makes the calls of the run in one go (every multiple of k and every
 hook's step ends a call in both).
+
+A call may be wrapped (``run``'s ``around``: the profiler's step annotations,
+``cv_jax.training.profiling``); without it the loop calls the step directly.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -101,10 +105,14 @@ def call_steps(program: Program, loop: Loop, hooks: Sequence[Hook]) -> int:
 
 
 def run(program: Program, state: Any, start: int, end: int, hooks: Sequence[Hook],
-        stop: str = "") -> Loop:
+        stop: str = "",
+        around: Callable[[Loop], contextlib.AbstractContextManager] | None = None) -> Loop:
     """Advances ``state`` (after ``start`` steps) to step ``end``, or until a hook sets
     ``loop.stop``; ``stop`` given says why the loop does not start. After each call the hooks
-    are called in order. Returns where the loop ended."""
+    are called in order. Returns where the loop ended.
+
+    ``around(loop)``, given, is entered before each call (``loop.step``: the steps done,
+    ``loop.steps``: the call's) and left after it (``loop.state``: the call's new state)."""
     loop = Loop(step=start, end=end, state=state, stop=stop)
     spe, epoch, permutation = program.steps_per_epoch, -1, None
     while loop.step < end and not loop.stop:
@@ -113,8 +121,13 @@ def run(program: Program, state: Any, start: int, end: int, hooks: Sequence[Hook
             permutation = program.permute(epoch)
         loop.steps = call_steps(program, loop, hooks)
         train = program.train_step if loop.steps == 1 else program.train_steps
-        loop.state, loop.metrics = train(loop.state, program.images, program.labels, permutation,
-                                         loop.step % spe, program.teacher)
+        arguments = (program.images, program.labels, permutation, loop.step % spe,
+                     program.teacher)
+        if around is None:
+            loop.state, loop.metrics = train(loop.state, *arguments)
+        else:
+            with around(loop):
+                loop.state, loop.metrics = train(loop.state, *arguments)
         loop.step += loop.steps
         for hook in hooks:
             hook(loop)

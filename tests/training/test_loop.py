@@ -4,6 +4,7 @@ what the run in one go logged."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -351,3 +352,17 @@ def test_flush_writes_the_record_not_yet_fetched_when_a_hook_ends_the_loop():
     assert loop.step == 5 and writer.steps("train") == [4]
     created.records.flush()
     assert writer.steps("train") == [4, 5]
+
+
+def test_around_wraps_every_call_seeing_its_steps_before_and_its_state_after():
+    entered, left = [], []
+
+    @contextlib.contextmanager
+    def around(loop):
+        entered.append((loop.step, loop.steps))
+        yield
+        left.append(loop.state.step)
+
+    loop = run(program(12, steps_per_call=3), State(), 0, 10, [Every(5)], around=around)
+    assert entered == [(0, 3), (3, 1), (4, 1), (5, 1), (6, 3), (9, 1)]
+    assert left == [3, 4, 5, 6, 9, 10] and loop.step == 10
