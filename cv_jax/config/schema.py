@@ -418,6 +418,12 @@ SCHEMA: dict[str, Section] = {
                               "step, compiled beside the single step); records, evaluations "
                               "and checkpoints stay at their steps (single steps reach them)",
                            "a positive integer", lambda v: v > 0),
+        profile_steps=Key((), "(start, count): trace `count` train steps from step `start` "
+                              "(numbered from 1, as metrics.jsonl) with the JAX profiler into "
+                              "workdir/profile/ (docs/integrations.md); () = off",
+                          "() (off) or (start, count): integers >= 1, start within the run",
+                          lambda v: len(v) == 0 or (len(v) == 2 and all(_is_int(x) for x in v)
+                                                    and v[0] >= 1 and v[1] >= 1)),
         keep_checkpoints=Key(2, "keep the latest K, plus the best by <eval split>_accuracy",
                              "an integer >= 1", lambda v: v >= 1),
         checkpoint_every_steps=Key(0, "also checkpoint every N steps between evals; 0 = at "

@@ -40,10 +40,11 @@ class Evaluator:
             if model is not None:
                 state = state.replace(apply_fn=model.apply)
             start = index * batch_size
-            batch = {"image": jax.lax.dynamic_slice_in_dim(images, start, batch_size),
-                     "label": jax.lax.dynamic_slice_in_dim(labels, start, batch_size)}
-            batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
-            return steps.eval_step(state, batch, settings)
+            with jax.named_scope("eval"):  # its ops' names in a profiler trace
+                batch = {"image": jax.lax.dynamic_slice_in_dim(images, start, batch_size),
+                         "label": jax.lax.dynamic_slice_in_dim(labels, start, batch_size)}
+                batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
+                return steps.eval_step(state, batch, settings)
 
         self.step = jax.jit(run, out_shardings=repl)
 

@@ -27,6 +27,7 @@ from cv_jax.training.early_stopping import EarlyStopping
 from cv_jax.training.loop import Hook, Loop, Program, run
 from cv_jax.training.metrics import MetricWriter, Progress, mean_metrics
 from cv_jax.training.plan import Plan, next_multiple
+from cv_jax.training.profiling import StepProfiler
 from cv_jax.training.state import TrainState
 
 log = logging.getLogger("cv_jax")
@@ -293,12 +294,14 @@ class Trained:
 def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict, plan: Plan,
                runs: Runs, evaluators: dict[str, evaluation.Evaluator], sig: dict,
                max_steps_this_run: int | None = None, stopper: EarlyStopping | None = None,
-               stop: str = "", clock: Clock | None = None) -> Trained:
+               stop: str = "", clock: Clock | None = None,
+               profiler: StepProfiler | None = None) -> Trained:
     """Trains ``runs`` from ``state`` (after ``start`` steps) to the end of the plan, or for
     ``max_steps_this_run`` steps (rounded up to a multiple of ``program.steps_per_call``, where
     the run in one go ends a call too), with a training run's hooks (``stopper``: early
     stopping; ``stop``: why the loop does not start), the loop on ``clock`` (checkpoint saves
-    off it). SIGTERM and SIGINT stop it with a checkpoint."""
+    off it) and its calls traced by ``profiler`` (``training.profile_steps``). SIGTERM and
+    SIGINT stop it with a checkpoint."""
     clock = clock or Clock()
     end = plan.total_steps
     if max_steps_this_run is not None:
@@ -312,10 +315,12 @@ def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict,
     try:
         requests.install()
         clock.start()
-        loop = run(program, state, start, end, hooks.all(), stop)
+        loop = run(program, state, start, end, hooks.all(), stop, around=profiler)
         hooks.records.flush()
     finally:
         clock.stop()  # the last step was evaluated or saved, both synchronising
+        if profiler is not None:
+            profiler.close()  # a loop that ended inside the traced steps
         requests.uninstall()
         progress.close()
         for output in runs.outputs:

@@ -164,18 +164,24 @@ def train_step(state: TrainState, batch: dict, settings: TrainSettings,
     # the augmentation and dropout streams of a run unchanged.
     extra_keys = jax.random.split(jax.random.fold_in(step_key, 1), 3)
     mix_key, input_noise_key, weight_noise_key = extra_keys
-    images = augment.augment_batch(batch["image"], aug_key, settings.augment,
-                                   _alternating_flips(state, batch, settings))
-    x = normalize(images, settings.normalization)
-    partner, lam = None, 1.0
-    if settings.mixup is not None and mixup.enabled(settings.mixup):
-        epoch = state.step / settings.steps_per_epoch
-        x, partner, lam = mixup.mix_images(x, mix_key, settings.mixup, epoch)
+    # The named scopes name the step's phases in a profiler trace (cv_jax.training.profiling).
+    with jax.named_scope("data"):
+        images = augment.augment_batch(batch["image"], aug_key, settings.augment,
+                                       _alternating_flips(state, batch, settings))
+        x = normalize(images, settings.normalization)
+        partner, lam = None, 1.0
+        if settings.mixup is not None and mixup.enabled(settings.mixup):
+            epoch = state.step / settings.steps_per_epoch
+            x, partner, lam = mixup.mix_images(x, mix_key, settings.mixup, epoch)
     norm = settings.normalization
-    teacher_logits = None if teacher is None else teacher.logits(x, norm.mean, norm.std)
+    teacher_logits = None
+    if teacher is not None:
+        with jax.named_scope("teacher"):
+            teacher_logits = teacher.logits(x, norm.mean, norm.std)
     if not is_off(settings.input_noise_std):
-        noise = jax.random.normal(input_noise_key, x.shape, jnp.float32)
-        x = (x + settings.input_noise_std * noise).astype(x.dtype)
+        with jax.named_scope("data"):
+            noise = jax.random.normal(input_noise_key, x.shape, jnp.float32)
+            x = (x + settings.input_noise_std * noise).astype(x.dtype)
     capture = _captures(settings)
 
     def loss_fn(params):
@@ -208,13 +214,25 @@ def train_step(state: TrainState, batch: dict, settings: TrainSettings,
                 settings.activity_l1, settings.activity_l2)
         return loss, (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        "learning_rate": settings.schedule(state.step),
-        "grad_norm": optax.tree.norm(grads),  # of the loss gradients, before any clipping
-    }
+    with jax.named_scope("forward_backward"):
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "learning_rate": settings.schedule(state.step),
+            "grad_norm": optax.tree.norm(grads),  # of the loss gradients, before any clipping
+        }
+    with jax.named_scope("update"):
+        new_state, metrics = _update(state, grads, updates, metrics, settings)
+    return new_state, metrics
+
+
+def _update(state: TrainState, grads: Any, updates: dict, metrics: dict,
+            settings: TrainSettings) -> tuple[TrainState, dict]:
+    """The step's update from its gradients: the optimizer, then Lookahead, the EMA and, with
+    training.nonfinite='skip', the old state kept for a skipped step (with its counters in
+    ``metrics``)."""
     new_state = state.apply_gradients(
         grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
     )

@@ -19,7 +19,15 @@ import ml_collections as mlc
 import numpy as np
 
 from cv_jax.config import validate
-from cv_jax.training import checkpoint, early_stopping, hooks, setup, sharding, time_budget
+from cv_jax.training import (
+    checkpoint,
+    early_stopping,
+    hooks,
+    profiling,
+    setup,
+    sharding,
+    time_budget,
+)
 from cv_jax.training.clock import Clock
 from cv_jax.training.datasets import Datasets, load_datasets
 from cv_jax.training.evaluation import evaluate_weights
@@ -61,6 +69,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
             lambda: measure_timings(config, data, mesh, started))
         validate(config)
     plan = Plan.from_config(config, len(data.train))
+    profiler = profiling.StepProfiler.from_config(config, workdir, plan.total_steps)
     ckpt = checkpoint.Checkpoints.for_run(workdir, config, resume=True)
     latest = ckpt.latest_step()
     previous = read_results(workdir)
@@ -94,7 +103,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
             compiled.program, state, step, config, plan,
             hooks.Runs.alone(hooks.Output(config, ckpt, writer)), compiled.evaluators, sig,
             max_steps_this_run, stopper, stop="early stopping (replayed)" if replayed else "",
-            clock=clock)
+            clock=clock, profiler=profiler)
     finally:
         writer.close()
     step, state = trained.loop.step, trained.loop.state

@@ -42,9 +42,9 @@ def test_a_run_compiles_nothing_once_its_loop_has_started(num_devices, steps_per
     steps, compiled_at = [], []  # the loop's steps so far at each compilation
     loop_run = hooks.run
 
-    def run(program, state, start, end, run_hooks, stop=""):
+    def run(program, state, start, end, run_hooks, stop="", **kwargs):
         steps.append(start)
-        return loop_run(program, state, start, end, [Step(steps), *run_hooks], stop)
+        return loop_run(program, state, start, end, [Step(steps), *run_hooks], stop, **kwargs)
 
     def listener(event, duration, **kwargs):
         if event == COMPILE_EVENT:
