@@ -23,10 +23,12 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def summary_writer(logdir: str):
-    """A tensorboardX ``SummaryWriter`` for ``logdir``. tensorboardX imports PyTorch, when it is
-    installed, only to accept torch tensors, which cv_jax never passes; that import costs
-    seconds per process, so it is blocked while tensorboardX loads (unless torch is loaded)."""
+def summary_writer(logdir: str, filename_suffix: str = ""):
+    """A tensorboardX ``SummaryWriter`` for ``logdir`` (its event file's name ends in
+    ``filename_suffix``: two writers opened in the same second need different ones, the second
+    file replacing the first otherwise). tensorboardX imports PyTorch, when it is installed,
+    only to accept torch tensors, which cv_jax never passes; that import costs seconds per
+    process, so it is blocked while tensorboardX loads (unless torch is loaded)."""
     if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
         sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
         try:
@@ -35,7 +37,7 @@ def summary_writer(logdir: str):
             del sys.modules["torch"]
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(logdir)
+    return SummaryWriter(logdir, filename_suffix=filename_suffix)
 
 
 class MetricWriter:

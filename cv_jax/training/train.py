@@ -31,6 +31,7 @@ from cv_jax.training import (
 from cv_jax.training.clock import Clock
 from cv_jax.training.datasets import Datasets, load_datasets
 from cv_jax.training.evaluation import evaluate_weights
+from cv_jax.training.hparams import write_hparams
 from cv_jax.training.loop import EveryStep, Loop, run
 from cv_jax.training.metrics import MetricWriter, drop_records_after
 from cv_jax.training.plan import Plan
@@ -130,6 +131,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     results = results_record(config, plan, step, state, last_eval, ckpt.best_step(), timing,
                              mesh, stopped_early=stopped_early, skipped=data.skipped)
     write_results(workdir, results)
+    write_hparams(workdir, config, results, step)  # TensorBoard's HParams dashboard
     ckpt.close()
     log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
              "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
