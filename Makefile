@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/cifar10.py
 WORKDIR ?= runs/cifar10
 # `make install` installs what training needs and nothing more. The pip extras: dev = pytest,
-# ruff, import-linter; torch = torchvision weight import, its tests and the PyTorch side of
-# `make bench`. `make install-dev` (used by test and lint) adds both.
+# ruff, import-linter and wandb (for its tests); torch = torchvision weight import, its tests
+# and the PyTorch side of `make bench`; wandb = Weights & Biases logging. `make install-dev`
+# (used by test and lint) adds dev and torch.
 EXTRAS ?=
 DEV_EXTRAS ?= dev,torch
 

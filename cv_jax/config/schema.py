@@ -495,6 +495,20 @@ SCHEMA: dict[str, Section] = {
         temperature=Key(4.0, "softmax temperature of teacher and student",
                         "a positive number", lambda v: v > 0),
     ),
+    "logging": _section(
+        "where a run reports besides metrics.jsonl and TensorBoard: Weights & Biases "
+        "(docs/integrations.md; needs pip install 'cv_jax[wandb]')",
+        wandb=Key(False, "send the metrics, the config and the results to a W&B run (its id "
+                         "kept in workdir/wandb_id.txt, so a resumed run resumes it)"),
+        project=Key("cv_jax", "the W&B project; '' = W&B's default ($WANDB_PROJECT)"),
+        entity=Key("", "the W&B user or team; '' = W&B's default ($WANDB_ENTITY, your own)"),
+        name=Key("", "the W&B run's name; '' = the workdir's folder name"),
+        tags=Key((), "the W&B run's tags, e.g. ('cifar10', 'baseline')", "a tuple of strings",
+                 lambda v: all(isinstance(t, str) and t for t in v)),
+        mode=_choice("", "'online', 'offline' (kept in workdir/wandb/ until `wandb sync`) or "
+                         "'disabled'; '' = W&B's default ($WANDB_MODE, else online)",
+                     ("", "online", "offline", "disabled")),
+    ),
     "eval": _section(
         "evaluation and test-time augmentation",
         batch_size=Key(1000, "images per evaluation batch", "a positive integer",

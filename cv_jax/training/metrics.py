@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -42,12 +42,16 @@ def summary_writer(logdir: str, filename_suffix: str = ""):
 
 class MetricWriter:
     """Appends ``{"step": s, "split": ..., **metrics}`` lines to workdir/metrics.jsonl and writes
-    the same scalars to TensorBoard (workdir/tensorboard). Only process 0 writes."""
+    the same scalars to TensorBoard (workdir/tensorboard), and passes each record to the
+    ``sinks`` (``sink(step, split, metrics)``: e.g. a W&B run's ``write``). Only process 0
+    writes."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str,
+                 sinks: Sequence[Callable[[int, str, dict[str, Any]], None]] = ()):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
+        self.sinks = tuple(sinks)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
         self.tensorboard = summary_writer(os.path.join(workdir, "tensorboard"))
 
@@ -60,6 +64,8 @@ class MetricWriter:
         for name, value in values.items():
             if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"{split}/{name}", value, step)
+        for sink in self.sinks:
+            sink(step, split, values)
 
     def close(self) -> None:
         if self.enabled:

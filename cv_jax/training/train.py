@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 import jax
 import ml_collections as mlc
@@ -27,6 +28,7 @@ from cv_jax.training import (
     setup,
     sharding,
     time_budget,
+    wandb_logging,
 )
 from cv_jax.training.clock import Clock
 from cv_jax.training.datasets import Datasets, load_datasets
@@ -55,6 +57,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     """
     started = time.perf_counter()
     validate(config)
+    wandb = wandb_logging.require(config)  # before the data loads: a missing extra fails fast
     checkpoint.prepare_workdir(workdir)
     log.info("Recipe %r: %s", config.recipe, config.recipe_reason)
     if config.early_stopping.patience and checkpoint.selection(config)[0].startswith("test"):
@@ -79,6 +82,18 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
                  previous["test_accuracy"], previous["test_examples"])
         ckpt.close()
         return previous
+    return _train(config, workdir, data, plan, mesh, ckpt, latest, max_steps_this_run,
+                  profiler, wandb)
+
+
+def _train(config: mlc.ConfigDict, workdir: str, data: Datasets, plan: Plan,
+           mesh: jax.sharding.Mesh, ckpt: checkpoint.Checkpoints, latest: int | None,
+           max_steps_this_run: int | None, profiler: profiling.StepProfiler | None,
+           wandb: Any) -> dict:
+    """Trains the run of ``train_and_evaluate`` from its ``latest`` checkpoint (or from the
+    start), its steps traced by ``profiler`` and its metrics also sent to a W&B run when
+    ``wandb`` (the module; None: off) is given, once the workdir is known to belong to the
+    config; returns the results, or where an unfinished run stopped."""
     clock = Clock()  # results.json's timed_s (cv_jax.training.clock)
     settings, state = setup.initial_state(config, data.train, plan, mesh, clock)
     sig = checkpoint.signature(config.model.to_dict(), state.params, data.train.class_names,
@@ -98,45 +113,49 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str,
     step = int(state.step)
     stopper = early_stopping.EarlyStopping.from_config(config, plan.steps_per_epoch)
     replayed = stopper is not None and stopper.replay(workdir, step, plan.is_eval_step)
-    writer = MetricWriter(workdir)
-    try:
-        trained = hooks.train_runs(
-            compiled.program, state, step, config, plan,
-            hooks.Runs.alone(hooks.Output(config, ckpt, writer)), compiled.evaluators, sig,
-            max_steps_this_run, stopper, stop="early stopping (replayed)" if replayed else "",
-            clock=clock, profiler=profiler)
-    finally:
-        writer.close()
-    step, state = trained.loop.step, trained.loop.state
-    stopped_early = replayed or trained.hooks.evaluate.stopped_early
-    last_eval = trained.hooks.evaluate.last[0]
-    if stopped_early:
-        log.info("Early stopping at step %d: %s has not improved for %d evaluations (best %.4f "
-                 "at step %d).", step, stopper.monitor, stopper.wait, stopper.best,
-                 stopper.best_step)
-        if config.early_stopping.restore_best:
-            state = ckpt.restore(ckpt.best_step(), state, sig)
-            last_eval = {}
-    elif step < plan.total_steps:
-        reason = trained.hooks.stop.reason
-        log.info("Stopped %sat step %d of %d with a checkpoint in %s; rerun with the same "
-                 "workdir to continue.", f"by {reason} " if reason else "", step,
-                 plan.total_steps, ckpt.directory)
-        ckpt.close()
-        return {"steps": step, "finished": False, **last_eval}
+    with wandb_logging.tracking(wandb, config, workdir) as tracker:
+        writer = MetricWriter(workdir, sinks=[tracker.write] if tracker is not None else [])
+        try:
+            trained = hooks.train_runs(
+                compiled.program, state, step, config, plan,
+                hooks.Runs.alone(hooks.Output(config, ckpt, writer)), compiled.evaluators, sig,
+                max_steps_this_run, stopper, stop="early stopping (replayed)" if replayed else "",
+                clock=clock, profiler=profiler)
+        finally:
+            writer.close()
+        step, state = trained.loop.step, trained.loop.state
+        stopped_early = replayed or trained.hooks.evaluate.stopped_early
+        last_eval = trained.hooks.evaluate.last[0]
+        if stopped_early:
+            log.info("Early stopping at step %d: %s has not improved for %d evaluations "
+                     "(best %.4f at step %d).", step, stopper.monitor, stopper.wait,
+                     stopper.best, stopper.best_step)
+            if config.early_stopping.restore_best:
+                state = ckpt.restore(ckpt.best_step(), state, sig)
+                last_eval = {}
+        elif step < plan.total_steps:
+            reason = trained.hooks.stop.reason
+            log.info("Stopped %sat step %d of %d with a checkpoint in %s; rerun with the same "
+                     "workdir to continue.", f"by {reason} " if reason else "", step,
+                     plan.total_steps, ckpt.directory)
+            ckpt.close()
+            return {"steps": step, "finished": False, **last_eval}
 
-    if not last_eval:  # restored best weights, or resumed after the last eval was logged
-        last_eval = evaluate_weights(compiled.evaluators, state, step, None, ckpt)
-    timing = trained.timing(compiled.compile_time)
-    results = results_record(config, plan, step, state, last_eval, ckpt.best_step(), timing,
-                             mesh, stopped_early=stopped_early, skipped=data.skipped)
-    write_results(workdir, results)
-    write_hparams(workdir, config, results, step)  # TensorBoard's HParams dashboard
-    ckpt.close()
-    log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
-             "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
-             results["test_examples"], step, trained.seconds, compiled.compile_time)
-    return results
+        if not last_eval:  # restored best weights, or resumed after the last eval was logged
+            last_eval = evaluate_weights(compiled.evaluators, state, step, None, ckpt)
+        timing = trained.timing(compiled.compile_time)
+        results = results_record(config, plan, step, state, last_eval, ckpt.best_step(),
+                                 timing, mesh, stopped_early=stopped_early,
+                                 skipped=data.skipped)
+        write_results(workdir, results)
+        write_hparams(workdir, config, results, step)  # TensorBoard's HParams dashboard
+        if tracker is not None:
+            tracker.summarize(results)
+        ckpt.close()
+        log.info("Final test accuracy: %.4f (%d / %d examples) after %d steps, %.1f s training "
+                 "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
+                 results["test_examples"], step, trained.seconds, compiled.compile_time)
+        return results
 
 
 class StepTimes(EveryStep):

@@ -59,7 +59,7 @@ def test_an_unknown_section_lists_the_sections():
     assert str(error.value) == (
         "unknown config section 'optimiser' to explain; choose one of all, top, dataset, model, "
         "optimizer, schedule, loss, mixup, noise, augment, training, early_stopping, transfer, "
-        "distill, eval")
+        "distill, logging, eval")
 
 
 def test_cli_explains_without_a_workdir_and_refuses_an_unknown_section():

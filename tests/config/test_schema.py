@@ -55,7 +55,7 @@ def test_base_config_takes_its_defaults_from_the_schema():
     assert sorted(config) == sorted([
         "recipe", "recipe_reason", "seed", "data_seed", "model_init_examples", "dataset", "model",
         "optimizer", "schedule", "loss", "mixup", "noise", "augment", "training",
-        "early_stopping", "transfer", "distill", "eval"])
+        "early_stopping", "transfer", "distill", "logging", "eval"])
 
 
 # Messages as validate gave them before the checks were derived from the schema.
