@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import sys
+import time
 
 import pytest
 from conftest import convnet_config
@@ -30,6 +31,8 @@ def wandb_records(path):
             pos += LEVELDB_BLOCK - pos % LEVELDB_BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # still being written
+            return
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
@@ -46,12 +49,24 @@ def items(update):
             for item in update}
 
 
+def finished_records(path, timeout_s=30.0):
+    """The records of a finished W&B run's transaction log. W&B's service process may still
+    be writing it when ``run.finish()`` returns: wait for its closing 'exit' record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path} has no exit record"
+        time.sleep(0.1)
+
+
 def local_run(wandb_dir, run_id):
     """What an offline W&B run's local directories hold: its run records, its history rows
     (by step) and its summary, in the order they were written."""
     runs, history, summary = [], {}, {}
     for directory in sorted(glob.glob(os.path.join(wandb_dir, "wandb", f"offline-run-*-{run_id}"))):
-        for record in wandb_records(os.path.join(directory, f"run-{run_id}.wandb")):
+        for record in finished_records(os.path.join(directory, f"run-{run_id}.wandb")):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 runs.append(record.run)
