@@ -6,9 +6,10 @@ CONFIG ?= configs/cifar10.py
 WORKDIR ?= runs/cifar10
 # `make install` installs what training needs and nothing more. The pip extras: dev = pytest,
 # ruff, import-linter; torch = torchvision weight import, its tests and the PyTorch side of
-# `make bench`. `make install-dev` (used by test and lint) adds both.
+# `make bench`; onnx = jax2onnx and onnxruntime for `python -m cv_jax.export --format=onnx` and
+# its tests. `make install-dev` (used by test and lint) adds all three.
 EXTRAS ?=
-DEV_EXTRAS ?= dev,torch
+DEV_EXTRAS ?= dev,torch,onnx
 
 .PHONY: install install-dev train test lint evaluate clean
 
