@@ -6,12 +6,14 @@ CONFIG ?= configs/cifar10.py
 WORKDIR ?= runs/cifar10
 # `make install` installs what training needs and nothing more. The pip extras: dev = pytest,
 # ruff, import-linter and wandb (for its tests); torch = torchvision weight import, its tests
-# and the PyTorch side of `make bench`; wandb = Weights & Biases logging. `make install-dev`
-# (used by test and lint) adds dev and torch.
+# and the PyTorch side of `make bench`; wandb = Weights & Biases logging; onnx = jax2onnx and
+# onnxruntime for `python -m cv_jax.export --format=onnx`. `make install-dev` (used by test and
+# lint) adds dev and torch; `make test-onnx` tests the export in a venv of its own (.venv-onnx),
+# since jax2onnx pins an older orbax-checkpoint.
 EXTRAS ?=
 DEV_EXTRAS ?= dev,torch
 
-.PHONY: install install-dev train test lint evaluate clean
+.PHONY: install install-dev train test test-onnx lint evaluate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,14 @@ train: install
 TEST_WORKERS ?= 2
 test: install-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+# The ONNX export's tests, in their own venv: jax2onnx pins orbax-checkpoint below the version the
+# main venv gets, so the main suite (where those tests skip) keeps testing the newest one.
+ONNX_VENV ?= .venv-onnx
+test-onnx:
+	test -x $(ONNX_VENV)/bin/python || $(PYTHON) -m venv $(ONNX_VENV)
+	$(ONNX_VENV)/bin/python -m pip install -q -e ".[dev,onnx]"
+	$(ONNX_VENV)/bin/python -m pytest -q tests/test_export.py
 
 # Style, and the layering of the packages (import-linter contracts in pyproject.toml).
 lint: install-dev

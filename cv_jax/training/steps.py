@@ -271,33 +271,45 @@ def keep_if_skipped(old: TrainState, new: TrainState, skipped: jax.Array) -> Tra
                        ema=keep(old.ema, new.ema), slow=keep(old.slow, new.slow))
 
 
-def predict_logits(state: TrainState, images: jax.Array, settings: EvalSettings) -> jax.Array:
+def predict_logits(state: TrainState, images: jax.Array, settings: EvalSettings,
+                   batch_views: bool = False) -> jax.Array:
     """Inference-mode logits (BatchNorm running averages), float32.
 
     Test-time augmentation as airbench does it: with ``eval.tta_flip`` each view's logits are
     averaged with its mirror image's; with ``eval.tta_translate = t`` the result is
     0.5 x the image's + 0.25 x each of two diagonal translations by t pixels (up-left and
     down-right, reflect-padded edges).
+
+    With ``batch_views`` all views go through the network as one batch of (views x images): the
+    same logits up to float rounding, and one application of the network in the traced program
+    (an exported file holds it once).
     """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
-    def view_logits(x: jax.Array) -> jax.Array:
-        logits = state.apply_fn(variables, x, train=False).astype(jnp.float32)
-        if settings.tta_flip:
-            mirrored = state.apply_fn(variables, x[:, :, ::-1, :], train=False)
-            logits = 0.5 * (logits + mirrored.astype(jnp.float32))
-        return logits
+    def apply(x: jax.Array) -> jax.Array:
+        return state.apply_fn(variables, x, train=False).astype(jnp.float32)
 
     x = normalize(images, settings.normalization)
-    logits = view_logits(x)
+    views = [x]  # the image, then its translations
     if settings.tta_translate:
         t = settings.tta_translate
         height, width = x.shape[1:3]
         padded = jnp.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
-        up_left = padded[:, :height, :width]
-        down_right = padded[:, 2 * t:, 2 * t:]
-        logits = 0.5 * logits + 0.25 * (view_logits(up_left) + view_logits(down_right))
-    return logits
+        views += [padded[:, :height, :width], padded[:, 2 * t:, 2 * t:]]
+    if settings.tta_flip:
+        views += [view[:, :, ::-1, :] for view in views]  # and their mirror images
+    if batch_views and len(views) > 1:
+        stacked = apply(jnp.concatenate(views))
+        stacked = stacked.reshape(len(views), x.shape[0], *stacked.shape[1:])
+        logits = [stacked[i] for i in range(len(views))]
+    else:
+        logits = [apply(view) for view in views]
+    if settings.tta_flip:
+        half = len(views) // 2
+        logits = [0.5 * (logits[i] + logits[half + i]) for i in range(half)]
+    if settings.tta_translate:
+        return 0.5 * logits[0] + 0.25 * (logits[1] + logits[2])
+    return logits[0]
 
 
 def eval_step(state: TrainState, batch: dict, settings: EvalSettings) -> dict:

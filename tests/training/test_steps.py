@@ -65,16 +65,18 @@ def tta_settings(tta_flip: bool, tta_translate: int) -> steps.EvalSettings:
     return steps.EvalSettings(PLAIN, tta_flip=tta_flip, tta_translate=tta_translate)
 
 
+@pytest.mark.parametrize("batch_views", [False, True])
 @pytest.mark.parametrize("tta_flip", [False, True])
 @pytest.mark.parametrize("tta_translate", [0, 1, 2])
-def test_tta_averages_mirrored_and_translated_views(tta_flip, tta_translate) -> None:
+def test_tta_averages_mirrored_and_translated_views(tta_flip, tta_translate,
+                                                    batch_views) -> None:
     model = PositionalLinear()
     images = np.random.default_rng(0).integers(0, 256, (2, 5, 6, 3)).astype(np.uint8)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 5, 6, 3)), train=False)
     state = create_train_state(model, optax.sgd(0.0), variables, jax.random.key_data(
         jax.random.key(1)))
-    logits = steps.predict_logits(state, jnp.asarray(images), tta_settings(tta_flip,
-                                                                           tta_translate))
+    logits = steps.predict_logits(state, jnp.asarray(images),
+                                  tta_settings(tta_flip, tta_translate), batch_views)
 
     kernel = np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
     bias = np.asarray(variables["params"]["Dense_0"]["bias"], np.float64)
