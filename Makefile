@@ -88,17 +88,24 @@ pseudo-label: install
 
 # Sweeps and ablations: each point of an experiments/ definition in its own workdir under
 # runs/sweeps/<name>/ (finished runs are skipped, unfinished ones resume), then the report in
-# runs/sweeps/<name>/report/. PARALLEL=N runs N at a time. Reports over any run folders:
+# runs/sweeps/<name>/report/. PARALLEL=N runs N at a time. LAUNCHER=slurm submits each run as a
+# SLURM job (installs the slurm extra; PARTITION, GPUS, TIME=minutes set the jobs' resources)
+# and waits for them. Reports over any run folders:
 # make report RUNS="runs/a runs/b" [REPORT_DIR=runs/report].
 .PHONY: sweep ablation report
-PARALLEL ?= 1
+PARALLEL ?=
+LAUNCHER ?= local
 REPORT_DIR ?= runs/report
+SWEEP_FLAGS = $(if $(PARALLEL),--parallel=$(PARALLEL)) --launcher=$(LAUNCHER) \
+	$(if $(PARTITION),--slurm_partition=$(PARTITION)) $(if $(GPUS),--slurm_gpus_per_job=$(GPUS)) \
+	$(if $(TIME),--slurm_time_min=$(TIME))
+sweep ablation: override EXTRAS := $(strip $(EXTRAS)$(if $(filter slurm,$(LAUNCHER)),$(if $(EXTRAS),$(comma))slurm))
 
 sweep: install
-	$(PY) -m cv_jax.analysis.sweep --sweep=$(SWEEP) --parallel=$(PARALLEL)
+	$(PY) -m cv_jax.analysis.sweep --sweep=$(SWEEP) $(SWEEP_FLAGS)
 
 ablation: install
-	$(PY) -m cv_jax.analysis.sweep --sweep=$(ABLATION) --parallel=$(PARALLEL)
+	$(PY) -m cv_jax.analysis.sweep --sweep=$(ABLATION) $(SWEEP_FLAGS)
 
 report: install
 	$(PY) -m cv_jax.analysis.report $(RUNS) --out=$(REPORT_DIR)
@@ -118,7 +125,7 @@ transfer-study: install
 # make study STUDY=optimizers SIZE=cpu; its report is copied to experiments/results/<STUDY>_<SIZE>.
 .PHONY: study
 study: install
-	$(PY) -m cv_jax.analysis.sweep --sweep=experiments/$(STUDY).py:$(SIZE) --parallel=$(PARALLEL)
+	$(PY) -m cv_jax.analysis.sweep --sweep=experiments/$(STUDY).py:$(SIZE) $(if $(PARALLEL),--parallel=$(PARALLEL))
 	mkdir -p experiments/results && rm -rf experiments/results/$(STUDY)_$(SIZE)
 	cp -r runs/sweeps/$(STUDY)_$(SIZE)/report experiments/results/$(STUDY)_$(SIZE)
 

@@ -1,7 +1,7 @@
 """Sweeps and ablations: each point of a grid of config overrides in its own workdir; a report.
 
     python -m cv_jax.analysis.sweep --sweep=experiments/optimizers.py[:full] [--parallel=N]
-    [--dry_run]
+    [--dry_run] [--launcher=local|slurm [--slurm_partition=P --slurm_gpus_per_job=G ...]]
 
 A definition file (``experiments/*.py``) has ``get_sweep(arg=None)`` returning a :class:`Sweep`:
 a base config spec (as ``--config`` takes it), overrides common to every point, the points
@@ -11,7 +11,8 @@ after ``:`` in ``--sweep`` is ``arg`` (e.g. ``cpu`` / ``full`` sizes). :func:`ab
 the sweep of a recipe and the recipe minus each of its ingredients.
 
 Each run is ``python -m cv_jax.main --config=SPEC --workdir=DIR --config.a.b=v ...`` in a
-subprocess (a crash stops only that run), logging to ``DIR/log.txt``, in
+subprocess (a crash stops only that run), or a SLURM job (:mod:`cv_jax.analysis.slurm`),
+logging to ``DIR/log.txt``, in
 ``<root>/<sweep name>/<point>[/seed=<s>]``, a name made of the point's overrides. Every run's
 overrides are checked against the loaded config (and ``validate``) before the first
 starts. Finished runs are skipped; unfinished ones resume from their checkpoints. The report
@@ -28,7 +29,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -41,7 +41,7 @@ from absl import flags as absl_flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from cv_jax.analysis import lr_points, report
+from cv_jax.analysis import lr_points, report, slurm
 from cv_jax.analysis.report import freeze
 from cv_jax.analysis.sweep_definition import (
     CONFIG_ARG,
@@ -191,12 +191,7 @@ Runner = Callable[[Run], int]
 
 def subprocess_runner(run: Run, env: Mapping[str, str] | None = None) -> int:
     """Runs ``run.command()``, appending its output to ``workdir/log.txt``; the exit code."""
-    os.makedirs(run.workdir, exist_ok=True)
-    with open(os.path.join(run.workdir, "log.txt"), "a") as log:
-        log.write(f"$ {' '.join(run.command())}\n")
-        log.flush()
-        return subprocess.run(run.command(), stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(env) if env is not None else None).returncode
+    return slurm.start_logged(run.command(), run.workdir, env).wait()
 
 
 def parallel_env(parallel: int) -> dict[str, str]:
@@ -252,13 +247,27 @@ class Outcome:
     unfinished: list[str]
 
 
-def run_sweep(spec: str, root: str = "runs/sweeps", parallel: int = 1, dry_run: bool = False,
-              runner: Runner | None = None, echo: Callable[[str], None] = print,
-              finder: Callable[[Sequence[str], str], int] | None = None) -> Outcome:
+LAUNCHERS = ("local", "slurm")
+
+
+def run_sweep(spec: str, root: str = "runs/sweeps", parallel: int | None = None,
+              dry_run: bool = False, runner: Runner | None = None,
+              echo: Callable[[str], None] = print,
+              finder: Callable[[Sequence[str], str], int] | None = None,
+              launcher: str = "local", resources: Mapping[str, Any] | None = None,
+              cluster: str = "slurm") -> Outcome:
     """Plans, runs and reports the sweep of definition ``spec``: first the LR range tests of
     its ``LRFind`` points (``cv_jax.analysis.lr_points``; ``finder`` runs one), then its runs
-    (``runner``). Raises SweepError before anything runs when the definition is wrong."""
+    (``runner``; by default local processes, or with ``launcher='slurm'`` jobs asking for the
+    definition's ``resources`` updated by ``resources``, on ``cluster``). ``parallel`` runs at
+    a time: 1 by default locally, every run with SLURM. Raises SweepError before anything runs
+    when the definition is wrong."""
+    if launcher not in LAUNCHERS:
+        raise SweepError(f"--launcher={launcher!r} is not one of {list(LAUNCHERS)}")
     definition = load_definition(spec)
+    if launcher == "slurm":
+        slurm_resources = slurm.Resources.from_dict(
+            {**definition.resources, **(resources or {})}, where=f"sweep {spec}")
     sweep = lr_points.resolve(definition, root, run_tests=False, echo=echo)
     runs = plan(sweep, root, where=spec)
     echo(describe(sweep, runs, spec, root))
@@ -268,6 +277,11 @@ def run_sweep(spec: str, root: str = "runs/sweeps", parallel: int = 1, dry_run: 
         sweep = lr_points.resolve(definition, root, run_tests=True, echo=echo,
                                   finder=finder or lr_points.subprocess_finder)
         runs = plan(sweep, root, where=spec)
+    if launcher == "slurm":
+        parallel = parallel or len(runs)
+        runner = runner or slurm.SlurmRunner(os.path.join(root, sweep.name, "slurm"),
+                                             slurm_resources, cluster=cluster, echo=echo)
+    parallel = parallel or 1
     if runner is None:
         runner = functools.partial(subprocess_runner, env=parallel_env(parallel))
     codes = execute(runs, runner, parallel, echo)
@@ -300,7 +314,10 @@ def main(argv: Sequence[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # quiet orbax's INFO lines
     opts = flags.FLAGS
     try:
-        outcome = run_sweep(opts.sweep, opts.root, opts.parallel, opts.dry_run)
+        resources = {key: value for key, flag in SLURM_FLAGS.items()
+                     if (value := opts[flag].value) is not None}
+        outcome = run_sweep(opts.sweep, opts.root, opts.parallel, opts.dry_run,
+                            launcher=opts.launcher, resources=resources)
     except SweepError as e:
         sys.exit(f"error: {e}")
     if outcome.report is not None and outcome.unfinished:
@@ -308,10 +325,25 @@ def main(argv: Sequence[str]) -> None:
                  f"<workdir>/log.txt); see {outcome.report}")
 
 
+# Resources field -> the flag that overrides it (None = as the definition or the default says).
+SLURM_FLAGS = {"partition": "slurm_partition", "gpus_per_job": "slurm_gpus_per_job",
+               "cpus_per_job": "slurm_cpus_per_job", "mem_gb": "slurm_mem_gb",
+               "time_min": "slurm_time_min"}
+
+
 def define_flags() -> None:
     flags.DEFINE_string("sweep", None, "Sweep definition file, optionally :arg "
                         "(experiments/optimizers.py:full).")
-    flags.DEFINE_integer("parallel", 1, "Runs at a time (each a separate process).")
+    flags.DEFINE_integer("parallel", None, "Runs at a time (each a separate process or job); "
+                         "default 1 locally, all with --launcher=slurm.")
+    flags.DEFINE_enum("launcher", "local", LAUNCHERS, "local: each run a process on this "
+                      "machine; slurm: each run a SLURM job, submitted through submitit.")
+    flags.DEFINE_string("slurm_partition", None, "SLURM partition of the jobs.")
+    flags.DEFINE_integer("slurm_gpus_per_job", None, "GPUs per job (default 1).")
+    flags.DEFINE_integer("slurm_cpus_per_job", None, "CPU cores per job (default 8).")
+    flags.DEFINE_integer("slurm_mem_gb", None, "Memory per job in GB (default: the partition's).")
+    flags.DEFINE_integer("slurm_time_min", None, "Time limit per job in minutes (default 240); "
+                         "a job that reaches it saves, is requeued and resumes.")
     flags.DEFINE_boolean("dry_run", False, "List the runs and their workdirs; run nothing.")
     flags.DEFINE_string("root", "runs/sweeps", "Sweeps go to ROOT/<sweep name>/.")
     flags.mark_flags_as_required(["sweep"])

@@ -83,6 +83,9 @@ class Sweep:
     seeds: Sequence[int] = ()  # () = one run per point with the config's seed
     description: str = ""
     baseline: str = ""  # the point an ablation compares every other one with
+    # What each run asks a cluster for with --launcher=slurm (cv_jax.analysis.slurm.Resources:
+    # partition, gpus_per_job, cpus_per_job, mem_gb, time_min, ...); flags override them.
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
