@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gzip
 import re
-import struct
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import idx_bytes, write_idx_folder
 
 from cv_jax.data import idx, locate
 from cv_jax.data.dataset import DataError
@@ -30,31 +30,14 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setattr(locate, "_tfds_status", lambda name: (False, "not prepared (test)"))
 
 
-def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
-    """``array`` as an IDX file: 00 00 type ndim, big-endian uint32 sizes, the values."""
-    return (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-            + array.tobytes())
-
-
-def write_idx_folder(folder: Path, gz: bool = True, counts=(6, 4), size=(5, 4),
-                     labels_max: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The four MNIST files in ``folder`` (gzipped or raw); returns {split: (images, labels)}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for split, prefix, count in (("train", "train", counts[0]), ("test", "t10k", counts[1])):
-        images = RNG.integers(0, 256, (count, *size), dtype=np.uint8)
-        labels = RNG.integers(0, labels_max + 1, count, dtype=np.uint8)
-        for kind, array, dims in (("images", images, 3), ("labels", labels, 1)):
-            data = idx_bytes(array)
-            name = f"{prefix}-{kind}-idx{dims}-ubyte" + (".gz" if gz else "")
-            (folder / name).write_bytes(gzip.compress(data) if gz else data)
-        arrays[split] = (images, labels)
-    return arrays
+def write_idx(folder: Path, gz: bool = True, size=(5, 4), num_classes: int = 4):
+    """6 train and 4 test images of ``size``; {split: (images, labels)}."""
+    return write_idx_folder(folder, {"train": 6, "test": 4}, gz, size, num_classes)
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
 def test_idx_folder_parsed_exactly(tmp_path, gz):
-    arrays = write_idx_folder(tmp_path / "digits", gz=gz)
+    arrays = write_idx(tmp_path / "digits", gz=gz)
     for split in ("train", "test"):
         ds = load_split(tmp_path / "digits", split)
         images, labels = arrays[split]
@@ -65,7 +48,7 @@ def test_idx_folder_parsed_exactly(tmp_path, gz):
 
 
 def test_idx_in_wrapper_folder_and_archive_fashion_names(tmp_path):
-    arrays = write_idx_folder(tmp_path / "fashion-mnist")
+    arrays = write_idx(tmp_path / "fashion-mnist")
     wrapped = load_split(tmp_path, "train")  # one wrapper folder above the files
     np.testing.assert_array_equal(wrapped.images[..., 0], arrays["train"][0])
     assert wrapped.class_names == idx.FASHION_MNIST_CLASSES
@@ -79,15 +62,16 @@ def test_idx_in_wrapper_folder_and_archive_fashion_names(tmp_path):
 
 
 def test_idx_resize_and_labels_past_nine(tmp_path):
-    arrays = write_idx_folder(tmp_path / "d", labels_max=11)
+    write_idx_folder(tmp_path / "d", {"train": 12, "test": 4}, size=(5, 4), num_classes=12)
     ds = load_split(tmp_path / "d", "train", image_size=(8, 6))
-    assert ds.images.shape == (6, 8, 6, 1)
-    assert ds.class_names == tuple(str(k) for k in range(max(10, arrays["train"][1].max() + 1)))
+    assert ds.images.shape == (12, 8, 6, 1)
+    assert sorted(ds.labels.tolist()) == list(range(12))
+    assert ds.class_names == tuple(str(k) for k in range(12))
 
 
 def _error(data: bytes, tmp_path: Path, name: str = "train-images-idx3-ubyte") -> str:
     """The DataError message of loading a train split whose ``name`` file holds ``data``."""
-    write_idx_folder(tmp_path / "d", gz=False)
+    write_idx(tmp_path / "d", gz=False)
     (tmp_path / "d" / name).write_bytes(data)
     with pytest.raises(DataError) as info:
         load_split(tmp_path / "d", "train")
@@ -135,7 +119,7 @@ def test_idx_count_mismatch(tmp_path):
 
 
 def test_idx_missing_file_and_split(tmp_path):
-    write_idx_folder(tmp_path / "d")
+    write_idx(tmp_path / "d")
     (tmp_path / "d" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"IDX split 'test' needs t10k-labels-idx1-ubyte.gz "
                                         r"\(or t10k-labels-idx1-ubyte\) in \S*d, which is missing"):
@@ -163,7 +147,7 @@ def test_find_dataset_in_keras_cache(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     default = tmp_path / "home/.keras/datasets"
-    write_idx_folder(default / "fashion-mnist")
+    write_idx(default / "fashion-mnist")
     assert find_dataset("fashion_mnist", None, str(repo)) == str(default / "fashion-mnist")
     np.savez(default / "mnist.npz", x_train=np.zeros((1, 2, 2), np.uint8))
     assert find_dataset("mnist", None, str(repo)) == str(default / "mnist.npz")
@@ -177,7 +161,7 @@ def test_find_dataset_in_keras_cache(tmp_path, monkeypatch):
     tried = [line for line in str(info.value).splitlines() if re.match(r"  \d\. ", line)]
     assert tried[4] == (f"  5. {keras_home / 'datasets'} (Keras' download cache, "
                         "$KERAS_HOME/datasets): does not exist")
-    write_idx_folder(keras_home / "datasets/fashion-mnist", gz=False)
+    write_idx(keras_home / "datasets/fashion-mnist", gz=False)
     found = find_dataset("fashion_mnist", None, str(repo))
     assert found == str(keras_home / "datasets/fashion-mnist")
     assert load_split(found, "train").class_names == idx.FASHION_MNIST_CLASSES
