@@ -95,3 +95,4 @@ def test_recipes_and_shortcuts():
     with pytest.raises(ConfigError, match="dataset='cifar10' in the config string; choose one "
                                           "of fashion_mnist, mnist"):
         load_config("dataset=cifar10", CONFIG)
+
