@@ -92,7 +92,7 @@ The configurable ConvNet (model=convnet) takes every CNN hyper-parameter from co
 
 import jax
 
-from cv_jax.config import base_config, model_section, parse_arg
+from cv_jax.config import apply_shortcuts, base_config, model_section, parse_arg
 
 RECIPES = ("headline", "cpu", "cpu15", "smoke", "keras", "timm", "resnet_paper")
 # The CIFAR ResNets of He et al. (2016), section 4.2, trained by resnet_paper.
@@ -117,7 +117,7 @@ def get_config(arg=None):
             _resnet_paper(config, arg.model)
         else:
             _classic_sgd(config, arg.model)
-    _apply_shortcuts(config, arg)
+    apply_shortcuts(config, arg)
     return config
 
 
@@ -269,23 +269,3 @@ def _classic_sgd(config, model):
     config.loss.label_smoothing = 0.0
     config.augment.update(crop_padding=4, padding_mode="constant", flip=True)
     config.eval.tta_flip = False
-
-
-def _apply_shortcuts(config, arg):
-    if arg.epochs or arg.steps:  # a length named in the config string, not a time budget
-        config.training.time_budget_minutes = 0.0
-    if arg.epochs:
-        config.training.num_epochs = arg.epochs
-    if arg.steps:
-        config.training.num_steps = arg.steps
-    if arg.minutes:
-        config.training.time_budget_minutes = arg.minutes
-    if arg.batch_size:
-        config.optimizer.learning_rate *= arg.batch_size / config.training.batch_size
-        config.training.batch_size = arg.batch_size
-    if arg.lr:
-        config.optimizer.learning_rate = arg.lr
-    if arg.dtype:
-        config.training.compute_dtype = arg.dtype
-    config.seed = arg.seed
-    config.dataset.data_dir = arg.data_dir or config.dataset.data_dir

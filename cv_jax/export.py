@@ -315,7 +315,7 @@ def describe(model: LoadedModel, fmt: str, batch_size: int | None, checkpoint: s
         "file": os.path.basename(path),
         "class_names": list(model.class_names),
         "input": {"name": "images", "shape": [batch, h, w, c], "dtype": "uint8",
-                  "layout": "NHWC, RGB, 0-255"},
+                  "layout": f"NHWC, {'RGB' if c == 3 else 'grey'}, 0-255"},
         "output": {"name": "probabilities", "shape": [batch, len(model.class_names)],
                    "dtype": "float32", "meaning": "softmax class probabilities"},
         "preprocessing": {

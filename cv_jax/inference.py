@@ -67,9 +67,11 @@ class LoadedModel:
         return self._batched(self._probabilities, images)
 
     def read_images(self, paths: Sequence[str]) -> np.ndarray:
-        """Image files as uint8 [N, H, W, 3], decoded and resized as the run's data loader
-        does; DataError naming the first file that cannot be decoded."""
-        arrays = [decode_image(path, self.image_shape[:2]) for path in paths]
+        """Image files as uint8 [N, H, W, C], decoded and resized as the run's data loader
+        does (C = 1, a grey channel, for runs trained on one); DataError naming the first file
+        that cannot be decoded."""
+        arrays = [decode_image(path, self.image_shape[:2], self.image_shape[2])
+                  for path in paths]
         return np.stack(arrays) if arrays else np.zeros((0, *self.image_shape), np.uint8)
 
     def predict_files(self, paths: Sequence[str]) -> np.ndarray:

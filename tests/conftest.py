@@ -17,6 +17,7 @@ from cv_jax.runtime import cpu_defaults  # noqa: E402
 
 cpu_defaults.apply()
 
+import gzip  # noqa: E402
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 import tempfile  # noqa: E402
@@ -64,6 +65,37 @@ def write_image_folder(root: pathlib.Path, counts: dict[str, int], size: int = 1
                 image[..., index % 3] += np.uint8(120 + 40 * (index // 3))
                 Image.fromarray(image).save(folder / f"{i:03d}.png")
     return root
+
+
+def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
+    """``array`` as an IDX file: 00 00 type ndim, big-endian uint32 sizes, the values."""
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    return header + array.tobytes()
+
+
+def write_idx_folder(folder: pathlib.Path, counts: dict[str, int], gz: bool = True,
+                     size: tuple[int, int] = (28, 28), num_classes: int = 10,
+                     seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The MNIST files of ``counts`` (split -> images) in ``folder``, gzipped or raw: class k
+    is a bright band at its own height on dark noise (learnable). Returns {split: (images
+    uint8 [N, H, W], labels uint8 [N])}."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, count in counts.items():
+        labels = (np.arange(count) % num_classes).astype(np.uint8)
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, (count, *size), dtype=np.uint8)
+        for image, label in zip(images, labels, strict=True):
+            row = int(label) * size[0] // num_classes
+            image[row:row + max(1, size[0] // num_classes)] += np.uint8(150)
+        prefix = {"train": "train", "test": "t10k"}[split]
+        for kind, array, dims in (("images", images, 3), ("labels", labels, 1)):
+            data = idx_bytes(array)
+            name = f"{prefix}-{kind}-idx{dims}-ubyte" + (".gz" if gz else "")
+            (folder / name).write_bytes(gzip.compress(data) if gz else data)
+        arrays[split] = (images, labels)
+    return arrays
 
 
 @pytest.fixture(scope="session")

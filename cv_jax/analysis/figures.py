@@ -121,8 +121,9 @@ def _save_figure(fig, path: str) -> str:
 
 def image_grid(images: np.ndarray, titles: Sequence[str], wrong: Sequence[bool],
                path: str) -> str:
-    """uint8 images ``[N, H, W, 3]`` on a :func:`grid_shape` grid, each under its title; the
-    ``wrong`` ones get a red title and frame. Returns ``path``."""
+    """uint8 images ``[N, H, W, 3]`` (or ``[N, H, W, 1]``, shown grey) on a :func:`grid_shape`
+    grid, each under its title; the ``wrong`` ones get a red title and frame. Returns
+    ``path``."""
     if not len(images) == len(titles) == len(wrong):
         raise ValueError(f"{len(images)} images, {len(titles)} titles and {len(wrong)} "
                          "wrong flags; give one of each per image")
@@ -135,7 +136,10 @@ def image_grid(images: np.ndarray, titles: Sequence[str], wrong: Sequence[bool],
     for ax, image, title, bad in zip(axes.flat, images, titles, wrong, strict=False):
         color = WRONG_COLOR if bad else RIGHT_COLOR
         ax.axis("on")
-        ax.imshow(image, interpolation="nearest")
+        if image.shape[-1] == 1:
+            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(image, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=7, color=color)

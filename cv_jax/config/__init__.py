@@ -16,7 +16,7 @@ from cv_jax.config.schema import (
     WRAPPERS,
     base_config,
 )
-from cv_jax.config.strings import parse_arg
+from cv_jax.config.strings import apply_shortcuts, parse_arg
 from cv_jax.config.validate import (
     check_augment_keys,
     check_monitor,
@@ -35,6 +35,7 @@ __all__ = [
     "PADDING_MODES",
     "WRAPPERS",
     "ConfigError",
+    "apply_shortcuts",
     "base_config",
     "check_augment_keys",
     "check_monitor",

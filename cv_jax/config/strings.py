@@ -54,3 +54,26 @@ def _cast_like(default: Any, value: str, key: str) -> Any:
         raise ConfigError(
             f"config-string key {key!r} expects a {type(default).__name__}, got {value!r}"
         ) from None
+
+
+def apply_shortcuts(config: mlc.ConfigDict, arg: mlc.ConfigDict) -> None:
+    """Applies the shortcuts ``epochs``, ``steps``, ``minutes``, ``batch_size`` (the learning
+    rate scaled with it), ``lr``, ``dtype``, ``seed`` and ``data_dir`` of a parsed config
+    string (those set; ``seed`` always) to ``config``, after its recipe."""
+    if arg.epochs or arg.steps:  # a length named in the config string, not a time budget
+        config.training.time_budget_minutes = 0.0
+    if arg.epochs:
+        config.training.num_epochs = arg.epochs
+    if arg.steps:
+        config.training.num_steps = arg.steps
+    if arg.minutes:
+        config.training.time_budget_minutes = arg.minutes
+    if arg.batch_size:
+        config.optimizer.learning_rate *= arg.batch_size / config.training.batch_size
+        config.training.batch_size = arg.batch_size
+    if arg.lr:
+        config.optimizer.learning_rate = arg.lr
+    if arg.dtype:
+        config.training.compute_dtype = arg.dtype
+    config.seed = arg.seed
+    config.dataset.data_dir = arg.data_dir or config.dataset.data_dir

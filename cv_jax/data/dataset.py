@@ -27,7 +27,8 @@ def printable(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
-    """A fully decoded split: ``images`` uint8 [N, H, W, 3] RGB, ``labels`` int32 [N]."""
+    """A fully decoded split: ``images`` uint8 [N, H, W, C], C = 3 (RGB) or 1 (grey: IDX files,
+    cv_jax/data/idx.py), ``labels`` int32 [N]."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -36,9 +37,10 @@ class ArrayDataset:
 
     def __post_init__(self) -> None:
         """Check dtypes and shapes so that malformed data fails here, not in training."""
-        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 [N, H, W, 3], got {self.images.dtype} "
-                             f"{self.images.shape}")
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 \
+                or self.images.shape[-1] not in (1, 3):
+            raise ValueError(f"images must be uint8 [N, H, W, 3] or [N, H, W, 1], got "
+                             f"{self.images.dtype} {self.images.shape}")
         if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
             raise ValueError(f"labels must be int32 [{self.images.shape[0]}], got "
                              f"{self.labels.dtype} {self.labels.shape}")

@@ -1,5 +1,6 @@
-"""Decoding image files into RGB uint8 arrays: what the decode worker processes of
-:mod:`cv_jax.data.sources` run. It imports only PIL and numpy, so a spawned worker starts fast.
+"""Decoding image files into uint8 arrays (RGB, or one grey channel): what the decode worker
+processes of :mod:`cv_jax.data.sources` run. It imports only PIL and numpy, so a spawned worker
+starts fast.
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ from PIL import Image
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 # Payload handed to a decode worker: file bytes (archive member) or a file path (directory).
 Payload = bytes | str
-# Decode result: an RGB uint8 [H, W, 3] array, or the error text for an undecodable file.
+# Decode result: a uint8 [H, W, 3] (RGB) or [H, W, 1] (mode 'L') array, or the error text for an
+# undecodable file.
 Decoded = np.ndarray | str
 
 
-def to_rgb_array(image: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
-    """Convert a PIL image to RGB, resize it bilinearly to ``image_size`` (H, W) if given."""
+def to_array(image: Image.Image, image_size: tuple[int, int] | None,
+             mode: str = "RGB") -> np.ndarray:
+    """Convert a PIL image to ``mode`` ('RGB', or 'L': one grey channel, ITU-R 601 luma), resize
+    it bilinearly to ``image_size`` (H, W) if given; uint8 [H, W, 3] or [H, W, 1]."""
     if image.mode in _SIXTEEN_BIT_MODES:  # .convert() would clip 0..65535 to 0..255
         wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
         image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    if image.mode != mode:
+        image = image.convert(mode)
     if image_size is not None and image.size != (image_size[1], image_size[0]):
         image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if mode == "L" else array
 
 
 def array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
@@ -38,11 +43,13 @@ def array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.nd
     is_rgb = array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3
     if is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
         return array
-    return to_rgb_array(Image.fromarray(array), image_size)
+    return to_array(Image.fromarray(array), image_size)
 
 
-def decode_one(payload: Payload, image_size: tuple[int, int] | None) -> Decoded:
-    """Decode one encoded image (bytes or a file path); return the error text on failure.
+def decode_one(payload: Payload, image_size: tuple[int, int] | None,
+               mode: str = "RGB") -> Decoded:
+    """Decode one encoded image (bytes or a file path) in ``mode`` (see :func:`to_array`);
+    return the error text on failure.
 
     Images over PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression-bomb guard, which PIL only
     warns about below twice the limit) are refused before their pixels are read.
@@ -54,7 +61,7 @@ def decode_one(payload: Payload, image_size: tuple[int, int] | None) -> Decoded:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
-                return to_rgb_array(image, image_size)
+                return to_array(image, image_size, mode)
     except Exception as e:  # any decoder failure means "bad file"
         return f"{type(e).__name__}: {e}"
 

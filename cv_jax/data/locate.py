@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
+from cv_jax.data import idx
 from cv_jax.data.dataset import DataError
-from cv_jax.data.sources import ARCHIVE_SUFFIXES, TFDS_PREFIX
+from cv_jax.data.sources import ARCHIVE_SUFFIXES, NPZ_SUFFIX, TFDS_PREFIX
+
+logger = logging.getLogger(__name__)
 
 DATA_ENV = "CV_JAX_DATA"
-# Extra names the official CIFAR python downloads use.
+KERAS_ENV = "KERAS_HOME"
+# Extra names the official downloads use: the CIFAR python batches (Keras 3 keeps them in
+# cifar-10-batches-py-target/cifar-10-batches-py), Keras' fashion-mnist folder and mnist.npz.
 _EXTRA_CANDIDATES = {
-    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "cifar-10-batches-py-target"),
     "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz"),
+    "fashion_mnist": ("fashion-mnist",),
+    "mnist": ("mnist.npz",),
 }
 # A folder containing one of these is taken to be a dataset itself.
 _DATASET_MARKERS = ("train", "test", "batches.meta", "meta", "cifar-10-batches-py",
-                    "cifar-100-python")
+                    "cifar-100-python", *sorted(idx.FILE_NAMES))
+_FILE_SUFFIXES = (*ARCHIVE_SUFFIXES, NPZ_SUFFIX)
 
 
 def candidate_names(name: str) -> tuple[str, ...]:
@@ -29,11 +38,17 @@ def _default_repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def keras_datasets_dir() -> str:
+    """Where Keras' ``load_data`` functions keep their downloads: ``$KERAS_HOME/datasets``,
+    default ``~/.keras/datasets``."""
+    return os.path.join(os.environ.get(KERAS_ENV) or os.path.join("~", ".keras"), "datasets")
+
+
 def _looks_like_dataset(path: str) -> bool:
-    """Cheap check: an archive file, or a folder with split folders / CIFAR batches in it
-    (directly or under a single wrapper folder)."""
+    """Cheap check: an archive or .npz file, or a folder with split folders / CIFAR batches /
+    IDX files in it (directly or under a single wrapper folder)."""
     if os.path.isfile(path):
-        return path.lower().endswith(ARCHIVE_SUFFIXES)
+        return path.lower().endswith(_FILE_SUFFIXES)
     if any(os.path.exists(os.path.join(path, marker)) for marker in _DATASET_MARKERS):
         return True
     # os.path.isdir, not DirEntry.is_dir: False (not OSError) for a symlink to itself.
@@ -54,7 +69,7 @@ def _search_folder(folder: str, name: str, accept_self: bool) -> tuple[str | Non
     if accept_self and _looks_like_dataset(folder):
         return folder, "found"
     if not os.path.isdir(folder):
-        return None, f"is a file but not a {'/'.join(ARCHIVE_SUFFIXES)} archive"
+        return None, f"is a file but not a {'/'.join(_FILE_SUFFIXES)} file"
     itself = " and is not itself a dataset" if accept_self else ""
     return None, f"exists, but contains none of {', '.join(candidate_names(name))}{itself}"
 
@@ -82,6 +97,8 @@ def _not_found_error(name: str, attempts: list[str]) -> DataError:
         "<root>/<split>/<class>/<image>.jpg (one wrapper folder allowed),\n"
         "  - a CIFAR-10/100 python batches folder (cifar-10-batches-py) or "
         "cifar-10-python.tar.gz,\n"
+        "  - a folder of MNIST / Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...) or "
+        "Keras' mnist.npz,\n"
         f"  - or a folder containing one of: {', '.join(candidate_names(name))}.")
 
 
@@ -95,7 +112,9 @@ def find_dataset(name: str, data_dir: str | None, repo_root: str | None = None) 
          ``<name>-jpeg.tar.gz``, ``<name>.tar.gz``, ... (see :func:`candidate_names`).
       3. ``<repo_root>/data/`` with the same candidate names.
       4. ``<repo_root>/../shared/data/`` with the same candidate names.
-      5. ``tfds:<name>`` if TFDS has a prepared copy (local check only).
+      5. Keras' download cache, ``$KERAS_HOME/datasets`` (default ``~/.keras/datasets``), with
+         the same candidate names (``cifar-10-batches-py``, ``fashion-mnist``, ``mnist.npz``).
+      6. ``tfds:<name>`` if TFDS has a prepared copy (local check only).
     ``repo_root`` defaults to the parent of the cv_jax package directory.
 
     Raises:
@@ -113,9 +132,13 @@ def find_dataset(name: str, data_dir: str | None, repo_root: str | None = None) 
     attempts = ["config.dataset.data_dir: not set"]
     repo_root = repo_root or _default_repo_root()
     env = os.environ.get(DATA_ENV)
+    keras = os.path.abspath(os.path.expanduser(keras_datasets_dir()))
+    keras_label = (f"{keras} (Keras' download cache, "
+                   f"{'$' + KERAS_ENV if os.environ.get(KERAS_ENV) else '~/.keras'}/datasets)")
     folders = [(f"${DATA_ENV}={env}" if env else None, env, True),
                (None, os.path.join(repo_root, "data"), False),
-               (None, os.path.join(repo_root, os.pardir, "shared", "data"), False)]
+               (None, os.path.join(repo_root, os.pardir, "shared", "data"), False),
+               (keras_label, keras, False)]
     if not env:
         attempts.append(f"${DATA_ENV}: not set")
         folders = folders[1:]
@@ -123,6 +146,7 @@ def find_dataset(name: str, data_dir: str | None, repo_root: str | None = None) 
         folder = os.path.abspath(os.path.expanduser(folder))
         found, outcome = _search_folder(folder, name, accept_self)
         if found:
+            logger.info("Dataset %r found at %s (searched in %s)", name, found, label or folder)
             return found
         attempts.append(f"{label or folder}: {outcome}")
     prepared, outcome = _tfds_status(name)

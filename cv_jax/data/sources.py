@@ -8,17 +8,21 @@ Supported sources (see :func:`load_split`):
 * the official CIFAR-10 / CIFAR-100 python batches (``cifar-10-batches-py``,
   ``cifar-100-python``), as the batches folder, a folder containing it, or the downloaded
   ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``; CIFAR-100 uses the 100 fine labels;
+* the IDX files of MNIST and Fashion-MNIST (``train-images-idx3-ubyte[.gz]``, ...), in a
+  folder, below one, or in an archive, and Keras' ``mnist.npz``: one grey channel,
+  uint8 [N, H, W, 1] (:mod:`cv_jax.data.idx`);
 * ``tfds:<name>`` or ``tfds:<name>@<data_dir>``: a prepared TFDS dataset, read through
   ``tfds.data_source`` (never imports TensorFlow, never downloads).
 
 Conventions:
 
-* Images are always RGB: grayscale, RGBA/LA (alpha dropped, not composited, as torchvision's
-  and Keras' loaders do), CMYK, palette and other modes are converted with PIL
-  ``.convert('RGB')``; 16-bit grayscale (PIL modes ``I;16``/``I``) is first scaled from
-  0..65535 to 0..255 (value / 257, rounded; PIL alone would clip); animated images use
-  frame 0. With ``image_size`` every image is resized to it (bilinear); without it, images of
-  different sizes are an error naming two of them, whatever the bad-file policy.
+* Images are RGB (IDX files and mnist.npz aside, which stay one grey channel): grayscale,
+  RGBA/LA (alpha dropped, not composited, as torchvision's and Keras' loaders do), CMYK,
+  palette and other modes are converted with PIL ``.convert('RGB')``; 16-bit grayscale (PIL
+  modes ``I;16``/``I``) is first scaled from 0..65535 to 0..255 (value / 257, rounded; PIL
+  alone would clip); animated images use frame 0. With ``image_size`` every image is resized
+  to it (bilinear); without it, images of different sizes are an error naming two of them,
+  whatever the bad-file policy.
 * Files and folders whose name starts with ``.`` (``.DS_Store``, macOS ``._*`` files) and
   ``__MACOSX`` folders are ignored, as are files without an image extension
   (:data:`IMAGE_EXTENSIONS`, case-insensitive). Images must sit directly in their class folder;
@@ -32,8 +36,8 @@ Conventions:
   ImageFolder's default); ``'skip'`` leaves them out, logs them and records them in
   ``ArrayDataset.skipped``, and keeps a class folder without images as a class with 0 examples
   (Keras' behaviour, so labels still line up with other splits), with a warning. File names
-  that are not valid UTF-8 are shown with ``\\xNN`` escapes. CIFAR and TFDS sources have no
-  per-file policy.
+  that are not valid UTF-8 are shown with ``\\xNN`` escapes. CIFAR, IDX and TFDS sources have
+  no per-file policy.
 
 Decoding runs in a process pool while a tar archive is still being read. PIL's per-image work
 for small images (header parsing, mode conversion) is mostly Python and holds the GIL, so a
@@ -64,6 +68,7 @@ import numpy as np
 
 # From the submodule: importing cv_jax.config imports cv_jax.models, which imports this package.
 from cv_jax.config.schema import BAD_FILES_POLICIES
+from cv_jax.data import idx
 from cv_jax.data.cache import cached, fingerprint
 from cv_jax.data.dataset import ArrayDataset, DataError, printable
 from cv_jax.data.decode import Decoded, Payload, array_to_rgb, decode_chunk, decode_one
@@ -73,6 +78,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+NPZ_SUFFIX = ".npz"  # Keras' mnist.npz (cv_jax/data/idx.py)
 TFDS_PREFIX = "tfds:"
 _IGNORED_DIRS = frozenset({"__MACOSX"})
 _CHUNK_SIZE = 1024  # images per decode task; also the threshold for starting the pool
@@ -83,7 +89,9 @@ _SIZE_HINT = "set config.dataset.image_size=(H, W) to resize every image"
 _LOCATION_HINT = (
     "Fix: point --config.dataset.data_dir (or CV_JAX_DATA) at an ImageFolder tree "
     "<root>/<split>/<class>/<image>.jpg (directory or .tar.gz/.tgz/.tar), a CIFAR python "
-    "batches folder (cifar-10-batches-py) or cifar-10-python.tar.gz, or use 'tfds:<name>'."
+    "batches folder (cifar-10-batches-py) or cifar-10-python.tar.gz, a folder of MNIST / "
+    "Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...) or Keras' mnist.npz, or use "
+    "'tfds:<name>'."
 )
 
 
@@ -91,10 +99,14 @@ _LOCATION_HINT = (
 # --------------------------------------------------------------------------- image decoding
 
 
-def decode_image(path: str, image_size: Sequence[int] | None = None) -> np.ndarray:
-    """One image file as RGB uint8 [H, W, 3], converted and resized as :func:`load_split`
-    does; DataError naming the file if it cannot be decoded."""
-    decoded = decode_one(os.fspath(path), _normalize_size(image_size))
+def decode_image(path: str, image_size: Sequence[int] | None = None,
+                 channels: int = 3) -> np.ndarray:
+    """One image file as uint8 [H, W, channels], RGB (3) or grey (1), converted and resized as
+    :func:`load_split` does; DataError naming the file if it cannot be decoded."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: images have 3 (RGB) or 1 (grey) channels")
+    decoded = decode_one(os.fspath(path), _normalize_size(image_size),
+                         "RGB" if channels == 3 else "L")
     if isinstance(decoded, str):
         raise DataError(f"cannot decode {path} as an image ({decoded}); give a readable image "
                         f"file ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
@@ -334,6 +346,8 @@ _CIFAR100 = _CifarVariant("meta", "fine_label_names", "fine_labels", {
 _CIFAR_FILES = frozenset(
     {v.meta_file for v in (_CIFAR10, _CIFAR100)}
     | {f for v in (_CIFAR10, _CIFAR100) for files in v.split_files.values() for f in files})
+# Files an archive's members are kept in memory for: CIFAR batches and IDX files.
+_ARRAY_FILES = _CIFAR_FILES | idx.FILE_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +360,13 @@ class _CifarPlan:
     def path(self, name: str) -> str:
         """Relative path of one batch file."""
         return posixpath.join(self.folder, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class _IdxPlan:
+    """IDX files (MNIST, Fashion-MNIST) found in ``folder`` ('' for the root)."""
+
+    folder: str
 
 
 def _find_cifar(listing: _Listing) -> _CifarPlan | None:
@@ -398,11 +419,13 @@ def _missing_split_error(listing: _Listing, split: str) -> DataError:
     return DataError(
         f"unknown dataset format: {listing.where} is neither an ImageFolder tree "
         f"(<root>/<split>/<class>/<image>.jpg) nor CIFAR python batches (data_batch_1..5, "
-        f"test_batch, batches.meta); top-level entries: {top[:_MAX_LISTED]}. {_LOCATION_HINT}")
+        f"test_batch, batches.meta) nor IDX files ({', '.join(sorted(idx.FILE_NAMES)[:4])}, "
+        f"...); top-level entries: {top[:_MAX_LISTED]}. {_LOCATION_HINT}")
 
 
-def _plan(listing: _Listing, split: str) -> _FolderPlan | _CifarPlan:
-    """Decide how to read ``split``: the shallowest ``split`` folder, else CIFAR batches."""
+def _plan(listing: _Listing, split: str) -> _FolderPlan | _CifarPlan | _IdxPlan:
+    """Decide how to read ``split``: the shallowest ``split`` folder, else CIFAR batches, else
+    IDX files."""
     split_dirs = sorted((d for d in listing.dirs if _is_split_dir(d, split)),
                         key=lambda d: (_depth(d), d))
     if split_dirs:
@@ -414,6 +437,9 @@ def _plan(listing: _Listing, split: str) -> _FolderPlan | _CifarPlan:
     cifar = _find_cifar(listing)
     if cifar is not None:
         return cifar
+    idx_folder = idx.find_folder(listing.files)
+    if idx_folder is not None:
+        return _IdxPlan(idx_folder)
     raise _missing_split_error(listing, split)
 
 
@@ -515,19 +541,28 @@ def _load_cifar(plan: _CifarPlan, split: str, read: Callable[[str], bytes],
     return ArrayDataset(stacked, np.concatenate(labels), names)
 
 
+def _load_arrays(plan: _CifarPlan | _IdxPlan, split: str, read: Callable[[str], bytes],
+                 listing: _Listing, image_size: tuple[int, int] | None) -> ArrayDataset:
+    """Read ``split`` of the CIFAR batches or IDX files ``plan`` found."""
+    if isinstance(plan, _IdxPlan):
+        return idx.load_split(plan.folder, split, listing.files, read, listing.display,
+                              listing.where, image_size)
+    return _load_cifar(plan, split, read, listing, image_size)
+
+
 # --------------------------------------------------------------------------- sources
 
 
 def _build_from_dir(root: str, split: str, image_size: tuple[int, int] | None,
                     bad_files: str) -> ArrayDataset:
-    """Decode a split from a directory (ImageFolder tree or CIFAR batches)."""
+    """Decode a split from a directory (ImageFolder tree, CIFAR batches or IDX files)."""
     listing = _list_dir(root)
     plan = _plan(listing, split)
-    if isinstance(plan, _CifarPlan):
+    if not isinstance(plan, _FolderPlan):
         def read(rel: str) -> bytes:
             with open(os.path.join(root, *rel.split("/")), "rb") as f:
                 return f.read()
-        return _load_cifar(plan, split, read, listing, image_size)
+        return _load_arrays(plan, split, read, listing, image_size)
     with _Decoder(image_size) as decoder:
         for _, rel in plan.entries:
             decoder.add(rel, listing.display(rel))
@@ -545,8 +580,8 @@ def _build_from_archive(path: str, split: str, image_size: tuple[int, int] | Non
     """Decode a split from a tar archive in one streaming pass.
 
     Members that look like ``.../<split>/<class>/<image>`` are decoded in the background while
-    the archive is still being read; CIFAR batch files are kept in memory. The folder plan is
-    made once the whole listing is known.
+    the archive is still being read; CIFAR batches and IDX files are kept in memory. The folder
+    plan is made once the whole listing is known.
     """
     listing = _Listing(where=path, display=lambda rel: f"{path}:{rel}")
     blobs: dict[str, bytes] = {}
@@ -566,18 +601,25 @@ def _build_from_archive(path: str, split: str, image_size: tuple[int, int] | Non
             raise DataError(f"cannot read archive {path}: {type(e).__name__}: {e}. "
                             "Fix: re-download or re-create the archive.") from e
         plan = _plan(listing, split)
-        if isinstance(plan, _CifarPlan):
-            return _load_cifar(plan, split, blobs.__getitem__, listing, image_size)
+        if not isinstance(plan, _FolderPlan):
+            return _load_arrays(plan, split, blobs.__getitem__, listing, image_size)
         decoded = decoder.results()
     return _assemble(plan, decoded, listing, bad_files)
 
 
+def _build_from_npz(path: str, split: str, image_size: tuple[int, int] | None,
+                    bad_files: str) -> ArrayDataset:
+    """Read a split of Keras' mnist.npz (no per-file policy: ``bad_files`` is unused)."""
+    return idx.load_npz(path, split, image_size)
+
+
 def _stash_member(archive: tarfile.TarFile, member: tarfile.TarInfo, rel: str, split: str,
                   decoder: _Decoder, blobs: dict[str, bytes]) -> None:
-    """Queue a candidate image of ``split`` for decoding, or keep a CIFAR batch's bytes."""
+    """Queue a candidate image of ``split`` for decoding, or keep a CIFAR batch's or an IDX
+    file's bytes."""
     split_dir = _class_image_split_dir(rel)
     is_candidate = split_dir is not None and _is_split_dir(split_dir, split)
-    if not is_candidate and posixpath.basename(rel) not in _CIFAR_FILES:
+    if not is_candidate and posixpath.basename(rel) not in _ARRAY_FILES:
         return
     extracted = archive.extractfile(member)
     data = extracted.read() if extracted is not None else b""
@@ -642,7 +684,8 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
     Args:
       source: an ImageFolder directory or .tar.gz/.tgz/.tar archive, a CIFAR python batches
-        folder / its parent / cifar-10-python.tar.gz, or 'tfds:<name>[@<data_dir>]'.
+        folder / its parent / cifar-10-python.tar.gz, a folder (or archive) of MNIST-format
+        IDX files, Keras' mnist.npz, or 'tfds:<name>[@<data_dir>]'.
       split: 'train', 'test', or (ImageFolder) any split folder name.
       image_size: (H, W) to resize every image to with PIL bilinear; if None, all images
         must already have the same size.
@@ -665,10 +708,13 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     path = os.path.abspath(os.path.expanduser(source))
     if not os.path.exists(path):
         raise DataError(f"dataset path does not exist: {path}. {_LOCATION_HINT}")
-    if os.path.isfile(path) and not _is_archive(path):
+    is_npz = os.path.isfile(path) and path.lower().endswith(NPZ_SUFFIX)
+    if os.path.isfile(path) and not _is_archive(path) and not is_npz:
         raise DataError(f"unknown dataset format: {path} is a file but not a "
-                        f"{'/'.join(ARCHIVE_SUFFIXES)} archive. {_LOCATION_HINT}")
-    build_fn = _build_from_archive if os.path.isfile(path) else _build_from_dir
+                        f"{'/'.join(ARCHIVE_SUFFIXES)} archive or an {NPZ_SUFFIX} (Keras' "
+                        f"mnist.npz). {_LOCATION_HINT}")
+    build_fn = (_build_from_npz if is_npz else
+                _build_from_archive if os.path.isfile(path) else _build_from_dir)
 
     def build() -> ArrayDataset:
         start = time.perf_counter()

@@ -15,6 +15,9 @@ Differences from the paper:
 - ``activation`` defaults to plain tanh; the paper uses 1.7159 tanh(2a/3) (Appendix A).
   ``kernel_init`` defaults to LeCun uniform, U(+-sqrt(3/fan_in)); the paper's is U(+-2.4/fan_in).
 - It takes any number of input channels (3 for CIFAR); the paper had 1 (32x32 padded MNIST).
+- ``pad`` zero-pads C1's input: ``pad=2`` gives MNIST's 28x28 images the paper's 32x32 field.
+  The zeros are added after normalisation, so they are the dataset's mean grey; the paper's
+  border is the background level of its input scaling.
 
 Parameters (10 classes): 62,006 for 3 input channels, 61,706 for 1 channel. The paper's network
 has exactly 60,000: C1 156 + S2 12 + C3 1,516 + S4 32 + C5 48,120 + F6 10,164 (fixed RBF codes).
@@ -40,12 +43,15 @@ class LeNet5(nn.Module):
     activation: str = "tanh"
     pool: str = "avg"  # "avg" (the paper's subsampling, without its trainable scale) or "max"
     kernel_init: str = "lecun_uniform"
+    pad: int = 0  # pixels of zero padding around C1's input (2: 28x28 MNIST -> 32x32)
     dtype: Any = jnp.float32
     layer_impl: LayerImpl = PLAIN
 
     def __post_init__(self) -> None:
         if self.pool not in ("avg", "max"):
             raise ValueError(f"lenet5 field 'pool' must be 'avg' or 'max', got {self.pool!r}")
+        if self.pad < 0:
+            raise ValueError(f"lenet5 field 'pad' must be >= 0 pixels, got {self.pad}")
         super().__post_init__()
 
     @nn.compact
@@ -54,11 +60,11 @@ class LeNet5(nn.Module):
         init = initializer(self.kernel_init)
         pool = AvgPool if self.pool == "avg" else self.layer_impl.max_pool
 
-        def conv(features: int, name: str) -> Conv:
-            return self.layer_impl.conv(features, (5, 5), padding="VALID", kernel_init=init,
-                                        dtype=self.dtype, name=name)
+        def conv(features: int, name: str, pad: int = 0) -> Conv:
+            return self.layer_impl.conv(features, (5, 5), padding=pad or "VALID",
+                                        kernel_init=init, dtype=self.dtype, name=name)
 
-        x = pool(2, name="S2")(act(conv(6, "C1")(x)))
+        x = pool(2, name="S2")(act(conv(6, "C1", self.pad)(x)))
         x = pool(2, name="S4")(act(conv(16, "C3")(x)))
         x = act(conv(120, "C5")(x))
         x = x.reshape(x.shape[0], -1)

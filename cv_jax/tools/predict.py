@@ -3,9 +3,10 @@
     python -m cv_jax.tools.predict --workdir=runs/r20 IMAGE_OR_DIR... [--top_k=5] [--json]
         [--checkpoint=best|latest] [--weights=raw|ema]
 
-Images of any size are decoded and resized as the run's data loader does (RGB; grayscale and
-RGBA converted). A folder stands for every image file below it, in sorted order. Files that
-cannot be decoded are named on stderr and the rest still predicted; the exit status is then 1.
+Images of any size are decoded and resized as the run's data loader does (RGB, grayscale and
+RGBA converted; one grey channel for a run trained on one, e.g. on MNIST IDX files). A folder
+stands for every image file below it, in sorted order. Files that cannot be decoded are named
+on stderr and the rest still predicted; the exit status is then 1.
 """
 
 from __future__ import annotations

@@ -70,9 +70,18 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
 
 def resolve_normalization(config: mlc.ConfigDict, train: ArrayDataset) -> None:
     """With ``dataset.normalization='featurewise'``, set ``dataset.mean``/``std`` to the training
-    set's per-channel statistics (so the saved config holds the values the run used)."""
-    if config.dataset.normalization == "featurewise":
+    set's per-channel statistics (so the saved config holds the values the run used); then
+    ConfigError unless they have one value per channel of the images."""
+    cfg = config.dataset
+    if cfg.normalization == "featurewise":
         mean, std = pipeline.channel_stats(train)
-        config.dataset.mean, config.dataset.std = mean, std
+        cfg.mean, cfg.std = mean, std
         log.info("Featurewise normalisation from %d training images: mean %s, std %s",
                  len(train), np.round(mean, 4).tolist(), np.round(std, 4).tolist())
+    channels = train.images.shape[-1]
+    if len(cfg.mean) != channels:  # validate() checked that std has as many values as mean
+        raise ConfigError(
+            f"config.dataset.mean={tuple(cfg.mean)} and config.dataset.std={tuple(cfg.std)} have "
+            f"{len(cfg.mean)} value(s), but the images of dataset {cfg.name!r} have {channels} "
+            f"channel(s). Fix: give {channels} value(s) each (images scaled to [0, 1]), or set "
+            "config.dataset.normalization=featurewise to compute them from the training set.")

@@ -26,9 +26,10 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
-    """Never touch ~/.cache or a real $CV_JAX_DATA."""
+    """Never touch ~/.cache, a real $CV_JAX_DATA or Keras' download cache."""
     monkeypatch.setenv("CV_JAX_CACHE", str(tmp_path / "default-cache"))
     monkeypatch.delenv("CV_JAX_DATA", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
 
 
 def _random_image(h: int = 4, w: int = 5) -> np.ndarray:
@@ -568,12 +569,14 @@ def test_find_dataset_error_lists_every_attempt(repo, tmp_path, monkeypatch):
         find_dataset("cifar10", None, str(repo))
     lines = str(info.value).splitlines()
     tried = [line for line in lines if line.startswith("  ") and line.strip()[0].isdigit()]
-    assert len(tried) == 5
+    assert len(tried) == 6
     assert "config.dataset.data_dir: not set" in tried[0]
     assert str(tmp_path / "missing-env") in tried[1] and "does not exist" in tried[1]
     assert str(repo / "data") in tried[2]
     assert str(tmp_path / "work/shared/data") in tried[3] and "cifar10-jpeg.tar.gz" in tried[3]
-    assert "tfds:cifar10" in tried[4]
+    assert tried[4] == (f"  5. {tmp_path / 'keras-home/datasets'} (Keras' download cache, "
+                        "$KERAS_HOME/datasets): does not exist")
+    assert "tfds:cifar10" in tried[5]
     assert "--config.dataset.data_dir=PATH" in str(info.value)
     assert "CV_JAX_DATA=PATH" in str(info.value)
 

@@ -60,6 +60,7 @@ EXACT_COUNTS = [
     # C5 5*5*16*120 + 120 = 48,120, F6 120*84 + 84 = 10,164, output 84*10 + 10 = 850.
     ("lenet5", (32, 32, 3), 10, {}, 62_006),
     ("lenet5", (32, 32, 1), 10, {}, 61_706),  # C1 is 5*5*1*6 + 6 = 156, 300 fewer
+    ("lenet5", (28, 28, 1), 10, {"pad": 2}, 61_706),  # MNIST padded to the same 32x32 field
     # Krizhevsky et al. 2012 ("60 million"; Caffe bvlc_alexnet has the same 60,965,224):
     # conv1 11*11*3*96 + 96 = 34,944; conv2 5*5*48*256 + 256 = 307,456 (2 groups);
     # conv3 3*3*256*384 + 384 = 885,120; conv4 3*3*192*384 + 384 = 663,936;
@@ -291,6 +292,17 @@ def test_small_inputs_fail_naming_the_layer() -> None:
                      "pool:avg:2")
 
 
+def test_lenet_pad_is_zeros_around_the_input_of_c1() -> None:
+    x = np.random.default_rng(2).normal(size=(2, 28, 28, 1)).astype(np.float32)
+    variables = random_variables("lenet5", (32, 32, 1))
+    padded = create_model("lenet5", num_classes=10, pad=2).apply(variables, x, train=False)
+    zeros_around = create_model("lenet5", num_classes=10).apply(
+        variables, np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), train=False)
+    np.testing.assert_allclose(padded, zeros_around, rtol=1e-6, atol=1e-6)
+    with pytest.raises(InputTooSmall, match="C5"):  # unpadded, 28x28 leaves C5 a 4x4 map
+        output_shape("lenet5", (28, 28, 1))
+
+
 def test_lenet_pool_and_activation_fields_are_used() -> None:
     x = np.random.default_rng(1).normal(size=(1, 32, 32, 1)).astype(np.float32)
     variables = random_variables("lenet5", (32, 32, 1))
@@ -310,3 +322,5 @@ def test_alexnet_groups_must_divide_the_widths() -> None:
         create_model("alexnet", num_classes=10, groups=3)
     with pytest.raises(ValueError, match="pool"):
         create_model("lenet5", num_classes=10, pool="sum")
+    with pytest.raises(ValueError, match="'pad' must be >= 0 pixels, got -1"):
+        create_model("lenet5", num_classes=10, pad=-1)

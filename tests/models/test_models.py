@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from modelcheck import output_shape
 
 from cv_jax.models import (
     create_model,
@@ -124,6 +125,16 @@ def test_every_model_computes_in_bf16_with_f32_params(name: str) -> None:
     assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
     conv_dtypes = re.findall(r"(\w+)\[[\d,]*\] = conv_general_dilated", str(jaxpr))
     assert conv_dtypes and set(conv_dtypes) == {"bf16"}
+
+
+@pytest.mark.parametrize("name, size, kwargs", [
+    ("lenet5", 28, {"pad": 2}), ("convnet", 28, {}), ("keras_cifar_cnn", 28, {}),
+    ("airbench", 28, SMALL_AIRBENCH), ("resnet20", 28, {}), ("alexnet_cifar", 32, {}),
+    ("vgg11_bn_cifar", 32, {}), ("resnet18", 64, {})])
+def test_models_take_one_channel_images(name: str, size: int, kwargs: dict) -> None:
+    """Grey images (MNIST, Fashion-MNIST): the first layer's kernel takes one input channel
+    (each family's first layer is built the same way, whatever its input)."""
+    assert output_shape(name, (size, size, 1), **kwargs) == ((2, NUM_CLASSES), jnp.float32)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])

@@ -273,3 +273,10 @@ def test_command_line_flags(visualized, tiny_folder, tmp_path):
     assert [r["index"] for r in record["predictions"]] == [0, 9, 18, 26, 35]
     assert size_of(paths["predictions"]) == panels_size(5)
     assert size_of(paths["feature_maps/group1/conv1"]) == tiled_size(4, 60)  # 4 of 8, 15x15
+
+
+def test_example_grids_show_grey_images(tmp_path):
+    images = np.stack([np.full((28, 28, 1), v, np.uint8) for v in (0, 255)])
+    path = figures.image_grid(images, ["a", "b"], [False, True], str(tmp_path / "grid.png"))
+    with Image.open(path) as grid:
+        assert grid.size[0] > 28 and grid.size[1] > 28

@@ -232,15 +232,17 @@ def test_batch_norm_uses_its_written_out_gradient_only_where_it_applies():
 
 
 # airbench: the whitening stem, max pools, GELU; resnet20: residual blocks, strided
-# convolutions; convnet: MaxPool layers.
-MODELS = [("airbench", 16, {"widths": (8, 16, 16)}), ("resnet20", 8, {}), ("convnet", 16, {})]
+# convolutions; convnet: MaxPool layers. (name, image size, fields, input channels)
+MODELS = [("airbench", 16, {"widths": (8, 16, 16)}, 3), ("resnet20", 8, {}, 3),
+          ("convnet", 16, {}, 3), ("convnet", 12, {}, 1)]
 
 
-def loss_and_gradients(name: str, image_size: int, fields: dict, layer_impl):
-    """Training-mode cross-entropy of ``name`` built with ``layer_impl`` on a fixed batch, with
-    its gradient, its BatchNorm statistics and its program, at PLAIN's initial variables."""
+def loss_and_gradients(name: str, image_size: int, fields: dict, layer_impl, channels: int = 3):
+    """Training-mode cross-entropy of ``name`` built with ``layer_impl`` on a fixed batch of
+    ``channels``-channel images, with its gradient, its BatchNorm statistics and its program,
+    at PLAIN's initial variables."""
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(8, image_size, image_size, 3)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(8, image_size, image_size, channels)), jnp.float32)
     labels = jnp.arange(8) % 10
     plain = models.create_model(name, num_classes=10, **fields)
     variables = jax.jit(lambda: plain.init(jax.random.key(0), x[:1], train=False))()
@@ -257,12 +259,14 @@ def loss_and_gradients(name: str, image_size: int, fields: dict, layer_impl):
     return value, grads, stats, program
 
 
-@pytest.mark.parametrize("name, image_size, fields", MODELS, ids=[m[0] for m in MODELS])
+@pytest.mark.parametrize("name, image_size, fields, channels", MODELS,
+                         ids=[m[0] + ("-grey" if m[3] == 1 else "") for m in MODELS])
 def test_a_model_built_with_the_cpu_layers_has_the_plain_loss_and_gradients(name, image_size,
-                                                                             fields):
+                                                                             fields, channels):
     value, grads, stats, program = loss_and_gradients(name, image_size, fields,
-                                                      cpu_formulations.CPU)
-    value0, grads0, stats0, program0 = loss_and_gradients(name, image_size, fields, PLAIN)
+                                                      cpu_formulations.CPU, channels)
+    value0, grads0, stats0, program0 = loss_and_gradients(name, image_size, fields, PLAIN,
+                                                          channels)
     assert "cv_jax_conv" in program and "cv_jax_conv" not in program0
     assert "select_and_scatter" not in program
     assert ("select_and_scatter" in program0) == (name != "resnet20")  # max pools
