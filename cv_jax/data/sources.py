@@ -709,9 +709,14 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
         raise _bad_files_error([], empty, listing.where, bad_files)
     paths = np.array([listing.display(rel) for _, rel in plan.entries], dtype=object)
     labels = np.array([label for label, _ in plan.entries], dtype=np.int32)
-    files = FileDataset(paths, labels, plan.class_names, (0, 0, 3), size)
-    if size is None:
-        files = dataclasses.replace(files, image_shape=decode_image(paths[0]).shape)
+    files = FileDataset(paths, labels, plan.class_names, (0, 0, 3), size, bad_files=bad_files)
+    if size is None:  # the first image's (under 'skip': the first that decodes)
+        shape = decode_image(paths[0]).shape if bad_files == "strict" else next(
+            (d.shape for p in paths if not isinstance(d := decode_one(p, None), str)), None)
+        if shape is None:
+            raise DataError(f"no image in {listing.display(plan.split_dir)} decodes. "
+                            f"{_LOCATION_HINT}")
+        files = dataclasses.replace(files, image_shape=shape)
     else:
         files = dataclasses.replace(files, image_shape=(*size, 3))
     logger.info("Listed %d images of split %r in %s (streamed: decoded as batches are read)",

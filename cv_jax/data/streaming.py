@@ -76,20 +76,21 @@ def random_resized_crop(image: np.ndarray, size: int, scale: tuple[float, float]
 
 @dataclasses.dataclass(frozen=True)
 class ReadExample:
-    """Grain map function: example index -> {'image', 'label', 'index'}, decoded (and augmented)
-    as epoch ``epoch`` reads it."""
+    """Grain map function: example index -> {'image', 'label', 'index', 'bad'}, decoded (and
+    augmented) as epoch ``epoch`` reads it; under ``bad_files='skip'`` a file that does not
+    decode is replaced by the next example that does, and named in 'bad' (see
+    ``FileDataset.read_example``)."""
 
     split: Split
     epoch: int
     augment: HostAugment | None = None
 
     def __call__(self, index: np.integer) -> dict[str, Any]:
-        index = int(index)
-        image = self.split.read(index)
+        image, index, bad = self.split.read_example(int(index))
         if self.augment is not None and self.augment.active:
             image = self.augment(image, self.epoch, index)
         return {"image": image, "label": self.split.labels[index],
-                "index": np.int32(index)}
+                "index": np.int32(index), "bad": np.str_(bad)}
 
 
 def local_positions(order: np.ndarray, steps_per_epoch: int, batch_size: int,

@@ -49,15 +49,26 @@ class StreamedBatches(grain.DatasetIterator):
                         "label": ((stream.batch_size,), np.int32),
                         "index": ((stream.batch_size,), np.int32)}
         self._iterator: EpochBatches | None = None
+        self.skipped: dict[str, str] = {}  # file -> reason: passed over under bad_files='skip'
 
     def batch(self, step: int) -> tuple[jax.Array, ...]:
         """Step ``step``'s images, labels and example indices, global arrays."""
         if self._iterator is None or self._iterator.step != step:
             self._open(step)
         local = next(self._iterator)
+        self._note_bad(local["bad"])
         return tuple(jax.make_array_from_process_local_data(
             self._sharding, np.asarray(local[k], dtype=self._shapes[k][1]), self._shapes[k][0])
             for k in FIELDS)
+
+    def _note_bad(self, bad: np.ndarray) -> None:
+        """Logs (once) and records the files this process's batch passed over."""
+        for line in (line for text in bad.tolist() if text for line in text.split("\n")):
+            name, _, reason = line.partition(": ")
+            if name not in self.skipped:
+                self.skipped[name] = reason
+                log.warning("Skipped bad file %s (%s; dataset.bad_files='skip'): the next "
+                            "example in file order takes its place.", name, reason)
 
     def example(self) -> tuple[jax.ShapeDtypeStruct, ...]:
         return tuple(jax.ShapeDtypeStruct(*self._shapes[k], sharding=self._sharding)

@@ -149,7 +149,7 @@ def _train(config: mlc.ConfigDict, workdir: str, data: Datasets, plan: Plan,
         timing = trained.timing(compiled.compile_time)
         results = results_record(config, plan, step, state, last_eval, ckpt.best_step(),
                                  timing, mesh, stopped_early=stopped_early,
-                                 skipped=data.skipped)
+                                 skipped=data.skipped + streamed_skips(compiled.program))
         write_results(workdir, results)
         write_hparams(workdir, config, results, step)  # TensorBoard's HParams dashboard
         if tracker is not None:
@@ -176,6 +176,12 @@ def resume_stream(ckpt: checkpoint.Checkpoints, latest: int | None, step: int,
         raise RuntimeError(f"checkpoint {latest} holds the streaming state of step "
                            f"{stream.step}, not of its training step {step}; delete "
                            f"{ckpt.directory}/{latest}/data to start the stream at step {step}")
+
+
+def streamed_skips(program) -> tuple[tuple[str, str], ...]:
+    """The bad files the stream passed over in this process (bad_files='skip'); none if the
+    program is resident."""
+    return tuple(program.stream.skipped.items()) if program.stream is not None else ()
 
 
 class StepTimes(EveryStep):

@@ -36,8 +36,9 @@ def take(iterator, count: int) -> list[dict]:
 def assert_same_batches(got: list[dict], expected: list[dict]) -> None:
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
+        assert a.keys() - {"bad"} == b.keys() - {"bad"}
+        assert not any(a.get("bad", ())) and not any(b.get("bad", ()))
+        for key in b.keys() - {"bad"}:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
@@ -74,7 +75,8 @@ def test_each_process_reads_its_rows_of_every_global_batch(splits):
     for step, batch in enumerate(whole):
         for p in range(4):
             assert parts[p][step]["image"].shape == (BATCH // 4, 16, 16, 3)
-        joined = {k: np.concatenate([part[step][k] for part in parts]) for k in batch}
+        joined = {k: np.concatenate([part[step][k] for part in parts])
+                  for k in ("image", "label", "index")}
         assert_same_batches([joined], [batch])
 
 
@@ -140,6 +142,20 @@ def test_a_bad_file_stops_the_stream_naming_it(with_bad_file, workers):
         next(batches)
     assert "bad_files=skip" in str(raised.value)
     batches.close()
+
+
+def test_under_skip_the_next_good_example_takes_a_bad_files_place_and_is_named(
+        with_bad_file):
+    root, bad = with_bad_file
+    files = list_split(root, "train", bad_files="skip")
+    at = list(files.paths).index(str(bad))
+    batch = next(Stream(files, lambda e: np.arange(16), 1, 16).batches())
+    expected = np.arange(16)
+    expected[at] = at + 1
+    np.testing.assert_array_equal(batch["index"], expected)
+    np.testing.assert_array_equal(batch["image"][at], files.read(at + 1))
+    assert batch["bad"][at].startswith(f"{bad}: UnidentifiedImageError")
+    assert [b for i, b in enumerate(batch["bad"]) if i != at] == [""] * 15
 
 
 def test_an_empty_class_folder_is_refused_when_strict_and_kept_when_skipping(tmp_path):
