@@ -66,6 +66,7 @@ default, the values it accepts and what it does, without training:
   --config.dataset.num_folds=5 --config.dataset.fold=0   (k-fold; make cv runs every fold)
   --config.dataset.num_labelled=4000   (class-balanced labelled subset; make pseudo-label)
   --config.dataset.resample_seed=0     (bootstrap resample; make ensemble)
+  --config.dataset.pipeline=streaming  (Grain streams the training set; 'auto' picks; docs/data.md)
   python -m cv_jax.tools.schedules --config=configs/cifar10.py:cpu --out=lr.png  (LR plot)
   python -m cv_jax.workflows.lr_find --config=configs/cifar10.py:cpu             (range test)
   python -m cv_jax.tools.augmentations --config=configs/cifar10.py:cpu --out=grid.png

@@ -26,6 +26,8 @@ OPTIMIZERS = ("adadelta", "adagrad", "adam", "adamw", "lamb", "lars", "lion", "r
 WRAPPERS = ("sam", "schedule_free_sgd", "schedule_free_adamw")
 # dataset.bad_files: what loading does with files it cannot decode (cv_jax/data/sources.py).
 BAD_FILES_POLICIES = ("strict", "skip")
+# dataset.pipeline: how training batches reach the devices (cv_jax/training/datasets.py).
+PIPELINES = ("resident", "streaming", "auto")
 # augment.padding_mode, fill_mode and auto_augment (cv_jax/data/augment.py).
 PADDING_MODES = ("reflect", "constant", "edge")
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
@@ -149,6 +151,25 @@ SCHEMA: dict[str, Section] = {
             "error listing them (and empty class folders); 'skip' leaves them out and lists "
             "them in results.json", BAD_FILES_POLICIES,
             "'strict' (stop, listing every bad file) or 'skip' (leave them out and report them)"),
+        pipeline=_choice(
+            "resident", "'resident': the decoded training split stays on every device; "
+            "'streaming': Grain reads, decodes and batches it on the host, each process its "
+            "share of every batch; 'auto': resident if the decoded split takes under 1/4 of a "
+            "device's memory (4 GiB where the device does not say), else streaming",
+            PIPELINES, "'resident', 'streaming' or 'auto'"),
+        stream_workers=Key(0, "streaming: Grain worker processes decoding batches (0: the "
+                              "training process, with stream_threads threads)",
+                           "an integer >= 0", lambda v: v >= 0),
+        stream_threads=Key(4, "streaming: threads reading and decoding images in each process",
+                           "an integer >= 0", lambda v: v >= 0),
+        stream_crop=Key(0, "streaming: random-resized-crop on the host to this many pixels "
+                           "square (Inception-style, keyed by seed, epoch and example); 0 = off",
+                        "an integer >= 0 (0: off)", lambda v: v >= 0),
+        stream_crop_scale=Key((0.08, 1.0), "streaming: the crop's area range, as fractions of "
+                                           "the image", "(min, max) with 0 < min <= max <= 1",
+                              lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1),
+        stream_flip=Key(False, "streaming: mirror half the images on the host (keyed as "
+                               "stream_crop)"),
         classes=Key("", "a subset, relabelled 0..k-1: '0-4', '5,7' or 'cat,dog'; '' = all"),
         validation_size=Key(0, "examples carved from train (the same ones every run) for model "
                                "selection", "an integer >= 0 (0: no validation)",

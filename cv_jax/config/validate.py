@@ -171,6 +171,27 @@ def validate(config: mlc.ConfigDict) -> None:
                           f"{tuple(d.std)} differ in length: give one value per channel in each")
     check_optimizer(config.optimizer)
     check_model(config.model)
+    check_streaming(config)
+
+
+def check_streaming(config: mlc.ConfigDict) -> None:
+    """What ``dataset.pipeline='streaming'`` cannot do (a resident run can)."""
+    if config.dataset.pipeline != "streaming":
+        return
+    refused = {
+        "training.steps_per_call": (config.training.steps_per_call, 1,
+                                    "one streamed batch per call"),
+        "dataset.normalization": (config.dataset.normalization, "given",
+                                  "featurewise statistics would read the whole split; give "
+                                  "config.dataset.mean/std"),
+        "dataset.pseudo_labels": (config.dataset.pseudo_labels, "",
+                                  "pseudo-labelled examples are added to resident arrays"),
+    }
+    for key, (value, needed, why) in refused.items():
+        if value != needed:
+            raise ConfigError(f"config.{key}={value!r} does not work with "
+                              f"config.dataset.pipeline='streaming' ({why}): set "
+                              f"config.{key}={needed!r} or config.dataset.pipeline='resident'")
 
 
 def check_monitor(config: mlc.ConfigDict) -> None:

@@ -1,11 +1,15 @@
-"""A decoded split in memory (:class:`ArrayDataset`), and the error bad dataset input raises
-(:class:`DataError`)."""
+"""A split: decoded in memory (:class:`ArrayDataset`) or as image files read on demand
+(:class:`FileDataset`, for the streaming pipeline), and the error bad dataset input raises
+(:class:`DataError`). Both have the labels, class names and image shape of the split, ``take``
+(a subset, for the selections of :mod:`cv_jax.data.pipeline`) and ``read`` (one image)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+
+from cv_jax.data.decode import decode_one
 
 
 class DataError(ValueError):
@@ -48,3 +52,100 @@ class ArrayDataset:
     def __len__(self) -> int:
         """Number of examples."""
         return int(self.labels.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of every image."""
+        return tuple(self.images.shape[1:])
+
+    def take(self, indices: np.ndarray) -> ArrayDataset:
+        """The examples at ``indices``, in that order."""
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
+    def read(self, index: int) -> np.ndarray:
+        """Image ``index``, uint8 [H, W, 3]."""
+        return self.images[index]
+
+    def read_example(self, index: int) -> tuple[np.ndarray, int, str]:
+        """``(image, index, '')``: as :meth:`FileDataset.read_example`, with no bad files."""
+        return self.images[index], index, ""
+
+    def head(self, count: int) -> np.ndarray:
+        """The first ``count`` images, uint8 [count, H, W, 3]."""
+        return self.images[:count]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDataset:
+    """A split as image files, decoded when read: ``paths`` [N] (str), ``labels`` int32 [N].
+
+    ``image_size`` (H, W) resizes every image as it is read; without it every image must have
+    ``image_shape``. Reading decodes as the resident loader does (:mod:`cv_jax.data.decode`);
+    a file that does not decode follows ``bad_files`` (:meth:`read_example`).
+    """
+
+    paths: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    image_size: tuple[int, int] | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    bad_files: str = "strict"
+
+    def __len__(self) -> int:
+        """Number of examples."""
+        return int(self.labels.shape[0])
+
+    def take(self, indices: np.ndarray) -> FileDataset:
+        """The examples at ``indices``, in that order."""
+        return dataclasses.replace(self, paths=self.paths[indices], labels=self.labels[indices])
+
+    def read(self, index: int) -> np.ndarray:
+        """Image ``index`` decoded, uint8 [H, W, 3]; DataError naming its file if it cannot be
+        decoded or has another size."""
+        decoded = self._decode(index)
+        if isinstance(decoded, str):
+            raise DataError(f"cannot decode {self.paths[index]} as an image ({decoded}). Fix: "
+                            "delete or replace the file, or set --config.dataset.bad_files=skip.")
+        return decoded
+
+    def read_example(self, index: int) -> tuple[np.ndarray, int, str]:
+        """``(image, index read, bad)``: example ``index``, or under ``bad_files='skip'``,
+        where its file does not decode, the next example in file order that does (so a batch
+        keeps its size), with ``bad`` = 'file: reason' of each file passed over ('' if none).
+        Under 'strict', :meth:`read`'s DataError."""
+        if self.bad_files != "skip":
+            return self.read(index), index, ""
+        bad = []
+        for offset in range(len(self)):
+            at = (index + offset) % len(self)
+            decoded = self._decode(at)
+            if not isinstance(decoded, str):
+                return decoded, at, "\n".join(bad)
+            bad.append(f"{self.paths[at]}: {decoded}")
+        raise DataError(f"no file of the split decodes:\n{bad[0]}\n... Fix: point "
+                        "config.dataset.data_dir at readable images.")
+
+    def _decode(self, index: int) -> np.ndarray | str:
+        """Image ``index``, or the reason its file does not decode; DataError if its size is
+        not the split's (whatever ``bad_files`` says, as in the resident loader)."""
+        path = str(self.paths[index])
+        decoded = decode_one(path, self.image_size)
+        if isinstance(decoded, str):
+            return decoded
+        if decoded.shape != self.image_shape:
+            raise DataError(f"{path} is {decoded.shape[0]}x{decoded.shape[1]} (HxW) but the "
+                            f"split's images are {self.image_shape[0]}x{self.image_shape[1]}; "
+                            "Fix: set config.dataset.image_size=(H, W) to resize every image.")
+        return decoded
+
+    def head(self, count: int) -> np.ndarray:
+        """The first ``count`` images, decoded, uint8 [count, H, W, 3]."""
+        return np.stack([self.read(i) for i in range(min(count, len(self)))])
+
+    def decoded(self) -> ArrayDataset:
+        """The whole split decoded into memory (for a small one: a validation split)."""
+        return ArrayDataset(self.head(len(self)), self.labels, self.class_names, self.skipped)
+
+
+Split = ArrayDataset | FileDataset

@@ -9,13 +9,12 @@ import os
 import jax
 import numpy as np
 
-from cv_jax.data.dataset import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset, Split
 
 
-def take(dataset: ArrayDataset, indices: np.ndarray) -> ArrayDataset:
-    """The examples at ``indices``, in that order."""
-    return dataclasses.replace(dataset, images=dataset.images[indices],
-                               labels=dataset.labels[indices])
+def take(dataset: Split, indices: np.ndarray) -> Split:
+    """The examples at ``indices``, in that order (of decoded images or of image files)."""
+    return dataset.take(indices)
 
 
 def parse_classes(spec: str, class_names: tuple[str, ...]) -> list[int]:
@@ -42,7 +41,7 @@ def parse_classes(spec: str, class_names: tuple[str, ...]) -> list[int]:
     return chosen
 
 
-def select_classes(dataset: ArrayDataset, spec: str) -> ArrayDataset:
+def select_classes(dataset: Split, spec: str) -> Split:
     """The examples of the classes ``spec`` names (see :func:`parse_classes`), relabelled
     0..k-1 in that order, with those class names."""
     chosen = parse_classes(spec, dataset.class_names)
@@ -60,14 +59,14 @@ def shuffled_order(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-def limit(dataset: ArrayDataset, max_examples: int, seed: int = 0) -> ArrayDataset:
+def limit(dataset: Split, max_examples: int, seed: int = 0) -> Split:
     """A fixed random subset of ``max_examples`` (sorted back into source order); 0: all."""
     if max_examples <= 0 or max_examples >= len(dataset):
         return dataset
     return take(dataset, np.sort(shuffled_order(len(dataset), seed)[:max_examples]))
 
 
-def long_tailed(dataset: ArrayDataset, imbalance_ratio: float, seed: int = 0) -> ArrayDataset:
+def long_tailed(dataset: Split, imbalance_ratio: float, seed: int = 0) -> Split:
     """A long-tailed subset: class k keeps ``n_max * ratio ** (-k / (K - 1))`` examples (the
     exponential profile of Cao et al. 2019, arXiv:1906.07413), so the first class keeps all of
     its examples and the last ``1 / ratio`` of them. Which examples stay is fixed by ``seed``;
@@ -87,7 +86,7 @@ def long_tailed(dataset: ArrayDataset, imbalance_ratio: float, seed: int = 0) ->
 BALANCE_MODES = ("", "oversample", "undersample")
 
 
-def rebalance(dataset: ArrayDataset, mode: str, seed: int = 0) -> ArrayDataset:
+def rebalance(dataset: Split, mode: str, seed: int = 0) -> Split:
     """Equal class counts by resampling once, deterministically: ``oversample`` repeats randomly
     chosen examples of the smaller classes up to the largest count (every original example
     stays); ``undersample`` keeps a random subset of each class at the smallest count."""
@@ -124,8 +123,7 @@ def channel_stats(dataset: ArrayDataset, chunk: int = 4096) -> tuple[tuple[float
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def split_validation(dataset: ArrayDataset, size: int,
-                     seed: int = 0) -> tuple[ArrayDataset, ArrayDataset | None]:
+def split_validation(dataset: Split, size: int, seed: int = 0) -> tuple[Split, Split | None]:
     """Carves ``size`` examples out of ``dataset`` for validation, the same ones every run."""
     if size <= 0:
         return dataset, None
@@ -175,8 +173,8 @@ def fold_ids(labels: np.ndarray, num_folds: int, stratified: bool = True,
     return folds
 
 
-def split_fold(dataset: ArrayDataset, num_folds: int, fold: int, stratified: bool = True,
-               seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+def split_fold(dataset: Split, num_folds: int, fold: int, stratified: bool = True,
+               seed: int = 0) -> tuple[Split, Split]:
     """``(train, validation)``: fold ``fold`` of ``num_folds`` held out, the rest to train on."""
     if not 0 <= fold < num_folds:
         raise ValueError(f"config.dataset.fold={fold} is not a fold of "
@@ -199,7 +197,7 @@ def resample_indices(n: int, seed: int, weights: np.ndarray | None = None) -> np
     return np.sort(np.random.default_rng(seed).choice(n, n, replace=True, p=p))
 
 
-def resample(dataset: ArrayDataset, seed: int, weights_path: str = "") -> ArrayDataset:
+def resample(dataset: Split, seed: int, weights_path: str = "") -> Split:
     """``config.dataset.resample_seed`` / ``resample_weights``: the training set replaced by
     ``resample_indices`` of it (weights from an .npy, or an .npz's array 'weights'; '' =
     uniform); seed < 0: unchanged."""

@@ -70,7 +70,7 @@ import numpy as np
 from cv_jax.config.schema import BAD_FILES_POLICIES
 from cv_jax.data import idx
 from cv_jax.data.cache import cached, fingerprint
-from cv_jax.data.dataset import ArrayDataset, DataError, printable
+from cv_jax.data.dataset import ArrayDataset, DataError, FileDataset, printable
 from cv_jax.data.decode import Decoded, Payload, array_to_rgb, decode_chunk, decode_one
 from cv_jax.data.walk import walk
 
@@ -728,6 +728,49 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     dataset = cached(key, cache_dir, build)
     _report_gaps(dataset, f"split {split!r} of {printable(path)}")
     return dataset
+
+
+def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
+               bad_files: str = "strict") -> FileDataset | None:
+    """An ImageFolder directory's ``split`` as files to decode when read (the streaming
+    pipeline): the files, labels and class order :func:`load_split` would decode, found by the
+    same walk. None for a source that is not an ImageFolder directory (an archive, CIFAR
+    batches, ``tfds:``), which is read with :func:`load_split` instead.
+
+    Nothing is decoded but the first image (for the image shape, unless ``image_size`` is
+    given); class folders without images are an error under ``bad_files='strict'``, as in
+    :func:`load_split`.
+    """
+    size = _normalize_size(image_size)
+    source = os.fspath(source)
+    path = os.path.abspath(os.path.expanduser(source))
+    if source.startswith(TFDS_PREFIX) or not os.path.isdir(path):
+        return None
+    listing = _list_dir(path)
+    plan = _plan(listing, split)
+    if isinstance(plan, _CifarPlan):
+        return None
+    empty = [listing.display(posixpath.join(plan.split_dir, c)) for c in plan.empty_classes]
+    if not plan.entries or (bad_files == "strict" and empty):
+        raise _bad_files_error([], empty, listing.where, bad_files)
+    paths = np.array([listing.display(rel) for _, rel in plan.entries], dtype=object)
+    labels = np.array([label for label, _ in plan.entries], dtype=np.int32)
+    files = FileDataset(paths, labels, plan.class_names, (0, 0, 3), size, bad_files=bad_files)
+    if size is None:  # the first image's (under 'skip': the first that decodes)
+        shape = decode_image(paths[0]).shape if bad_files == "strict" else next(
+            (d.shape for p in paths if not isinstance(d := decode_one(p, None), str)), None)
+        if shape is None:
+            raise DataError(f"no image in {listing.display(plan.split_dir)} decodes. "
+                            f"{_LOCATION_HINT}")
+        files = dataclasses.replace(files, image_shape=shape)
+    else:
+        files = dataclasses.replace(files, image_shape=(*size, 3))
+    logger.info("Listed %d images of split %r in %s (streamed: decoded as batches are read)",
+                len(files), split, path)
+    if empty:
+        logger.warning("Class folder(s) %s have no images; kept as classes with 0 examples so "
+                       "that labels match other splits.", ", ".join(map(printable, empty)))
+    return files
 
 
 def _report_gaps(dataset: ArrayDataset, what: str) -> None:

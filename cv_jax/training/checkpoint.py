@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run: keep the latest K and the best by an eval metric.
 
 Each checkpoint holds the TrainState and a small JSON signature of the model (name,
-classes, every parameter's shape), so a workdir is never restored into a different model.
+classes, every parameter's shape), so a workdir is never restored into a different model;
+with the streaming pipeline, also each process's Grain iterator state (``data``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -127,6 +129,8 @@ class Checkpoints:
         save_from_one_replica()
         self.best_metric = best_metric
         self._saving: int | None = None  # the step being written
+        # Saved with every checkpoint when set: the streaming pipeline's position.
+        self.data: grain.DatasetIterator | None = None
         if resume and jax.process_index() == 0 and os.path.isdir(self.directory):
             checkpoint_integrity.remove_unfinished(self.directory)
             checkpoint_integrity.set_aside_damaged(self.directory)
@@ -190,10 +194,12 @@ class Checkpoints:
         with self._reporting_write_errors():
             self.manager.wait_until_finished()  # the previous step is sealed before this starts
             self._saving = step
+            data = {} if self.data is None else {
+                "data": grain.checkpoint.CheckpointSave(self.data)}
             self.manager.save(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                        signature=ocp.args.JsonSave(sig)),
+                                        signature=ocp.args.JsonSave(sig), **data),
                 metrics=metrics,
             )
 
@@ -223,6 +229,18 @@ class Checkpoints:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )
         return restored["state"]
+
+    def restore_data(self, step: int, iterator: grain.DatasetIterator) -> bool:
+        """Sets ``iterator`` to the data state saved with ``step`` by this process (in a job
+        of as many processes); False, leaving it as it is, where the checkpoint holds none
+        (written by a resident run or by another number of processes)."""
+        saved = os.path.join(self.directory, str(step), "data",
+                             f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+        if not os.path.exists(saved):
+            return False
+        self.manager.restore(
+            step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator)))
+        return True
 
     def close(self) -> None:
         with self._reporting_write_errors():

@@ -1,20 +1,23 @@
 """A run's datasets: the training, validation and test splits its config names, read (or
 loaded from the cache) and prepared (class selection, validation split or fold, subsampling,
-balancing), and the featurewise normalisation statistics of the training split."""
+balancing), the featurewise normalisation statistics of the training split, and the pipeline
+that feeds the training split to the devices (``dataset.pipeline``: resident or streaming)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 
+import jax
 import ml_collections as mlc
 import numpy as np
 
 from cv_jax.config import ConfigError
+from cv_jax.config.validate import check_streaming
 from cv_jax.data import pipeline
-from cv_jax.data.dataset import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset, FileDataset, Split
 from cv_jax.data.locate import find_dataset
-from cv_jax.data.sources import check_same_classes, load_split
+from cv_jax.data.sources import check_same_classes, list_split, load_split
 
 log = logging.getLogger("cv_jax")
 
@@ -23,7 +26,7 @@ log = logging.getLogger("cv_jax")
 class Datasets:
     """The splits of a run."""
 
-    train: ArrayDataset
+    train: Split  # image files (FileDataset) only with dataset.pipeline='streaming'
     test: ArrayDataset
     validation: ArrayDataset | None = None  # carved from train when dataset.validation_size > 0
     skipped: tuple[tuple[str, str], ...] = ()  # (file, reason) under dataset.bad_files='skip'
@@ -40,9 +43,20 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     cfg = config.dataset
     source = find_dataset(cfg.name, cfg.data_dir or None)
     size = tuple(cfg.image_size) or None
-    train, test = (load_split(source, split, image_size=size, cache_dir=cfg.cache_dir or None,
-                              bad_files=cfg.bad_files)
-                   for split in (cfg.train_split, cfg.test_split))
+
+    def load(split: str) -> ArrayDataset:
+        return load_split(source, split, image_size=size, cache_dir=cfg.cache_dir or None,
+                          bad_files=cfg.bad_files)
+
+    train = None
+    if cfg.pipeline != "resident":  # an ImageFolder directory is listed, not decoded
+        train = list_split(source, cfg.train_split, image_size=size, bad_files=cfg.bad_files)
+    train = train if train is not None else load(cfg.train_split)
+    cfg.pipeline = choose_pipeline(cfg.pipeline, train)
+    check_streaming(config)
+    if cfg.pipeline == "resident" and isinstance(train, FileDataset):
+        train = load(cfg.train_split)
+    test = load(cfg.test_split)
     skipped = train.skipped + test.skipped
     check_same_classes(train, test, cfg.test_split)
     train, test = (pipeline.select_classes(split, cfg.classes) for split in (train, test))
@@ -64,11 +78,37 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     train = pipeline.rebalance(train, cfg.balance)
     train = pipeline.resample(train, cfg.resample_seed, cfg.resample_weights)
     test = pipeline.limit(test, cfg.max_eval_examples)
+    if isinstance(validation, FileDataset):  # evaluated from the devices, as test is
+        validation = validation.decoded()
     resolve_normalization(config, train)
     return Datasets(train, test, validation, skipped)
 
 
-def resolve_normalization(config: mlc.ConfigDict, train: ArrayDataset) -> None:
+CPU_RESIDENT_BYTES = 4 << 30  # the resident budget where a device reports no memory size
+
+
+def choose_pipeline(requested: str, train: Split) -> str:
+    """``dataset.pipeline`` resolved: 'auto' is 'resident' when the decoded training split
+    takes under a quarter of one device's memory (``memory_stats()['bytes_limit']``; where the
+    device reports none, as a CPU, under 4 GiB), else 'streaming'. Logs the choice and why."""
+    size = len(train) * int(np.prod(train.image_shape))
+    if requested != "auto":
+        log.info("Pipeline %r (dataset.pipeline): the decoded training split is %.2f GB.",
+                 requested, size / 1e9)
+        return requested
+    device = jax.local_devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    budget = limit // 4 if limit else CPU_RESIDENT_BYTES
+    where = f"1/4 of {device.device_kind}'s {limit / 1e9:.1f} GB" if limit else \
+        f"{budget / 1e9:.1f} GB ({device.platform} reports no memory size)"
+    chosen = "resident" if size < budget else "streaming"
+    log.info("Pipeline %r (dataset.pipeline='auto'): the decoded training split is %.2f GB, "
+             "%s the resident budget of %s.", chosen, size / 1e9,
+             "under" if chosen == "resident" else "not under", where)
+    return chosen
+
+
+def resolve_normalization(config: mlc.ConfigDict, train: Split) -> None:
     """With ``dataset.normalization='featurewise'``, set ``dataset.mean``/``std`` to the training
     set's per-channel statistics (so the saved config holds the values the run used); then
     ConfigError unless they have one value per channel of the images."""

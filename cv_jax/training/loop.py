@@ -24,31 +24,58 @@ import abc
 import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
+
+
+class Stream(Protocol):
+    """Batches streamed to the devices (``cv_jax.training.streamed``): ``batch(step)`` is
+    step ``step``'s batch as the train step's data arguments, ``example()`` their shapes."""
+
+    def batch(self, step: int) -> tuple[Any, ...]: ...
+
+    def example(self) -> tuple[Any, ...]: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """What the loop runs: the train step over the training set on the devices.
+    """What the loop runs: the train step over the training set.
 
-    ``train_step(state, images, labels, permutation, index, teacher) -> (state, metrics)``
-    trains on the ``index``-th batch of ``permutation``, ``permute(epoch)`` is that epoch's
-    order of the examples. With ``steps_per_call`` = k > 1, ``train_steps`` (same arguments)
-    trains on the batches ``index`` .. ``index + k - 1`` in one call and returns their metrics
-    stacked on a leading axis."""
+    Resident (``stream`` None): ``train_step(state, images, labels, permutation, index,
+    teacher) -> (state, metrics)`` trains on the ``index``-th batch of ``permutation`` of the
+    training set on the devices, ``permute(epoch)`` is that epoch's order of the examples.
+    With ``steps_per_call`` = k > 1, ``train_steps`` (same arguments) trains on the batches
+    ``index`` .. ``index + k - 1`` in one call and returns their metrics stacked on a leading
+    axis. Streaming: ``train_step(state, *stream.batch(step), teacher)`` trains on the batch
+    the stream gives (one step per call)."""
 
     train_step: Callable[..., tuple[Any, Any]]
     images: Any
     labels: Any
-    permute: Callable[[int], Any]
+    permute: Callable[[int], Any] | None
     steps_per_epoch: int
     teacher: Any = None  # the distillation teacher (cv_jax.training.distill), or None
     steps_per_call: int = 1
     train_steps: Callable[..., tuple[Any, Any]] | None = None
+    stream: Stream | None = None
 
     def __post_init__(self):
         if (self.steps_per_call > 1) != (self.train_steps is not None):
             raise ValueError("train_steps is given exactly when steps_per_call > 1")
+        if self.stream is not None and self.steps_per_call > 1:
+            raise ValueError("a streamed program takes one step per call")
+
+    def data(self, step: int, permutation: Any) -> tuple[Any, ...]:
+        """The train step's data arguments at ``step`` (``permutation``: its epoch's order,
+        resident only): the one seam between the loop and the two pipelines."""
+        if self.stream is not None:
+            return self.stream.batch(step)
+        return self.images, self.labels, permutation, step % self.steps_per_epoch
+
+    def example_data(self) -> tuple[Any, ...]:
+        """Data arguments to compile the train step with, consuming no batch."""
+        if self.stream is not None:
+            return self.stream.example()
+        return self.images, self.labels, self.permute(0), 0
 
 
 @dataclasses.dataclass
@@ -116,13 +143,12 @@ def run(program: Program, state: Any, start: int, end: int, hooks: Sequence[Hook
     loop = Loop(step=start, end=end, state=state, stop=stop)
     spe, epoch, permutation = program.steps_per_epoch, -1, None
     while loop.step < end and not loop.stop:
-        if loop.step // spe != epoch:
+        if loop.step // spe != epoch and program.permute is not None:
             epoch = loop.step // spe
             permutation = program.permute(epoch)
         loop.steps = call_steps(program, loop, hooks)
         train = program.train_step if loop.steps == 1 else program.train_steps
-        arguments = (program.images, program.labels, permutation, loop.step % spe,
-                     program.teacher)
+        arguments = (*program.data(loop.step, permutation), program.teacher)
         if around is None:
             loop.state, loop.metrics = train(loop.state, *arguments)
         else:

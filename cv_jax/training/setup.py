@@ -24,9 +24,9 @@ import optax
 from cv_jax import models
 from cv_jax.config import ConfigError
 from cv_jax.data import pipeline
-from cv_jax.data.dataset import ArrayDataset
+from cv_jax.data.dataset import ArrayDataset, Split
 from cv_jax.optim import lr
-from cv_jax.training import distill, losses, runs, sharding, steps, transfer
+from cv_jax.training import distill, losses, runs, sharding, steps, streamed, transfer
 from cv_jax.training.clock import Clock
 from cv_jax.training.datasets import Datasets
 from cv_jax.training.evaluation import Evaluator, make_evaluators
@@ -37,7 +37,7 @@ from cv_jax.training.state import TrainState, create_train_state, init_variables
 log = logging.getLogger("cv_jax")
 
 
-def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+def step_settings(config: mlc.ConfigDict, train: Split, plan: Plan,
                   schedule: optax.Schedule) -> steps.TrainSettings:
     """The train step settings of a run (class weights come from the training labels)."""
     weights = losses.class_weights(config.loss.class_weights, train.labels,
@@ -46,11 +46,11 @@ def step_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
                                            plan.total_steps)
 
 
-def optimizer_and_settings(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan):
+def optimizer_and_settings(config: mlc.ConfigDict, train: Split, plan: Plan):
     """``(schedule, tx, settings)`` of a run: the LR schedule over its plan, the optimizer
     (split by the transfer mode) and the step settings."""
     schedule = lr.schedule(config, plan.steps_per_epoch, plan.total_steps)
-    tx = runs.build_optimizer(config, schedule, len(train.class_names), train.images.shape[1:],
+    tx = runs.build_optimizer(config, schedule, len(train.class_names), train.image_shape,
                               plan.steps_per_epoch)
     return schedule, tx, step_settings(config, train, plan, schedule)
 
@@ -72,13 +72,26 @@ def make_mesh(config: mlc.ConfigDict) -> jax.sharding.Mesh:
 
 
 def train_step_fn(settings: steps.TrainSettings, batch_size: int, mesh: jax.sharding.Mesh):
-    """The step, not jitted: slice the epoch permutation, gather the batch, update the state.
-    Its last argument is the distillation teacher, or None."""
+    """The step, not jitted: slice the epoch permutation, gather the batch, update the state
+    (:func:`batch_step_fn`). Its last argument is the distillation teacher, or None."""
+    step = batch_step_fn(settings, mesh)
 
     def run(state, images, labels, permutation, index, teacher=None):
         with jax.named_scope("data"):  # the phase in a profiler trace (steps.train_step)
             idx = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size, batch_size)
-            batch = {"image": images[idx], "label": labels[idx], "index": idx}
+            images, labels = images[idx], labels[idx]
+        return step(state, images, labels, idx, teacher)
+
+    return run
+
+
+def batch_step_fn(settings: steps.TrainSettings, mesh: jax.sharding.Mesh):
+    """The step on a given batch, not jitted: images, labels and the examples' indices in the
+    training set, split over the mesh (the streaming pipeline's step)."""
+
+    def run(state, images, labels, indices, teacher=None):
+        with jax.named_scope("data"):
+            batch = {"image": images, "label": labels, "index": indices}
             batch = jax.lax.with_sharding_constraint(batch, sharding.batch_split(mesh))
         return steps.train_step(state, batch, settings, teacher)
 
@@ -128,48 +141,54 @@ def shuffle_key(config: mlc.ConfigDict) -> jax.Array:
     return jax.random.fold_in(seed_keys(seed)[1], 1)
 
 
-def device_train_set(train: ArrayDataset, config: mlc.ConfigDict, mesh: jax.sharding.Mesh):
-    """The training images and labels on the devices, and ``permute(epoch)``: that epoch's
-    order of the examples (jitted; the same for every run with the same shuffle key)."""
+def permutations(train: Split, config: mlc.ConfigDict, mesh: jax.sharding.Mesh):
+    """``permute(epoch)``: that epoch's order of the training examples, on the devices (jitted;
+    the same for every run with the same shuffle key, resident or streaming)."""
     repl = sharding.replicated(mesh)
-    images, labels = jax.device_put((train.images, train.labels), repl)
     key = jax.device_put(shuffle_key(config), repl)
     permute = jax.jit(functools.partial(pipeline.epoch_permutation, n=len(train)),
                       out_shardings=repl)
-    return images, labels, lambda epoch: permute(key, epoch)
+    return lambda epoch: permute(key, epoch)
 
 
-def create_model(config: mlc.ConfigDict, train: ArrayDataset) -> nn.Module:
+def device_train_set(train: ArrayDataset, config: mlc.ConfigDict, mesh: jax.sharding.Mesh):
+    """The training images and labels on the devices, and ``permute(epoch)``
+    (:func:`permutations`)."""
+    images, labels = jax.device_put((train.images, train.labels), sharding.replicated(mesh))
+    return images, labels, permutations(train, config, mesh)
+
+
+def create_model(config: mlc.ConfigDict, train: Split) -> nn.Module:
     """The run's model (``config.model``) for the classes of ``train``, as the train step
     applies it: built with the run's training layers (``runs.training_layers``)."""
     return runs.build_model(config, len(train.class_names), runs.training_layers(config))
 
 
-def build_state(config: mlc.ConfigDict, train: ArrayDataset, settings: steps.TrainSettings,
+def build_state(config: mlc.ConfigDict, train: Split, settings: steps.TrainSettings,
                 tx, mesh: jax.sharding.Mesh, clock: Clock | None = None) -> TrainState:
     """A fresh state: model init, data-dependent init (on ``clock``), replicated over the
     mesh."""
-    advice = models.input_size_advice(config.model.name, train.images.shape[1:3])
+    advice = models.input_size_advice(config.model.name, train.image_shape[:2])
     if advice:
         log.warning("%s", advice)
     model = create_model(config, train)
     init_key, state_key = seed_keys(config.seed)
     variables = jax.block_until_ready(
-        jax.jit(lambda key: init_variables(model, key, train.images.shape[1:]))(init_key))
+        jax.jit(lambda key: init_variables(model, key, train.image_shape))(init_key))
     with (clock or Clock()).timing():
         variables = jax.block_until_ready(models.data_dependent_init(
-            config.model.name, variables, train.images[: config.model_init_examples],
+            config.model.name, variables, train.head(config.model_init_examples),
             functools.partial(steps.normalize, normalization=settings.normalization)))
     if transfer.enabled(config):
         variables = transfer.initialize(config, variables, len(train.class_names),
-                                        train.images.shape[1:])
+                                        train.image_shape)
     ema, slow = config.training.ema_decay > 0, config.optimizer.lookahead_every > 0
     state = jax.jit(lambda v, k: create_train_state(model, tx, v, k, ema, slow))(
         variables, state_key)
     return jax.device_put(state, sharding.replicated(mesh))
 
 
-def initial_state(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+def initial_state(config: mlc.ConfigDict, train: Split, plan: Plan,
                   mesh: jax.sharding.Mesh, clock: Clock | None = None
                   ) -> tuple[steps.TrainSettings, TrainState]:
     """The run's train step settings and fresh state, its optimizer over ``plan``
@@ -178,7 +197,7 @@ def initial_state(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
     return settings, build_state(config, train, settings, tx, mesh, clock)
 
 
-def device_program(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
+def device_program(config: mlc.ConfigDict, train: Split, plan: Plan,
                    mesh: jax.sharding.Mesh, make_step: Callable[[int], Callable],
                    steps_per_call: int | None = None) -> Program:
     """What the loop runs: the train step ``make_step(1)`` (``make_step(k)``: k steps per call,
@@ -190,6 +209,19 @@ def device_program(config: mlc.ConfigDict, train: ArrayDataset, plan: Plan,
     teacher = distill.load_teacher(config, train.class_names, mesh)
     return Program(make_step(1), images, labels, permute, plan.steps_per_epoch, teacher,
                    steps_per_call=k, train_steps=make_step(k) if k > 1 else None)
+
+
+def streamed_program(config: mlc.ConfigDict, train: Split, plan: Plan,
+                     mesh: jax.sharding.Mesh, settings: steps.TrainSettings) -> Program:
+    """What the loop runs with ``dataset.pipeline='streaming'``: the streamed train step over
+    the training split's Grain stream (``cv_jax.training.streamed``), in the order the
+    resident pipeline would take, with the config's distillation teacher (or none)."""
+    permute = permutations(train, config, mesh)
+    stream = streamed.make_stream(config, train, plan.steps_per_epoch, permute)
+    teacher = distill.load_teacher(config, train.class_names, mesh)
+    return Program(jit_steps(batch_step_fn(settings, mesh), mesh), None, None, None,
+                   plan.steps_per_epoch, teacher,
+                   stream=streamed.StreamedBatches(stream, mesh, train.image_shape))
 
 
 @dataclasses.dataclass
@@ -208,7 +240,7 @@ def compile_program(program: Program, state: TrainState,
     the ``evaluators`` compiled for ``eval_state`` (default: ``state``)."""
     evaluators = evaluators or {}
     start = time.perf_counter()
-    arguments = (state, program.images, program.labels, program.permute(0), 0, program.teacher)
+    arguments = (state, *program.example_data(), program.teacher)
     compiled = {"train_step": program.train_step.lower(*arguments).compile()}
     if program.train_steps is not None:
         compiled["train_steps"] = program.train_steps.lower(*arguments).compile()
@@ -228,5 +260,8 @@ def compile_run(config: mlc.ConfigDict, data: Datasets, plan: Plan, mesh: jax.sh
     def make_step(k):
         return make_train_step(settings, config.training.batch_size, mesh, k)
 
-    program = device_program(config, data.train, plan, mesh, make_step, steps_per_call)
+    if config.dataset.pipeline == "streaming":
+        program = streamed_program(config, data.train, plan, mesh, settings)
+    else:
+        program = device_program(config, data.train, plan, mesh, make_step, steps_per_call)
     return compile_program(program, state, make_evaluators(config, data, mesh))

@@ -27,6 +27,7 @@ from cv_jax.training import (
     profiling,
     setup,
     sharding,
+    streamed,
     time_budget,
     wandb_logging,
 )
@@ -97,7 +98,7 @@ def _train(config: mlc.ConfigDict, workdir: str, data: Datasets, plan: Plan,
     clock = Clock()  # results.json's timed_s (cv_jax.training.clock)
     settings, state = setup.initial_state(config, data.train, plan, mesh, clock)
     sig = checkpoint.signature(config.model.to_dict(), state.params, data.train.class_names,
-                               data.train.images.shape[1:])
+                               data.train.image_shape)
     if latest is not None:
         state = ckpt.restore(latest, state, sig)
         log.info("Resuming from step %d of %d.", latest, plan.total_steps)
@@ -111,6 +112,8 @@ def _train(config: mlc.ConfigDict, workdir: str, data: Datasets, plan: Plan,
     compiled = setup.compile_run(config, data, plan, mesh, settings, state)
 
     step = int(state.step)
+    if compiled.program.stream is not None:
+        resume_stream(ckpt, latest, step, compiled.program.stream)
     stopper = early_stopping.EarlyStopping.from_config(config, plan.steps_per_epoch)
     replayed = stopper is not None and stopper.replay(workdir, step, plan.is_eval_step)
     with wandb_logging.tracking(wandb, config, workdir) as tracker:
@@ -146,7 +149,7 @@ def _train(config: mlc.ConfigDict, workdir: str, data: Datasets, plan: Plan,
         timing = trained.timing(compiled.compile_time)
         results = results_record(config, plan, step, state, last_eval, ckpt.best_step(),
                                  timing, mesh, stopped_early=stopped_early,
-                                 skipped=data.skipped)
+                                 skipped=data.skipped + streamed_skips(compiled.program))
         write_results(workdir, results)
         write_hparams(workdir, config, results, step)  # TensorBoard's HParams dashboard
         if tracker is not None:
@@ -156,6 +159,29 @@ def _train(config: mlc.ConfigDict, workdir: str, data: Datasets, plan: Plan,
                  "(+%.1f s compile).", results["test_accuracy"], results["test_correct"],
                  results["test_examples"], step, trained.seconds, compiled.compile_time)
         return results
+
+
+def resume_stream(ckpt: checkpoint.Checkpoints, latest: int | None, step: int,
+                  stream: streamed.StreamedBatches) -> None:
+    """Saves the stream's position with every checkpoint; resuming, restores it from the
+    ``latest`` checkpoint where that holds one for this process layout (otherwise the stream
+    starts at ``step``, the same position: the order is a function of the step)."""
+    ckpt.data = stream
+    if latest is None:
+        return
+    if not ckpt.restore_data(latest, stream):
+        log.info("Checkpoint %d holds no streaming state for this process layout; the stream "
+                 "starts at step %d.", latest, step)
+    elif stream.step != step:
+        raise RuntimeError(f"checkpoint {latest} holds the streaming state of step "
+                           f"{stream.step}, not of its training step {step}; delete "
+                           f"{ckpt.directory}/{latest}/data to start the stream at step {step}")
+
+
+def streamed_skips(program) -> tuple[tuple[str, str], ...]:
+    """The bad files the stream passed over in this process (bad_files='skip'); none if the
+    program is resident."""
+    return tuple(program.stream.skipped.items()) if program.stream is not None else ()
 
 
 class StepTimes(EveryStep):

@@ -194,6 +194,11 @@ def check_supported(config: mlc.ConfigDict, mode: str, bootstrap: bool = False) 
         raise ConfigError(
             "config.early_stopping.patience > 0: early stopping decides per run and is not "
             "supported by the vectorised run; train the seeds separately (cv_jax.main)")
+    if config.dataset.pipeline != "resident":
+        raise ConfigError(
+            f"config.dataset.pipeline={config.dataset.pipeline!r}: the vectorised run trains "
+            "its members from the resident training set; set config.dataset.pipeline="
+            "'resident', or train the seeds separately (cv_jax.main)")
     if not bootstrap:
         return
     d = config.dataset

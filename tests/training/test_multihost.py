@@ -130,11 +130,15 @@ def params_of(workdir) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.reliability
-def test_two_processes_train_like_one_process_on_four_devices(tiny_folder, cache_dir, tmp_path):
+@pytest.mark.parametrize("pipeline", ["resident", "streaming"])
+def test_two_processes_train_like_one_process_on_four_devices(pipeline, tiny_folder, cache_dir,
+                                                              tmp_path):
+    """Streaming: each process reads its half of every batch (the single process trains from
+    the resident set)."""
     settings = overrides(tiny_folder, cache_dir)
     single, multi = tmp_path / "single", tmp_path / "multi"
     wait_for(start_job(single, settings, 1, 4, tmp_path)
-             + start_job(multi, settings, 2, 2, tmp_path))
+             + start_job(multi, settings | {"dataset.pipeline": pipeline}, 2, 2, tmp_path))
     results = {}
     for run in (single, multi):
         with open(run / "results.json") as f:
@@ -149,6 +153,9 @@ def test_two_processes_train_like_one_process_on_four_devices(tiny_folder, cache
     assert [(r["step"], r["split"]) for r in records] == [
         (1, "train"), (2, "train"), (3, "train"), (3, "test"), (4, "train"), (4, "test")]
     assert sorted(os.listdir(multi / "checkpoints")) == ["3", "4"]
+    if pipeline == "streaming":  # each process's Grain state, saved with the checkpoint
+        assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
+            os.listdir(multi / "checkpoints" / "4" / "data"))
     # The cross-process gradient all-reduce (gloo) sums in another order than one process
     # does, so parameters agree to float32 rounding, not bit for bit.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

@@ -38,25 +38,27 @@ def run_config(tiny_folder, cache_dir):
     return tiny_config(tiny_folder, cache_dir, **RUN)
 
 
-def cli(workdir, tiny_folder, cache_dir) -> list[str]:
-    """``python -m cv_jax.main`` with the flags that give ``run_config``."""
+def cli(workdir, tiny_folder, cache_dir, **extra) -> list[str]:
+    """``python -m cv_jax.main`` with the flags that give ``run_config`` (and ``extra``:
+    dotted key -> value)."""
     overrides = {"dataset.data_dir": tiny_folder, "dataset.cache_dir": cache_dir,
                  "dataset.max_train_examples": 0, "dataset.max_eval_examples": 0,
                  "model_init_examples": 64, "training.batch_size": 16,
                  "training.log_every_steps": 1, "eval.batch_size": 16,
                  "training.cpu_formulations": "off",  # as tiny_config (conftest.load_config)
-                 **{f"training.{k}": v for k, v in RUN.items()}}
+                 **{f"training.{k}": v for k, v in RUN.items()}, **extra}
     return [sys.executable, "-m", "cv_jax.main", "--config=configs/cifar10.py:smoke",
             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
 
 
-def start(workdir, tiny_folder, cache_dir, log_path) -> subprocess.Popen:
-    """A training process that shares this session's compilation cache; output to log_path."""
+def start(workdir, tiny_folder, cache_dir, log_path, **extra) -> subprocess.Popen:
+    """A training process that shares this session's compilation cache; output to log_path
+    (``extra``: more overrides, as :func:`cli`)."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     with open(log_path, "w") as log:
-        return subprocess.Popen(cli(workdir, tiny_folder, cache_dir), cwd=REPO, env=env,
+        return subprocess.Popen(cli(workdir, tiny_folder, cache_dir, **extra), cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
 
 

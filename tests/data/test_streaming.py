@@ -1,0 +1,175 @@
+"""The streaming pipeline's batches (cv_jax/data/streaming.py): the resident pipeline's batches,
+split across processes, resumable from their state, host augmentation keyed by (seed, epoch,
+example), and bad files named."""
+
+import dataclasses
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import write_image_folder
+
+from cv_jax.data import pipeline
+from cv_jax.data.dataset import DataError
+from cv_jax.data.sources import list_split, load_split
+from cv_jax.data.streaming import HostAugment, Stream
+
+BATCH = 16
+STEPS_PER_EPOCH = 96 // BATCH  # tiny_folder: 4 classes x 24 train images
+
+
+def order(epoch: int) -> np.ndarray:
+    """The resident pipeline's order of tiny_folder's train split at ``epoch``."""
+    return np.asarray(pipeline.epoch_permutation(jax.random.key_data(jax.random.key(3)),
+                                                 epoch, 96))
+
+
+def stream(split, **kwargs) -> Stream:
+    return Stream(split, order, STEPS_PER_EPOCH, BATCH, **{"threads": 2, **kwargs})
+
+
+def take(iterator, count: int) -> list[dict]:
+    return [next(iterator) for _ in range(count)]
+
+
+def assert_same_batches(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() - {"bad"} == b.keys() - {"bad"}
+        assert not any(a.get("bad", ())) and not any(b.get("bad", ()))
+        for key in b.keys() - {"bad"}:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_folder, cache_dir):
+    """``(resident, files)``: tiny_folder's train split decoded, and as files."""
+    return load_split(tiny_folder, "train", cache_dir=cache_dir), list_split(tiny_folder, "train")
+
+
+def test_the_files_are_the_resident_loaders_in_its_order(splits):
+    resident, files = splits
+    assert files.class_names == resident.class_names
+    np.testing.assert_array_equal(files.labels, resident.labels)
+    assert files.image_shape == resident.image_shape == (16, 16, 3)
+    np.testing.assert_array_equal(files.head(len(files)), resident.images)
+
+
+def test_streamed_batches_are_the_resident_batches_over_two_epochs(splits):
+    resident, files = splits
+    expected = []
+    for step in range(2 * STEPS_PER_EPOCH):
+        rows = order(step // STEPS_PER_EPOCH)[step % STEPS_PER_EPOCH * BATCH:][:BATCH]
+        expected.append({"image": resident.images[rows], "label": resident.labels[rows],
+                         "index": rows.astype(np.int32)})
+    for split in (files, resident):  # decoded as read, or read from the arrays
+        assert_same_batches(take(stream(split).batches(), len(expected)), expected)
+
+
+def test_each_process_reads_its_rows_of_every_global_batch(splits):
+    _, files = splits
+    whole = take(stream(files).batches(), STEPS_PER_EPOCH + 2)
+    parts = [take(stream(files, process_index=p, process_count=4).batches(), len(whole))
+             for p in range(4)]
+    for step, batch in enumerate(whole):
+        for p in range(4):
+            assert parts[p][step]["image"].shape == (BATCH // 4, 16, 16, 3)
+        joined = {k: np.concatenate([part[step][k] for part in parts])
+                  for k in ("image", "label", "index")}
+        assert_same_batches([joined], [batch])
+
+
+def test_a_stream_resumes_from_its_state_or_its_step(splits):
+    _, files = splits
+    whole = take(stream(files).batches(), 2 * STEPS_PER_EPOCH)
+    for stop in (3, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1):
+        first = stream(files).batches()
+        take(first, stop)
+        state = first.get_state()
+        assert state["step"] == stop
+        restored = stream(files).batches()
+        restored.set_state(state)
+        assert_same_batches(take(restored, 2 * STEPS_PER_EPOCH - stop), whole[stop:])
+        assert_same_batches(take(stream(files).batches(stop), 2), whole[stop:stop + 2])
+
+
+def test_a_worker_process_gives_the_same_batches_and_a_restorable_state(splits):
+    _, files = splits
+    whole = take(stream(files).batches(), STEPS_PER_EPOCH + 2)
+    worker = stream(files, workers=1).batches()
+    assert_same_batches(take(worker, 4), whole[:4])
+    state = worker.get_state()
+    worker.close()
+    restored = stream(files, workers=1).batches()
+    restored.set_state(state)
+    assert_same_batches(take(restored, len(whole) - 4), whole[4:])
+    restored.close()
+
+
+def test_host_augmentation_is_keyed_by_seed_epoch_and_example(splits):
+    _, files = splits
+    augment = HostAugment(seed=0, crop=8, scale=(0.2, 1.0), flip=True)
+    image = files.read(0)
+    views = {(s, e, i): augment(image, e, i) for s in (0, 1) for e in (0, 1) for i in (0, 1)}
+    assert all(v.shape == (8, 8, 3) and v.dtype == np.uint8 for v in views.values())
+    np.testing.assert_array_equal(views[0, 0, 0], augment(image, 0, 0))
+    assert len({v.tobytes() for v in views.values()}) > 1
+    first = take(stream(files, augment=augment).batches(), 2)
+    again = take(stream(files, augment=augment, process_index=1, process_count=2)
+                 .batches(), 2)
+    for a, b in zip(first, again, strict=True):  # process 1 reads the rows 8..15
+        np.testing.assert_array_equal(a["image"][BATCH // 2:], b["image"])
+    flip_only = dataclasses.replace(augment, crop=0)
+    flipped = [flip_only(image, 0, i) for i in range(8)]
+    assert {f.tobytes() for f in flipped} == {image.tobytes(), image[:, ::-1].tobytes()}
+
+
+@pytest.fixture
+def with_bad_file(tmp_path):
+    root = write_image_folder(tmp_path / "bad", {"train": 4}, size=8)
+    bad = root / "train" / "dog" / "001.png"
+    bad.write_bytes(b"not a png")
+    return root, bad
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_file_stops_the_stream_naming_it(with_bad_file, workers):
+    root, bad = with_bad_file
+    files = list_split(root, "train")
+    batches = Stream(files, lambda e: np.arange(16), 1, 16, workers=workers).batches()
+    with pytest.raises(Exception, match=f"cannot decode {bad}") as raised:
+        next(batches)
+    assert "bad_files=skip" in str(raised.value)
+    batches.close()
+
+
+def test_under_skip_the_next_good_example_takes_a_bad_files_place_and_is_named(
+        with_bad_file):
+    root, bad = with_bad_file
+    files = list_split(root, "train", bad_files="skip")
+    at = list(files.paths).index(str(bad))
+    batch = next(Stream(files, lambda e: np.arange(16), 1, 16).batches())
+    expected = np.arange(16)
+    expected[at] = at + 1
+    np.testing.assert_array_equal(batch["index"], expected)
+    np.testing.assert_array_equal(batch["image"][at], files.read(at + 1))
+    assert batch["bad"][at].startswith(f"{bad}: UnidentifiedImageError")
+    assert [b for i, b in enumerate(batch["bad"]) if i != at] == [""] * 15
+
+
+def test_an_empty_class_folder_is_refused_when_strict_and_kept_when_skipping(tmp_path):
+    root = write_image_folder(tmp_path / "gap", {"train": 2}, size=8)
+    shutil.rmtree(root / "train" / "frog")
+    (root / "train" / "frog").mkdir()
+    with pytest.raises(DataError, match="class folder.s. without images: .*frog"):
+        list_split(root, "train")
+    files = list_split(root, "train", bad_files="skip")
+    assert files.class_names == ("cat", "dog", "frog", "ship")
+    assert np.bincount(files.labels).tolist() == [2, 2, 0, 2]
+
+
+def test_other_sources_are_not_listed(tmp_path, tiny_folder):
+    archive = shutil.make_archive(str(tmp_path / "tiny"), "gztar", tiny_folder)
+    assert list_split(archive, "train") is None
+    assert list_split("tfds:mnist", "train") is None

@@ -1,0 +1,122 @@
+"""Training with dataset.pipeline='streaming': the run of the resident pipeline bit for bit (on
+8 devices, each batch built from process-local data), resumed exactly after SIGKILL from the
+Grain state in its checkpoints, 'auto', and what the pipeline refuses."""
+
+import json
+import logging
+import os
+import random
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+from test_resume import (
+    TOTAL_STEPS,
+    assert_same_run,
+    latest_step,
+    params_of,
+    run_config,
+    start,
+    wait_for_step,
+)
+
+from cv_jax.config import ConfigError, validate
+from cv_jax.training import checkpoint_integrity, train
+
+STREAMING = {"dataset.pipeline": "streaming"}
+
+
+def streaming_config(tiny_folder, cache_dir, **training):
+    config = tiny_config(tiny_folder, cache_dir, **training)
+    config.dataset.pipeline = "streaming"
+    return config
+
+
+def test_a_streamed_run_is_the_resident_run_bit_for_bit(trained_run, tiny_folder, cache_dir,
+                                                        tmp_path, caplog):
+    reference, reference_results = trained_run
+    with caplog.at_level("INFO", logger="cv_jax"):
+        results = train.train_and_evaluate(streaming_config(tiny_folder, cache_dir),
+                                           str(tmp_path))
+    assert "Pipeline 'streaming' (dataset.pipeline): the decoded training split is" \
+        in caplog.text
+    assert "Listed 96 images of split 'train'" in caplog.text
+    assert results["test_correct"] == reference_results["test_correct"]
+    same = jax.tree.map(np.array_equal, params_of(tmp_path), params_of(reference))
+    assert all(jax.tree.leaves(same))
+    with open(tmp_path / "checkpoints" / "12" / "data" / "process_0-of-1.json") as f:
+        assert json.load(f) == {"step": 12, "epoch": 1, "first_batch": 0,
+                                "grain": {"next_index": 6}}
+
+
+@pytest.mark.reliability
+def test_sigkill_then_resuming_a_streamed_run_equals_the_uninterrupted_run(
+        trained_run, tiny_folder, cache_dir, tmp_path):
+    workdir = tmp_path / "run"
+    rng = random.Random(2)
+    for attempt in range(2):
+        target = rng.randint(latest_step(workdir) + 1, TOTAL_STEPS - 2)
+        log_path = tmp_path / f"attempt{attempt}.log"
+        process = start(workdir, tiny_folder, cache_dir, log_path, **STREAMING)
+        if wait_for_step(process, log_path, target):
+            time.sleep(rng.uniform(0.0, 0.5))
+            process.kill()
+        process.wait()
+        latest = os.path.join(workdir, "checkpoints", str(latest_step(workdir)))
+        assert checkpoint_integrity.problem(latest) is None, latest
+    config = run_config(tiny_folder, cache_dir)
+    config.dataset.pipeline = "streaming"
+    results = train.train_and_evaluate(config, str(workdir))
+    reference, reference_results = trained_run
+    # The reference's config.json and metrics say 'resident'; everything else is the same.
+    with open(workdir / "config.json") as f:
+        assert json.load(f)["dataset"]["pipeline"] == "streaming"
+    assert_same_run(workdir, reference, results, reference_results)
+
+
+def test_a_resumed_stream_continues_from_its_saved_grain_state(tiny_folder, cache_dir, tmp_path,
+                                                              caplog):
+    config = streaming_config(tiny_folder, cache_dir)
+    train.train_and_evaluate(config, str(tmp_path), max_steps_this_run=6)
+    with caplog.at_level("INFO", logger="cv_jax"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "Streaming resumes at step 6 from the saved Grain state." in caplog.text
+
+
+def test_auto_keeps_a_small_split_resident_and_says_why(tiny_folder, cache_dir, caplog):
+    config = tiny_config(tiny_folder, cache_dir)
+    config.dataset.pipeline = "auto"
+    from cv_jax.training.datasets import load_datasets
+
+    with caplog.at_level(logging.INFO, logger="cv_jax"):
+        data = load_datasets(config)
+    assert config.dataset.pipeline == "resident"
+    assert data.train.images.shape == (96, 16, 16, 3)
+    assert ("Pipeline 'resident' (dataset.pipeline='auto'): the decoded training split is "
+            "0.00 GB, under the resident budget of 4.3 GB (cpu reports no memory size).") \
+        in caplog.text
+
+
+@pytest.mark.parametrize("key, value", [("training.steps_per_call", 2),
+                                        ("dataset.normalization", "featurewise"),
+                                        ("dataset.pseudo_labels", "labels.npz")])
+def test_what_streaming_cannot_do_is_refused_naming_the_key(key, value, tiny_folder,
+                                                            cache_dir):
+    config = streaming_config(tiny_folder, cache_dir)
+    section, name = key.split(".")
+    config[section][name] = value
+    if name == "pseudo_labels":
+        config.dataset.num_labelled = 8
+    with pytest.raises(ConfigError, match=f"config.{key}={value!r} does not work with "
+                                          "config.dataset.pipeline='streaming'"):
+        validate(config)
+
+
+def test_an_unknown_pipeline_is_refused(tiny_folder, cache_dir):
+    config = tiny_config(tiny_folder, cache_dir)
+    config.dataset.pipeline = "stream"
+    with pytest.raises(ConfigError, match="config.dataset.pipeline='stream' is invalid: use "
+                                          "'resident', 'streaming' or 'auto'"):
+        validate(config)
