@@ -179,7 +179,8 @@ speedrun: install
 # (or make gpu-check GPU_CHECK_OUT=...). Here, `make gpu-check GPU_CHECK_FLAGS=--dry_run` runs
 # it at tiny sizes on the CPU.
 .PHONY: gpu-check gpu-wheels gpu-data
-GPU_WHEELS ?= ml_collections==1.1.0 tensorboardX==2.6.5
+GPU_WHEELS ?= ml_collections==1.1.0 tensorboardX==2.6.5 grain==0.2.18 array_record==0.8.6 \
+	cloudpickle==3.1.3 portpicker==1.6.0
 CIFAR10_TARBALL ?= ../shared/data/cifar10-jpeg.tar.gz
 GPU_CHECK_OUT ?= runs/gpu_check/gpu_check.json
 GPU_CHECK_FLAGS ?=
