@@ -118,7 +118,7 @@ def resolve_normalization(config: mlc.ConfigDict, train: Split) -> None:
         cfg.mean, cfg.std = mean, std
         log.info("Featurewise normalisation from %d training images: mean %s, std %s",
                  len(train), np.round(mean, 4).tolist(), np.round(std, 4).tolist())
-    channels = train.images.shape[-1]
+    channels = train.image_shape[-1]
     if len(cfg.mean) != channels:  # validate() checked that std has as many values as mean
         raise ConfigError(
             f"config.dataset.mean={tuple(cfg.mean)} and config.dataset.std={tuple(cfg.std)} have "
