@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cv_jax.models import create_model
+from cv_jax.models.inception import InceptionAux
 from cv_jax.models.torchvision_import import (
     ImportMismatch,
     convert_state_dict,
@@ -36,9 +37,9 @@ CASES = [
 ]
 
 
-def torchvision_model(name: str):
+def torchvision_model(name: str, **kwargs):
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
+    model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES, **kwargs)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for module in model.modules():
@@ -65,6 +66,38 @@ def test_logits_match_torchvision(name: str, side: int) -> None:
     assert logits.shape == expected.shape == (2, NUM_CLASSES)
     relative_error = np.max(np.abs(logits - expected)) / np.max(np.abs(expected))
     assert relative_error < 1e-4, f"{name}: max relative error {relative_error:.2e}"
+    reference_count = sum(p.numel() for p in reference.parameters())
+    assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
+
+
+def test_inception_v3_logits_match_torchvision_with_its_input_transform() -> None:
+    """torchvision's Inception-v3 as its pretrained weights are used (``transform_input=True``,
+    ImageNet-normalised inputs) gives cv_jax's logits on the same pixels normalised with
+    mean = std = 0.5; the auxiliary classifier converts too (checked on random Mixed_6e features,
+    as it needs 299x299 inputs)."""
+    reference = torchvision_model("inception_v3", aux_logits=True, transform_input=True,
+                                  init_weights=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(size=(2, 107, 107, 3)).astype(np.float32)  # Mixed_7c at 2x2
+    imagenet = (pixels - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
+    features = rng.normal(size=(2, 17, 17, 768)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(imagenet.transpose(0, 3, 1, 2))).numpy()
+        expected_aux = reference.AuxLogits(torch.from_numpy(features.transpose(0, 3, 1, 2)))
+
+    variables = convert_state_dict("inception_v3", reference.state_dict())
+    model = create_model("inception_v3", num_classes=NUM_CLASSES, aux_logits=True)
+    logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, (pixels - 0.5) / 0.5))
+    aux_head = InceptionAux(NUM_CLASSES)
+    aux_variables = {k: v["AuxLogits"] for k, v in variables.items()}
+    aux = np.asarray(jax.jit(lambda v, x: aux_head.apply(v, x, train=False))(
+        aux_variables, features))
+
+    for ours, theirs in ((logits, expected), (aux, expected_aux.numpy())):
+        assert ours.shape == theirs.shape == (2, NUM_CLASSES)
+        relative_error = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
+        assert relative_error < 1e-4, f"max relative error {relative_error:.2e}"
     reference_count = sum(p.numel() for p in reference.parameters())
     assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
 
