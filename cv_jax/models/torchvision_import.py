@@ -45,7 +45,9 @@ def _resnet_path(torch_module: str) -> str:
 
 
 def _densenet_path(torch_module: str) -> str:
-    """``features.denseblock1.denselayer2.conv1`` -> ``denseblock1/denselayer2/conv1``."""
+    """``features.denseblock1.denselayer2.conv1`` -> ``denseblock1/denselayer2/conv1``; the
+    older names of torchvision's published weights (``denselayer2.conv.1``) too."""
+    torch_module = re.sub(r"(denselayer\d+\.(?:norm|conv))\.([12])$", r"\1\2", torch_module)
     return torch_module.removeprefix("features.").replace(".", "/")
 
 

@@ -7,6 +7,8 @@ mode on the same random images.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -100,6 +102,17 @@ def test_inception_v3_logits_match_torchvision_with_its_input_transform() -> Non
         assert relative_error < 1e-4, f"max relative error {relative_error:.2e}"
     reference_count = sum(p.numel() for p in reference.parameters())
     assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
+
+
+def test_densenet_published_names_convert() -> None:
+    """torchvision's published DenseNet files use older names (``denselayer1.norm.1.weight``
+    for ``denselayer1.norm1.weight``, which torchvision renames when loading them)."""
+    state_dict = torchvision_model("densenet121").state_dict()
+    published = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
+                 for k, v in state_dict.items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in published
+    jax.tree.map(np.testing.assert_array_equal, convert_state_dict("densenet121", published),
+                 convert_state_dict("densenet121", state_dict))
 
 
 def test_pth_file_round_trip(tmp_path) -> None:
