@@ -1,12 +1,14 @@
 """Convert torchvision ImageNet weights into cv_jax variables.
 
     python -m cv_jax.models.torchvision_import resnet50 resnet50-0676ba61.pth --out=r50.msgpack
+    python -m cv_jax.models.torchvision_import resnet50.IMAGENET1K_V2 --out=r50.msgpack
 
 Supported: resnet18, resnet34, resnet50, vgg16, vgg16_bn, densenet121, inception_v3 (the cv_jax
 models of the same names mirror torchvision's layer structure; an Inception-v3 state dict with
-``AuxLogits`` converts with the auxiliary classifier, which a run without it ignores). The .pth
-file is a state dict you downloaded yourself; nothing is fetched here. Needs ``torch`` (``pip
-install -e ".[torch]"``) only to read the file.
+``AuxLogits`` converts with the auxiliary classifier, which a run without it ignores). The state
+dict is a .pth file, or, given a name alone (``NAME[.WEIGHTS]``), torchvision's published weights
+fetched into the cache by :mod:`cv_jax.models.pretrained`. Needs ``torch`` (``pip install -e
+".[torch]"``) only to read the file.
 
 Layout changes: conv weights OIHW -> HWIO, linear weights (out, in) -> (in, out), BatchNorm
 weight/bias/running_mean/running_var -> params scale/bias and batch_stats mean/var. (cv_jax's VGG
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cv_jax.models import pretrained
 from cv_jax.models.registry import create_model, default_input_shape
 
 StateDict = Mapping[str, np.ndarray]
@@ -208,6 +211,14 @@ def import_torchvision(name: str, state_dict_path: str) -> dict[str, Any]:
     return convert_state_dict(name, state_dict)
 
 
+def import_pretrained(spec: str) -> dict[str, Any]:
+    """Convert torchvision's published weights named by ``spec`` (``[torchvision:]NAME[.WEIGHTS]``,
+    see :mod:`cv_jax.models.pretrained`), fetched into the cache on first use."""
+    name, weights = pretrained.parse(spec)
+    check_supported(name)
+    return import_torchvision(name, pretrained.fetch(name, weights))
+
+
 def save_variables(variables: dict, path: str) -> None:
     """Write variables as one flax msgpack file (read back with :func:`load_variables`)."""
     with open(path, "wb") as f:
@@ -223,14 +234,21 @@ def main(argv: Sequence[str]) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=SUPPORTED)
-    parser.add_argument("state_dict", help="torchvision .pth state dict")
+    parser.add_argument("name", help=f"one of {', '.join(SUPPORTED)}; without a state dict, "
+                                     "NAME.WEIGHTS chooses torchvision's weights (default "
+                                     f"{pretrained.DEFAULT_WEIGHTS})")
+    parser.add_argument("state_dict", nargs="?",
+                        help="torchvision .pth state dict (default: fetch the published weights "
+                             f"into {pretrained.cache_dir()})")
     parser.add_argument("--out", required=True, help="output .msgpack file")
     args = parser.parse_args(argv)
-    variables = import_torchvision(args.name, args.state_dict)
+    if args.state_dict is None:
+        variables = import_pretrained(args.name)
+    else:
+        variables = import_torchvision(args.name, args.state_dict)
     save_variables(variables, args.out)
     count = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
-    print(f"wrote {args.out}: {args.name}, {count:,} parameters")
+    print(f"wrote {args.out}: {pretrained.parse(args.name)[0]}, {count:,} parameters")
 
 
 if __name__ == "__main__":
