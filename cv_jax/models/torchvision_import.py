@@ -131,6 +131,12 @@ def convert_state_dict(name: str, state_dict: StateDict) -> dict[str, Any]:
         for k, v in state_dict.items()
         if not k.endswith("num_batches_tracked")
     }
+    undefined = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
+    if undefined:
+        raise ValueError(
+            f"the state dict has non-finite values in {', '.join(undefined)}: it cannot start a "
+            "model (torchvision's vgg16 IMAGENET1K_FEATURES weights, for one, leave the "
+            "classifier undefined; use IMAGENET1K_V1)")
     by_module: dict[str, dict[str, np.ndarray]] = {}
     for key, value in arrays.items():
         module, leaf = key.rsplit(".", 1)

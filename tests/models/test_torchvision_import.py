@@ -138,6 +138,17 @@ def test_wrong_architecture_names_the_tensors() -> None:
         convert_state_dict("alexnet", state_dict)
 
 
+def test_non_finite_values_are_named() -> None:
+    state_dict = torchvision_model("resnet18").state_dict()
+    state_dict["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    state_dict["fc.bias"][1] = float("inf")
+    with pytest.raises(ValueError, match=re.escape(
+            "the state dict has non-finite values in layer1.0.conv1.weight, fc.bias: it cannot "
+            "start a model (torchvision's vgg16 IMAGENET1K_FEATURES weights, for one, leave the "
+            "classifier undefined; use IMAGENET1K_V1)")):
+        convert_state_dict("resnet18", state_dict)
+
+
 def test_unreadable_file_is_named(tmp_path) -> None:
     path = tmp_path / "broken.pth"
     path.write_bytes(b"not a state dict")
