@@ -490,7 +490,9 @@ SCHEMA: dict[str, Section] = {
     ),
     "transfer": _section(
         "start from another run's weights (cv_jax/training/transfer.py)",
-        init_from=Key("", "a run's workdir or a .msgpack of weights ('' = train from scratch)"),
+        init_from=Key("", "a run's workdir, a .msgpack of weights, or torchvision's ImageNet "
+                          "weights 'torchvision:NAME[.WEIGHTS]' (fetched once into the cache; "
+                          "needs the torch extra) ('' = train from scratch)"),
         checkpoint=_choice("best", "which checkpoint of a workdir", ("best", "latest")),
         weights=_choice("raw", "which weights of a workdir", ("raw", "ema")),
         mode=_choice("finetune", "linear_probe (train the head only) | finetune | "

@@ -23,6 +23,8 @@ from cv_jax.config.schema import (
     declared_keys,
 )
 from cv_jax.config.values import is_off, lookup
+from cv_jax.models import pretrained
+from cv_jax.models.torchvision_import import SUPPORTED
 
 
 def check_value(key: str, value: Any, spec: Key) -> None:
@@ -157,10 +159,7 @@ def validate(config: mlc.ConfigDict) -> None:
             "set one of them to say how long to train"
         )
     check_monitor(config)
-    if config.transfer.mode != "finetune" and not config.transfer.init_from:
-        raise ConfigError(f"config.transfer.mode={config.transfer.mode!r} needs the weights to "
-                          "start from: set config.transfer.init_from to a run's workdir or a "
-                          ".msgpack file")
+    check_transfer(config.transfer)
     if config.training.best_by_ema and not config.training.ema_decay:
         raise ConfigError("config.training.best_by_ema=True needs config.training.ema_decay > 0 "
                           "(e.g. 0.999)")
@@ -192,6 +191,23 @@ def check_streaming(config: mlc.ConfigDict) -> None:
             raise ConfigError(f"config.{key}={value!r} does not work with "
                               f"config.dataset.pipeline='streaming' ({why}): set "
                               f"config.{key}={needed!r} or config.dataset.pipeline='resident'")
+
+
+def check_transfer(transfer: mlc.ConfigDict) -> None:
+    """A mode other than finetune needs weights; ``torchvision:NAME`` must name a model whose
+    weights convert."""
+    if transfer.mode != "finetune" and not transfer.init_from:
+        raise ConfigError(f"config.transfer.mode={transfer.mode!r} needs the weights to start "
+                          "from: set config.transfer.init_from to a run's workdir, a .msgpack "
+                          "file or torchvision:NAME")
+    if pretrained.is_spec(transfer.init_from):
+        name, _ = pretrained.parse(transfer.init_from)
+        if name not in SUPPORTED:
+            raise ConfigError(
+                f"config.transfer.init_from={transfer.init_from!r} names no model whose "
+                f"torchvision weights cv_jax converts; use torchvision:NAME with NAME one of "
+                f"{', '.join(SUPPORTED)} (optionally .WEIGHTS, e.g. torchvision:resnet50."
+                "IMAGENET1K_V2)")
 
 
 def check_monitor(config: mlc.ConfigDict) -> None:

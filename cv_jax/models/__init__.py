@@ -17,6 +17,7 @@ from cv_jax.models import (  # noqa: F401  (each family registers its models)
     convnet,
     densenet,
     googlenet,
+    inception,
     lenet,
     preact_resnet,
     resnet,

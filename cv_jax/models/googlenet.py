@@ -48,6 +48,7 @@ from cv_jax.models.layers import (
     AvgPool,
     Dropout,
     LayerImpl,
+    Padding,
     global_avg_pool,
     initializer,
 )
@@ -73,9 +74,9 @@ class ConvBN(nn.Module):
     """Conv + BatchNorm + ReLU (torchvision's ``BasicConv2d``); conv + bias + ReLU without BN."""
 
     features: int
-    kernel: int
+    kernel: int | tuple[int, int]  # (height, width) when not square
     strides: int = 1
-    padding: int = 0
+    padding: Padding = 0  # PyTorch's padding (p or ((top, bottom), (left, right)))
     batch_norm: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
@@ -83,7 +84,8 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.layer_impl.conv(self.features, (self.kernel, self.kernel), strides=self.strides,
+        kernel = (self.kernel, self.kernel) if isinstance(self.kernel, int) else self.kernel
+        x = self.layer_impl.conv(self.features, kernel, strides=self.strides,
                                  padding=self.padding, use_bias=not self.batch_norm,
                                  kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
         if self.batch_norm:

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from flax import traverse_util
 
-from cv_jax.models.torchvision_import import load_variables
+from cv_jax.models import pretrained
+from cv_jax.models.torchvision_import import import_pretrained, load_variables
 from cv_jax.training import runs
 
 MODES = ("linear_probe", "finetune", "discriminative", "staged")
@@ -46,10 +47,13 @@ def flat(tree: Any) -> dict[str, Any]:
 
 def source_variables(config: mlc.ConfigDict) -> dict[str, Any]:
     """``{'params', 'batch_stats'}`` named by ``config.transfer.init_from``: a run's workdir
-    (its best or latest checkpoint, raw or EMA weights) or a ``.msgpack`` of variables written
-    by ``python -m cv_jax.models.torchvision_import``."""
+    (its best or latest checkpoint, raw or EMA weights), a ``.msgpack`` of variables written
+    by ``python -m cv_jax.models.torchvision_import``, or torchvision's published weights
+    (``torchvision:NAME[.WEIGHTS]``, fetched into the cache on first use)."""
     cfg = config.transfer
     path = cfg.init_from
+    if pretrained.is_spec(path):
+        return _torchvision_variables(config)
     if os.path.isfile(path):
         variables = load_variables(path)
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
@@ -67,6 +71,20 @@ def source_variables(config: mlc.ConfigDict) -> dict[str, Any]:
     except ValueError as e:
         raise TransferError(f"config.transfer.weights={cfg.weights!r}: {e}") from None
     return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+
+def _torchvision_variables(config: mlc.ConfigDict) -> dict[str, Any]:
+    spec = config.transfer.init_from
+    name, _ = pretrained.parse(spec)
+    if name != config.model.name:
+        raise TransferError(f"config.transfer.init_from={spec!r} holds a {name!r} but this run "
+                            f"builds {config.model.name!r}; use the same model "
+                            "(config.model.name)")
+    try:
+        variables = import_pretrained(spec)
+    except (ValueError, ImportError) as e:
+        raise TransferError(f"config.transfer.init_from={spec!r}: {e}") from None
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
 def init_backbone(variables: dict, source: dict, head: frozenset[str],

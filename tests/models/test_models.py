@@ -297,6 +297,7 @@ LAYER_IMPL_CASES = [
     ("lenet5", {"pool": "max"}),
     ("densenet_cifar", {"stem": "imagenet", "block_config": (1, 1)}),
     ("googlenet", {"aux_heads": True}),
+    ("inception_v3", {"aux_logits": True}),
     ("preact_resnet18", {"width": 8}),
     ("resnet", {"block": "bottleneck", "stage_sizes": (1, 1), "width": 8}),
     ("resnet18_cifar", {"width": 8}),

@@ -7,11 +7,14 @@ mode on the same random images.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
 
 from cv_jax.models import create_model
+from cv_jax.models.inception import InceptionAux
 from cv_jax.models.torchvision_import import (
     ImportMismatch,
     convert_state_dict,
@@ -36,9 +39,9 @@ CASES = [
 ]
 
 
-def torchvision_model(name: str):
+def torchvision_model(name: str, **kwargs):
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
+    model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES, **kwargs)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for module in model.modules():
@@ -69,6 +72,49 @@ def test_logits_match_torchvision(name: str, side: int) -> None:
     assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
 
 
+def test_inception_v3_logits_match_torchvision_with_its_input_transform() -> None:
+    """torchvision's Inception-v3 as its pretrained weights are used (``transform_input=True``,
+    ImageNet-normalised inputs) gives cv_jax's logits on the same pixels normalised with
+    mean = std = 0.5; the auxiliary classifier converts too (checked on random Mixed_6e features,
+    as it needs 299x299 inputs)."""
+    reference = torchvision_model("inception_v3", aux_logits=True, transform_input=True,
+                                  init_weights=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(size=(2, 107, 107, 3)).astype(np.float32)  # Mixed_7c at 2x2
+    imagenet = (pixels - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
+    features = rng.normal(size=(2, 17, 17, 768)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(imagenet.transpose(0, 3, 1, 2))).numpy()
+        expected_aux = reference.AuxLogits(torch.from_numpy(features.transpose(0, 3, 1, 2)))
+
+    variables = convert_state_dict("inception_v3", reference.state_dict())
+    model = create_model("inception_v3", num_classes=NUM_CLASSES, aux_logits=True)
+    logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, (pixels - 0.5) / 0.5))
+    aux_head = InceptionAux(NUM_CLASSES)
+    aux_variables = {k: v["AuxLogits"] for k, v in variables.items()}
+    aux = np.asarray(jax.jit(lambda v, x: aux_head.apply(v, x, train=False))(
+        aux_variables, features))
+
+    for ours, theirs in ((logits, expected), (aux, expected_aux.numpy())):
+        assert ours.shape == theirs.shape == (2, NUM_CLASSES)
+        relative_error = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
+        assert relative_error < 1e-4, f"max relative error {relative_error:.2e}"
+    reference_count = sum(p.numel() for p in reference.parameters())
+    assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
+
+
+def test_densenet_published_names_convert() -> None:
+    """torchvision's published DenseNet files use older names (``denselayer1.norm.1.weight``
+    for ``denselayer1.norm1.weight``, which torchvision renames when loading them)."""
+    state_dict = torchvision_model("densenet121").state_dict()
+    published = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
+                 for k, v in state_dict.items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in published
+    jax.tree.map(np.testing.assert_array_equal, convert_state_dict("densenet121", published),
+                 convert_state_dict("densenet121", state_dict))
+
+
 def test_pth_file_round_trip(tmp_path) -> None:
     reference = torchvision_model("resnet18")
     path = tmp_path / "resnet18.pth"
@@ -90,6 +136,17 @@ def test_wrong_architecture_names_the_tensors() -> None:
         convert_state_dict("resnet34", state_dict)
     with pytest.raises(ValueError, match="no torchvision import for 'alexnet'; supported: resnet"):
         convert_state_dict("alexnet", state_dict)
+
+
+def test_non_finite_values_are_named() -> None:
+    state_dict = torchvision_model("resnet18").state_dict()
+    state_dict["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    state_dict["fc.bias"][1] = float("inf")
+    with pytest.raises(ValueError, match=re.escape(
+            "the state dict has non-finite values in layer1.0.conv1.weight, fc.bias: it cannot "
+            "start a model (torchvision's vgg16 IMAGENET1K_FEATURES weights, for one, leave the "
+            "classifier undefined; use IMAGENET1K_V1)")):
+        convert_state_dict("resnet18", state_dict)
 
 
 def test_unreadable_file_is_named(tmp_path) -> None:

@@ -1,6 +1,9 @@
 """Transfer learning: backbone copied from a source run, head re-initialised, and the four
 modes' update rules (frozen bit-identical, discriminative ratio, staged unfreezing)."""
 
+import hashlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +11,9 @@ import optax
 import pytest
 from conftest import load_config, tiny_config
 
-from cv_jax.config import ConfigError, validate
+from cv_jax.config import ConfigError, model_section, validate
+from cv_jax.models import pretrained
+from cv_jax.models.torchvision_import import convert_state_dict
 from cv_jax.optim import chain
 from cv_jax.training import runs, train, transfer
 
@@ -98,6 +103,63 @@ def test_modes_other_than_finetune_need_weights_to_start_from():
     config.transfer.mode = "linear_probe"
     with pytest.raises(ConfigError, match=r"transfer.mode='linear_probe' needs"):
         validate(config)
+
+
+def test_torchvision_weights_by_name_must_be_of_a_supported_model():
+    config = load_config("smoke,model=resnet50")
+    config.transfer.init_from = "torchvision:resnet50.IMAGENET1K_V2"
+    validate(config)
+    config.transfer.init_from = "torchvision:alexnet"
+    with pytest.raises(ConfigError, match=re.escape(
+            "config.transfer.init_from='torchvision:alexnet' names no model whose torchvision "
+            "weights cv_jax converts; use torchvision:NAME with NAME one of resnet18, resnet34, "
+            "resnet50, vgg16, vgg16_bn, densenet121, inception_v3 (optionally .WEIGHTS, e.g. "
+            "torchvision:resnet50.IMAGENET1K_V2)")):
+        validate(config)
+    config.transfer.init_from = "torchvision:resnet18"
+    with pytest.raises(transfer.TransferError, match=re.escape(
+            "config.transfer.init_from='torchvision:resnet18' holds a 'resnet18' but this run "
+            "builds 'resnet50'; use the same model (config.model.name)")):
+        transfer.source_variables(config)
+
+
+@pytest.mark.slow
+def test_a_run_starts_from_torchvision_weights_by_name(tiny_folder, cache_dir, tmp_path,
+                                                        monkeypatch):
+    """``init_from=torchvision:resnet18`` fetches the (here locally served) weights into the
+    cache, converts them and starts the run from them: after a linear probe the backbone is
+    still exactly the converted weights."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    state_dict = torchvision.models.resnet18().state_dict()
+    served = tmp_path / "resnet18-00000000.pth"
+    torch.save(state_dict, served)
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    served = served.rename(tmp_path / f"resnet18-{digest[:8]}.pth")
+    monkeypatch.setattr(pretrained, "weights_url", lambda name, weights: served.as_uri())
+    monkeypatch.setattr(pretrained, "cache_dir", lambda: str(tmp_path / "weights"))
+
+    config = tiny_config(tiny_folder, cache_dir, num_epochs=0.0, num_steps=2)
+    config.model = model_section("resnet18")
+    config.optimizer.update(freeze="", lr_multipliers="")
+    config.augment.update(crop_padding=0, flip=False)
+    config.eval.tta_flip = False
+    config.transfer.update(init_from="torchvision:resnet18", mode="linear_probe")
+    validate(config)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+    assert (tmp_path / "weights" / served.name).read_bytes() == served.read_bytes()
+    converted = convert_state_dict("resnet18", state_dict)
+    after = variables_of(str(tmp_path / "run"))
+    flat_converted, flat_after = transfer.flat(converted["params"]), transfer.flat(after["params"])
+    assert set(flat_after) == set(flat_converted)
+    for path, value in flat_after.items():
+        if path.startswith("fc/"):  # the head: 4 classes here, 1000 in the weights
+            assert value.shape[-1] == 4 and flat_converted[path].shape[-1] == 1000
+        else:
+            np.testing.assert_array_equal(value, flat_converted[path], err_msg=path)
+    jax.tree.map(np.testing.assert_array_equal, after["batch_stats"], converted["batch_stats"])
 
 
 def updates_over_steps(mode, steps, **transfer_settings):
