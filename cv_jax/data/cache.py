@@ -25,26 +25,16 @@ import numpy as np
 
 from cv_jax.data.dataset import ArrayDataset
 from cv_jax.data.walk import walk
-from cv_jax.runtime.paths import default_cache_dir
+from cv_jax.runtime.paths import default_cache_dir, file_sha256
 
 logger = logging.getLogger(__name__)
 
 # Bump when the decoding or the stored layout changes, so old cache entries are not reused.
 CACHE_FORMAT_VERSION = 2  # 2: 16-bit images scaled, not clipped; `skipped` stored
-_HASH_BLOCK = 1 << 20
 # What np.load and ArrayDataset validation raise on a truncated or otherwise damaged file.
 _CORRUPT_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-
-
-def _sha256_file(path: str) -> str:
-    """Return the SHA-256 hex digest of a file's contents."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(path: str) -> str:
@@ -66,7 +56,7 @@ def fingerprint(path: str) -> str:
                 digest.update(os.fsencode(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n"))
     else:
         st = os.stat(path)
-        digest.update(f"file\n{st.st_size}\0{st.st_mtime_ns}\0{_sha256_file(path)}\n".encode())
+        digest.update(f"file\n{st.st_size}\0{st.st_mtime_ns}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 

@@ -12,20 +12,18 @@ weights are fetched.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import urllib.parse
 from types import ModuleType
 
-from cv_jax.runtime.paths import CACHE_ENV, default_cache_dir
+from cv_jax.runtime.paths import CACHE_ENV, default_cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
 PREFIX = "torchvision:"
 DEFAULT_WEIGHTS = "IMAGENET1K_V1"
 CACHE_SUBDIR = "torchvision"
-_HASH_BLOCK = 1 << 20
 
 
 class PretrainedError(ValueError):
@@ -75,14 +73,6 @@ def weights_url(name: str, weights: str = DEFAULT_WEIGHTS) -> str:
                               f"of {', '.join(w.name for w in enum)}") from None
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(name: str, weights: str = DEFAULT_WEIGHTS, directory: str | None = None) -> str:
     """The local path of torchvision's ``weights`` for ``name``: downloaded into ``directory``
     (default :func:`cache_dir`) on first use, checked against the SHA-256 prefix in the file
@@ -100,7 +90,7 @@ def fetch(name: str, weights: str = DEFAULT_WEIGHTS, directory: str | None = Non
     match = hub.HASH_REGEX.search(filename)  # torchvision's names all carry one
     expected = match.group(1) if match else ""
     if os.path.exists(path):
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if not digest.startswith(expected):
             raise PretrainedError(
                 f"{path} is damaged or not the published file: its SHA-256 is {digest}, its "

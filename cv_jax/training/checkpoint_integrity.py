@@ -10,7 +10,6 @@ missing) to ``checkpoints/damaged/N``, leaving the newest intact step as the lat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,19 +17,13 @@ import shutil
 
 import orbax.checkpoint as ocp
 
+from cv_jax.runtime.paths import file_sha256
+
 log = logging.getLogger("cv_jax")
 
 MANIFEST = "sha256.json"
 DAMAGED = "damaged"
 WRITTEN_AT_COMMIT = ("_CHECKPOINT_METADATA", "commit_success.txt")  # step-level, by Orbax
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files(directory: str) -> list[str]:
@@ -43,7 +36,7 @@ def _files(directory: str) -> list[str]:
 
 def seal(directory: str) -> None:
     """Writes ``directory/sha256.json``: the SHA-256 of every file below ``directory``."""
-    files = {rel: _sha256(os.path.join(directory, rel)) for rel in _files(directory)}
+    files = {rel: file_sha256(os.path.join(directory, rel)) for rel in _files(directory)}
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump({"files": files}, f, indent=0, sort_keys=True)
 
@@ -62,7 +55,7 @@ def problem(directory: str) -> str | None:
     for rel, digest in sorted(files.items()):
         if not os.path.isfile(os.path.join(directory, rel)):
             return f"{rel} is missing"
-        if _sha256(os.path.join(directory, rel)) != digest:
+        if file_sha256(os.path.join(directory, rel)) != digest:
             return f"{rel} does not match its SHA-256 in {MANIFEST}"
     return None
 

@@ -65,9 +65,18 @@ def test_logits_match_torchvision(name: str, side: int) -> None:
     model = create_model(name, num_classes=NUM_CLASSES)
     logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
 
-    assert logits.shape == expected.shape == (2, NUM_CLASSES)
-    relative_error = np.max(np.abs(logits - expected)) / np.max(np.abs(expected))
+    assert_same_logits(logits, expected, name)
+    assert_same_parameter_count(variables, reference)
+
+
+def assert_same_logits(ours: np.ndarray, theirs: np.ndarray, name: str) -> None:
+    """Both [2, NUM_CLASSES], within 1e-4 of the largest |logit|."""
+    assert ours.shape == theirs.shape == (2, NUM_CLASSES)
+    relative_error = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
     assert relative_error < 1e-4, f"{name}: max relative error {relative_error:.2e}"
+
+
+def assert_same_parameter_count(variables: dict, reference) -> None:
     reference_count = sum(p.numel() for p in reference.parameters())
     assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
 
@@ -96,12 +105,9 @@ def test_inception_v3_logits_match_torchvision_with_its_input_transform() -> Non
     aux = np.asarray(jax.jit(lambda v, x: aux_head.apply(v, x, train=False))(
         aux_variables, features))
 
-    for ours, theirs in ((logits, expected), (aux, expected_aux.numpy())):
-        assert ours.shape == theirs.shape == (2, NUM_CLASSES)
-        relative_error = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
-        assert relative_error < 1e-4, f"max relative error {relative_error:.2e}"
-    reference_count = sum(p.numel() for p in reference.parameters())
-    assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == reference_count
+    assert_same_logits(logits, expected, "inception_v3")
+    assert_same_logits(aux, expected_aux.numpy(), "inception_v3 AuxLogits")
+    assert_same_parameter_count(variables, reference)
 
 
 def test_densenet_published_names_convert() -> None:

@@ -112,20 +112,26 @@ def reference(trained_run):
     return pathlib.Path(workdir), results
 
 
-def test_sigkill_at_random_moments_then_resuming_equals_an_uninterrupted_run(
-        reference, tiny_folder, cache_dir, tmp_path):
-    workdir = tmp_path / "run"
-    rng = random.Random(1)
-    for attempt in range(3):
+def kill_at_random_steps(workdir, tiny_folder, cache_dir, tmp_path, rng: random.Random,
+                         attempts: int, **overrides) -> None:
+    """Starts the run ``attempts`` times, each killed (SIGKILL) at a random moment after a
+    random step past its latest checkpoint; every latest checkpoint left must be intact."""
+    for attempt in range(attempts):
         target = rng.randint(latest_step(workdir) + 1, TOTAL_STEPS - 2)
         log_path = tmp_path / f"attempt{attempt}.log"
-        process = start(workdir, tiny_folder, cache_dir, log_path)
+        process = start(workdir, tiny_folder, cache_dir, log_path, **overrides)
         if wait_for_step(process, log_path, target):
             time.sleep(rng.uniform(0.0, 0.5))  # anywhere in the step, eval or checkpoint write
             process.kill()
         process.wait()
         latest = os.path.join(workdir, "checkpoints", str(latest_step(workdir)))
         assert checkpoint_integrity.problem(latest) is None, latest
+
+
+def test_sigkill_at_random_moments_then_resuming_equals_an_uninterrupted_run(
+        reference, tiny_folder, cache_dir, tmp_path):
+    workdir = tmp_path / "run"
+    kill_at_random_steps(workdir, tiny_folder, cache_dir, tmp_path, random.Random(1), 3)
     config = run_config(tiny_folder, cache_dir)
     with open(workdir / "config.json") as f:  # the command line gave the same config
         assert json.load(f) == json.loads(config.to_json_best_effort())

@@ -4,26 +4,21 @@ Grain state in its checkpoints, 'auto', and what the pipeline refuses."""
 
 import json
 import logging
-import os
 import random
-import time
 
 import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
 from test_resume import (
-    TOTAL_STEPS,
     assert_same_run,
-    latest_step,
+    kill_at_random_steps,
     params_of,
     run_config,
-    start,
-    wait_for_step,
 )
 
 from cv_jax.config import ConfigError, validate
-from cv_jax.training import checkpoint_integrity, train
+from cv_jax.training import train
 
 STREAMING = {"dataset.pipeline": "streaming"}
 
@@ -55,17 +50,8 @@ def test_a_streamed_run_is_the_resident_run_bit_for_bit(trained_run, tiny_folder
 def test_sigkill_then_resuming_a_streamed_run_equals_the_uninterrupted_run(
         trained_run, tiny_folder, cache_dir, tmp_path):
     workdir = tmp_path / "run"
-    rng = random.Random(2)
-    for attempt in range(2):
-        target = rng.randint(latest_step(workdir) + 1, TOTAL_STEPS - 2)
-        log_path = tmp_path / f"attempt{attempt}.log"
-        process = start(workdir, tiny_folder, cache_dir, log_path, **STREAMING)
-        if wait_for_step(process, log_path, target):
-            time.sleep(rng.uniform(0.0, 0.5))
-            process.kill()
-        process.wait()
-        latest = os.path.join(workdir, "checkpoints", str(latest_step(workdir)))
-        assert checkpoint_integrity.problem(latest) is None, latest
+    kill_at_random_steps(workdir, tiny_folder, cache_dir, tmp_path, random.Random(2), 2,
+                         **STREAMING)
     config = run_config(tiny_folder, cache_dir)
     config.dataset.pipeline = "streaming"
     results = train.train_and_evaluate(config, str(workdir))
