@@ -731,14 +731,16 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
 
 def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
-               bad_files: str = "strict") -> FileDataset | None:
+               bad_files: str = "strict", crop: int = 0) -> FileDataset | None:
     """An ImageFolder directory's ``split`` as files to decode when read (the streaming
     pipeline): the files, labels and class order :func:`load_split` would decode, found by the
     same walk. None for a source that is not an ImageFolder directory (an archive, CIFAR
     batches, ``tfds:``), which is read with :func:`load_split` instead.
 
-    Nothing is decoded but the first image (for the image shape, unless ``image_size`` is
-    given); class folders without images are an error under ``bad_files='strict'``, as in
+    ``crop`` > 0 (the stream's host crop, ``dataset.stream_crop``): training reads a crop of
+    each image at its own size, ``crop`` square, which is the split's image shape. Nothing is
+    decoded but the first image (for the image shape, unless ``crop`` or ``image_size`` gives
+    it); class folders without images are an error under ``bad_files='strict'``, as in
     :func:`load_split`.
     """
     size = _normalize_size(image_size)
@@ -756,7 +758,9 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     paths = np.array([listing.display(rel) for _, rel in plan.entries], dtype=object)
     labels = np.array([label for label, _ in plan.entries], dtype=np.int32)
     files = FileDataset(paths, labels, plan.class_names, (0, 0, 3), size, bad_files=bad_files)
-    if size is None:  # the first image's (under 'skip': the first that decodes)
+    if crop:
+        files = dataclasses.replace(files, image_shape=(crop, crop, 3))
+    elif size is None:  # the first image's (under 'skip': the first that decodes)
         shape = decode_image(paths[0]).shape if bad_files == "strict" else next(
             (d.shape for p in paths if not isinstance(d := decode_one(p, None), str)), None)
         if shape is None:
