@@ -162,8 +162,9 @@ SCHEMA: dict[str, Section] = {
                            "an integer >= 0", lambda v: v >= 0),
         stream_threads=Key(4, "streaming: threads reading and decoding images in each process",
                            "an integer >= 0", lambda v: v >= 0),
-        stream_crop=Key(0, "streaming: random-resized-crop on the host to this many pixels "
-                           "square (Inception-style, keyed by seed, epoch and example); 0 = off",
+        stream_crop=Key(0, "streaming: random-resized-crop on the host, from each training "
+                           "image at its own size, to this many pixels square (Inception-style, "
+                           "keyed by seed, epoch and example); 0 = off",
                         "an integer >= 0 (0: off)", lambda v: v >= 0),
         stream_crop_scale=Key((0.08, 1.0), "streaming: the crop's area range, as fractions of "
                                            "the image", "(min, max) with 0 < min <= max <= 1",
