@@ -11,6 +11,7 @@ import pytest
 from conftest import load_config, write_photo_folder
 
 import cv_jax
+from cv_jax.config import validate
 from cv_jax.optim import lr
 from cv_jax.optim.chain import param_path, path_mask
 from cv_jax.training import runs, train
@@ -54,6 +55,7 @@ def test_smoke_recipe_trains_on_photos_of_any_size_and_counts_every_val_image_on
 
 def test_the_resnet50_recipe():
     config = load_config("", CONFIG)
+    validate(config)
     assert (config.recipe, config.model.name, config.model.zero_init_residual) == \
         ("resnet50", "resnet50", True)
     d = config.dataset
@@ -75,6 +77,9 @@ def test_the_resnet50_recipe():
                             np.array([0, 1000, warmup, warmup + cosine // 2, total]))
     np.testing.assert_allclose(rate, [0.0, 0.4 * 1000 / warmup, 0.4, 0.2, 0.0], rtol=2e-5)  # f32
     assert load_config("batch_size=256", CONFIG).optimizer.learning_rate == 0.1
+    small = load_config("model=resnet18,size=160", CONFIG)
+    assert (small.model.name, small.model.zero_init_residual, small.dataset.stream_crop,
+            small.dataset.image_size) == ("resnet18", True, 160, (160, 160))
     # Weight decay on every conv and dense kernel, none on BatchNorm scales/biases or biases.
     model = runs.build_model(config, 1000)
     params = jax.eval_shape(lambda: init_variables(model, jax.random.key(0),
