@@ -143,7 +143,8 @@ SCHEMA: dict[str, Section] = {
         cache_dir=Key("", "decoded-split caches; '' = $CV_JAX_CACHE or ~/.cache/cv_jax"),
         train_split=Key("train", "the split to train on"),
         test_split=Key("test", "the split to test on"),
-        image_size=Key((), "() = keep the source size; (H, W) resizes every image",
+        image_size=Key((), "() = keep the source size; (H, W) resizes every image (but the "
+                           "training images stream_crop crops at their own size)",
                        "() (keep the source size) or (height, width) in pixels > 0",
                        lambda v: len(v) == 0 or (len(v) == 2 and min(v) > 0)),
         bad_files=_choice(
