@@ -42,8 +42,8 @@ class HostAugment:
 
     def box(self, epoch: int, index: int, height: int, width: int) -> Box:
         """The crop of example ``index`` in epoch ``epoch``, from its image of that size."""
-        return crop_box(height, width, self.scale, np.random.default_rng((self.seed, epoch,
-                                                                          index, 0)))
+        rng = np.random.default_rng((self.seed, epoch, index, 0))
+        return crop_box(height, width, self.scale, rng)
 
     def flips(self, epoch: int, index: int) -> bool:
         """Whether example ``index`` is mirrored in epoch ``epoch``."""
