@@ -52,6 +52,7 @@ decoded in-process.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import logging
@@ -62,7 +63,7 @@ import posixpath
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -583,28 +584,96 @@ def _build_from_archive(path: str, split: str, image_size: tuple[int, int] | Non
     the archive is still being read; CIFAR batches and IDX files are kept in memory. The folder
     plan is made once the whole listing is known.
     """
-    listing = _Listing(where=path, display=lambda rel: f"{path}:{rel}")
+    listing = _archive_listing(path)
     blobs: dict[str, bytes] = {}
     with _Decoder(image_size) as decoder:
-        try:
-            with tarfile.open(path, "r|*") as archive:
-                for member in archive:
-                    rel = posixpath.normpath(member.name.lstrip("/"))
-                    if rel == "." or _is_ignored(rel):
-                        continue
-                    if member.isdir():
-                        listing.add_dir(rel)
-                    elif member.isfile():
-                        listing.add_file(rel)
-                        _stash_member(archive, member, rel, split, decoder, blobs)
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-            raise DataError(f"cannot read archive {path}: {type(e).__name__}: {e}. "
-                            "Fix: re-download or re-create the archive.") from e
+        with _reading(path), tarfile.open(path, "r|*") as archive:
+            for member, rel in _members(archive, listing):
+                _stash_member(archive, member, rel, split, decoder, blobs)
         plan = _plan(listing, split)
         if not isinstance(plan, _FolderPlan):
             return _load_arrays(plan, split, blobs.__getitem__, listing, image_size)
         decoded = decoder.results()
     return _assemble(plan, decoded, listing, bad_files)
+
+
+def _archive_listing(path: str) -> _Listing:
+    """An empty listing of the archive ``path``; its members are shown as 'ARCHIVE:MEMBER'."""
+    return _Listing(where=path, display=lambda rel: f"{path}:{rel}")
+
+
+def _members(archive: tarfile.TarFile,
+             listing: _Listing) -> Iterator[tuple[tarfile.TarInfo, str]]:
+    """The regular-file members of ``archive`` with their normalised paths, ignored names left
+    out; files and folders are recorded in ``listing`` as they come."""
+    for member in archive:
+        rel = posixpath.normpath(member.name.lstrip("/"))
+        if rel == "." or _is_ignored(rel):
+            continue
+        if member.isdir():
+            listing.add_dir(rel)
+        elif member.isfile():
+            listing.add_file(rel)
+            yield member, rel
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """Turns what reading the archive ``path`` raises into a DataError naming it."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"cannot read archive {path}: {type(e).__name__}: {e}. "
+                        "Fix: re-download or re-create the archive.") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _TarIndex:
+    """Where the files of an uncompressed tar are: ``files`` (member paths, normalised, in
+    archive order), ``dirs`` (every folder) and ``spans`` [files, 2] int64, the (offset, size)
+    of each file's bytes."""
+
+    files: np.ndarray
+    dirs: np.ndarray
+    spans: np.ndarray
+
+    def __len__(self) -> int:
+        """Number of files."""
+        return len(self.files)
+
+    def listing(self, path: str) -> _Listing:
+        """The archive's listing, as :func:`_build_from_archive` makes it in one pass."""
+        listing = _archive_listing(path)
+        listing.files.extend(str(rel) for rel in self.files)
+        listing.dirs.update(str(rel) for rel in self.dirs)
+        return listing
+
+    @classmethod
+    def from_arrays(cls, npz: Mapping[str, np.ndarray]) -> _TarIndex:
+        """The index from its cache file's arrays."""
+        return cls(npz["files"], npz["dirs"], npz["spans"])
+
+
+def _index_tar(path: str, cache_dir: str | None) -> _TarIndex:
+    """The index of the uncompressed tar ``path`` (a member's offset and size, for reading it
+    by seeking), scanned once and cached under the archive's fingerprint. Scanning reads each
+    member's header and seeks over its data; a compressed archive cannot be read so."""
+
+    def scan() -> _TarIndex:
+        start = time.perf_counter()
+        listing = _archive_listing(path)
+        with _reading(path), tarfile.open(path, "r:") as archive:
+            spans = [(member.offset_data, member.size)
+                     for member, _ in _members(archive, listing)]
+        logger.info("Indexed %d files of archive %s in %.1f s", len(spans), path,
+                    time.perf_counter() - start)
+        return _TarIndex(np.array(listing.files, dtype=str),
+                         np.array(sorted(listing.dirs), dtype=str),
+                         np.array(spans, dtype=np.int64).reshape(-1, 2))
+
+    return cached({"fingerprint": fingerprint(path), "index": "tar members"}, cache_dir, scan,
+                  to_arrays=dataclasses.asdict, from_arrays=_TarIndex.from_arrays,
+                  what="member offsets of the archive")
 
 
 def _build_from_npz(path: str, split: str, image_size: tuple[int, int] | None,
@@ -731,12 +800,15 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
 
 def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
-               bad_files: str = "strict") -> FileDataset | None:
-    """An ImageFolder directory's ``split`` as files to decode when read (the streaming
-    pipeline): the files, labels and class order :func:`load_split` would decode, found by the
-    same walk. None for a source that is not an ImageFolder directory (an archive, CIFAR
-    batches, ``tfds:``), which is read with :func:`load_split` instead.
+               bad_files: str = "strict", cache_dir: str | None = None) -> FileDataset | None:
+    """An ImageFolder ``split`` as files or tar members to decode when read (the streaming
+    pipeline): the images, labels and class order :func:`load_split` would decode, found by
+    the same listing and plan. A directory is walked; an uncompressed ``.tar`` is indexed once
+    (each member's offset and size, cached in ``cache_dir`` under the archive's fingerprint)
+    and its members are read by seeking.
 
+    None, with the reason logged, for a source read with :func:`load_split` instead: a
+    compressed archive (gzip has no random access), CIFAR batches, IDX files, ``tfds:``.
     Nothing is decoded but the first image (for the image shape, unless ``image_size`` is
     given); class folders without images are an error under ``bad_files='strict'``, as in
     :func:`load_split`.
@@ -744,11 +816,25 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     size = _normalize_size(image_size)
     source = os.fspath(source)
     path = os.path.abspath(os.path.expanduser(source))
-    if source.startswith(TFDS_PREFIX) or not os.path.isdir(path):
+    arrays = f"If streamed, split {split!r} of {printable(source)} is streamed from its " \
+        "decoded arrays (the whole split in host memory, cached):"
+    if source.startswith(TFDS_PREFIX) or not os.path.exists(path):
         return None
-    listing = _list_dir(path)
+    index = None
+    if os.path.isfile(path):
+        if not path.lower().endswith(".tar"):
+            logger.info("%s %s", arrays, "a compressed archive cannot be read at random; to "
+                        "stream its images from disk, decompress it (gunzip: .tar.gz -> .tar) or "
+                        "extract it." if _is_archive(path) else "Keras' mnist.npz is arrays.")
+            return None
+        index = _index_tar(path, cache_dir)
+        listing = index.listing(path)
+    else:
+        listing = _list_dir(path)
     plan = _plan(listing, split)
-    if isinstance(plan, _CifarPlan):
+    if not isinstance(plan, _FolderPlan):
+        logger.info("%s it holds %s, small enough to keep decoded.", arrays,
+                    "CIFAR batches" if isinstance(plan, _CifarPlan) else "IDX files")
         return None
     empty = [listing.display(posixpath.join(plan.split_dir, c)) for c in plan.empty_classes]
     if not plan.entries or (bad_files == "strict" and empty):
@@ -756,15 +842,12 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     paths = np.array([listing.display(rel) for _, rel in plan.entries], dtype=object)
     labels = np.array([label for label, _ in plan.entries], dtype=np.int32)
     files = FileDataset(paths, labels, plan.class_names, (0, 0, 3), size, bad_files=bad_files)
-    if size is None:  # the first image's (under 'skip': the first that decodes)
-        shape = decode_image(paths[0]).shape if bad_files == "strict" else next(
-            (d.shape for p in paths if not isinstance(d := decode_one(p, None), str)), None)
-        if shape is None:
-            raise DataError(f"no image in {listing.display(plan.split_dir)} decodes. "
-                            f"{_LOCATION_HINT}")
-        files = dataclasses.replace(files, image_shape=shape)
-    else:
-        files = dataclasses.replace(files, image_shape=(*size, 3))
+    if index is not None:  # the last member of a path, as extracting the archive keeps it
+        spans = dict(zip(listing.files, index.spans.tolist(), strict=True))
+        members = np.array([spans[rel] for _, rel in plan.entries], dtype=np.int64)
+        files = dataclasses.replace(files, archive=path, members=members.reshape(-1, 2))
+    shape = (*size, 3) if size is not None else files.first_shape()
+    files = dataclasses.replace(files, image_shape=shape)
     logger.info("Listed %d images of split %r in %s (streamed: decoded as batches are read)",
                 len(files), split, path)
     if empty:
