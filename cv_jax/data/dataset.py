@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -99,11 +101,33 @@ def read_member(archive: str, offset: int, size: int) -> bytes:
 
 
 @dataclasses.dataclass(frozen=True)
+class TarMembers:
+    """A :class:`FileDataset` reader: the members of the uncompressed tar ``archive``, each
+    keyed by the (offset, size) of its bytes, read by seeking (:func:`read_member`)."""
+
+    archive: str
+
+    def __call__(self, key: np.ndarray, image_size: tuple[int, int] | None) -> Decoded:
+        """The member at ``key`` decoded, or the reason it cannot be read or decoded."""
+        try:
+            data = read_member(self.archive, int(key[0]), int(key[1]))
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+        return decode_one(data, image_size)
+
+
+Reader = Callable[[Any, tuple[int, int] | None], Decoded]
+"""How a :class:`FileDataset` reads an example: ``reader(key, image_size)`` -> the image,
+decoded and resized, or the reason it cannot be; picklable, for Grain's worker processes."""
+
+
+@dataclasses.dataclass(frozen=True)
 class FileDataset:
-    """A split as image files, decoded when read: ``paths`` [N] (str), ``labels`` int32 [N];
-    or, with ``archive``, as the members of that uncompressed tar: ``paths`` are their names
-    ('ARCHIVE:MEMBER', as messages show them) and ``members`` [N, 2] int64 the (offset, size)
-    of each member's bytes in the archive (:func:`read_member`).
+    """A split as images read and decoded when read: ``paths`` [N] (str), the name of each
+    example in messages, ``labels`` int32 [N]. Without ``reader`` an example is the image file
+    its path names; with one, ``reader(keys[i], image_size)`` reads example ``i``: a tar
+    member (:class:`TarMembers`, paths 'ARCHIVE:MEMBER') or a TFDS record
+    (``cv_jax.data.sources``).
 
     ``image_size`` (H, W) resizes every image as it is read; without it every image must have
     ``image_shape``. Reading decodes as the resident loader does (:mod:`cv_jax.data.decode`);
@@ -117,8 +141,8 @@ class FileDataset:
     image_size: tuple[int, int] | None = None
     skipped: tuple[tuple[str, str], ...] = ()
     bad_files: str = "strict"
-    archive: str = ""
-    members: np.ndarray | None = None
+    reader: Reader | None = None
+    keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Number of examples."""
@@ -126,9 +150,9 @@ class FileDataset:
 
     def take(self, indices: np.ndarray) -> FileDataset:
         """The examples at ``indices``, in that order."""
-        members = None if self.members is None else self.members[indices]
+        keys = None if self.keys is None else self.keys[indices]
         return dataclasses.replace(self, paths=self.paths[indices], labels=self.labels[indices],
-                                   members=members)
+                                   keys=keys)
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` decoded, uint8 [H, W, 3]; DataError naming its file if it cannot be
@@ -175,15 +199,10 @@ class FileDataset:
 
     def load(self, index: int) -> Decoded:
         """Image ``index`` decoded (resized to ``image_size`` if given), or the reason its file
-        or member cannot be read or decoded."""
-        if not self.archive:
+        or record cannot be read or decoded."""
+        if self.reader is None:
             return decode_one(str(self.paths[index]), self.image_size)
-        offset, size = (int(n) for n in self.members[index])
-        try:
-            data = read_member(self.archive, offset, size)
-        except OSError as e:
-            return f"{type(e).__name__}: {e}"
-        return decode_one(data, self.image_size)
+        return self.reader(self.keys[index], self.image_size)
 
     def _decode(self, index: int) -> np.ndarray | str:
         """Image ``index``, or the reason its file does not decode; DataError if its size is

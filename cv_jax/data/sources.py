@@ -64,6 +64,7 @@ import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ import numpy as np
 from cv_jax.config.schema import BAD_FILES_POLICIES
 from cv_jax.data import idx
 from cv_jax.data.cache import cached, fingerprint
-from cv_jax.data.dataset import ArrayDataset, DataError, FileDataset, printable
+from cv_jax.data.dataset import ArrayDataset, DataError, FileDataset, TarMembers, printable
 from cv_jax.data.decode import Decoded, Payload, array_to_rgb, decode_chunk, decode_one
 from cv_jax.data.walk import walk
 
@@ -709,14 +710,29 @@ def _normalize_size(image_size: Sequence[int] | None) -> tuple[int, int] | None:
     return size
 
 
-def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
-    """Read a prepared TFDS dataset ``name[@data_dir]`` via tfds.data_source (no TensorFlow)."""
+@dataclasses.dataclass(frozen=True)
+class _Tfds:
+    """An opened TFDS split: its data source, image and label feature keys, class names, and
+    how messages name it."""
+
+    source: Any
+    image_key: str
+    label_key: str
+    class_names: tuple[str, ...]
+    where: str
+
+
+def _open_tfds(spec: str, split: str, decoders: dict | None = None) -> _Tfds:
+    """Split ``split`` of the prepared TFDS dataset ``name[@data_dir]`` through
+    ``tfds.data_source``: random access to its array_record files, with no TensorFlow and no
+    download."""
     import tensorflow_datasets as tfds  # lazy: slow import, only needed for this source
 
     name, _, data_dir = spec.partition("@")
     where = f"{TFDS_PREFIX}{spec} split {split!r}"
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
+                                  decoders=decoders)
     except Exception as e:  # tfds raises many types for "not available"
         raise DataError(
             f"cannot open {where}: {type(e).__name__}: {e}. Fix: prepare it once with "
@@ -724,16 +740,71 @@ def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> Arr
             f"'{TFDS_PREFIX}{name}@DATA_DIR', or use an ImageFolder/CIFAR copy via "
             "--config.dataset.data_dir.") from e
     features = source.dataset_info.features
-    image_key = _feature_key(features, tfds.features.Image, "image", where)
     label_key = _feature_key(features, tfds.features.ClassLabel, "label", where)
+    return _Tfds(source, _feature_key(features, tfds.features.Image, "image", where), label_key,
+                 tuple(features[label_key].names), where)
+
+
+def _tfds_image(example: dict, image_key: str,
+                image_size: tuple[int, int] | None) -> np.ndarray:
+    """A TFDS example's image (decoded by tfds) as RGB uint8, resized to ``image_size``."""
+    return array_to_rgb(np.asarray(example[image_key]), image_size)
+
+
+def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
+    """Read a prepared TFDS dataset ``name[@data_dir]`` via tfds.data_source (no TensorFlow)."""
+    tfds = _open_tfds(spec, split)
     arrays, labels = [], []
-    for index in range(len(source)):
-        example = source[index]
-        arrays.append(array_to_rgb(np.asarray(example[image_key]), image_size))
-        labels.append(int(example[label_key]))
-    names = [f"{where} example {i}" for i in range(len(arrays))]
-    return ArrayDataset(_stack_images(arrays, names, where), np.array(labels, dtype=np.int32),
-                        tuple(features[label_key].names))
+    for index in range(len(tfds.source)):
+        example = tfds.source[index]
+        arrays.append(_tfds_image(example, tfds.image_key, image_size))
+        labels.append(int(example[tfds.label_key]))
+    names = [f"{tfds.where} example {i}" for i in range(len(arrays))]
+    return ArrayDataset(_stack_images(arrays, names, tfds.where),
+                        np.array(labels, dtype=np.int32), tfds.class_names)
+
+
+_TFDS_SOURCES: dict[tuple[str, str, int], Any] = {}  # (spec, split, process id) -> data source
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsRecords:
+    """A FileDataset reader: the records of split ``split`` of the TFDS dataset ``spec``, keyed
+    by index, each image as :func:`_load_tfds` converts it. The data source is opened once per
+    process (its random-access reads are thread-safe, as Grain requires of a data source)."""
+
+    spec: str
+    split: str
+    image_key: str
+
+    def __call__(self, key: np.integer, image_size: tuple[int, int] | None) -> Decoded:
+        """Record ``key``'s image, or the reason it cannot be read."""
+        opened = (self.spec, self.split, os.getpid())
+        try:
+            if opened not in _TFDS_SOURCES:
+                _TFDS_SOURCES[opened] = _open_tfds(self.spec, self.split).source
+            return _tfds_image(_TFDS_SOURCES[opened][int(key)], self.image_key, image_size)
+        except Exception as e:  # a record that does not read or decode is a bad example
+            return f"{type(e).__name__}: {e}"
+
+
+def _tfds_labels(spec: str, split: str, tfds: _Tfds, cache_dir: str | None) -> np.ndarray:
+    """The labels of every record of an opened TFDS split, read with the images left
+    undecoded, and cached under the fingerprint of the prepared dataset's folder (a folder
+    on this machine; one elsewhere is read again each time)."""
+    from tensorflow_datasets import decode  # lazy, as in _open_tfds
+
+    def scan() -> np.ndarray:
+        records = _open_tfds(spec, split, {tfds.image_key: decode.SkipDecoding()}).source
+        return np.array([int(records[i][tfds.label_key]) for i in range(len(records))],
+                        dtype=np.int32)
+
+    folder = os.fspath(tfds.source.dataset_info.data_dir)
+    if not os.path.isdir(folder):
+        return scan()
+    return cached({"fingerprint": fingerprint(folder), "tfds": spec, "split": split}, cache_dir,
+                  scan, to_arrays=lambda labels: {"labels": labels},
+                  from_arrays=lambda npz: npz["labels"], what="labels of the TFDS split")
 
 
 def _feature_key(features, feature_type: type, preferred: str, where: str) -> str:
@@ -801,24 +872,34 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
 def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
                bad_files: str = "strict", cache_dir: str | None = None) -> FileDataset | None:
-    """An ImageFolder ``split`` as files or tar members to decode when read (the streaming
-    pipeline): the images, labels and class order :func:`load_split` would decode, found by
-    the same listing and plan. A directory is walked; an uncompressed ``.tar`` is indexed once
+    """A ``split`` as images to read and decode when batched (the streaming pipeline): the
+    images, labels and class order :func:`load_split` would decode, found by the same listing
+    and plan. An ImageFolder directory is walked; an uncompressed ``.tar`` is indexed once
     (each member's offset and size, cached in ``cache_dir`` under the archive's fingerprint)
-    and its members are read by seeking.
+    and its members are read by seeking; a ``tfds:`` split's records are read by index through
+    ``tfds.data_source`` (their labels read once and cached).
 
     None, with the reason logged, for a source read with :func:`load_split` instead: a
-    compressed archive (gzip has no random access), CIFAR batches, IDX files, ``tfds:``.
+    compressed archive (gzip has no random access), CIFAR batches, IDX files, mnist.npz.
     Nothing is decoded but the first image (for the image shape, unless ``image_size`` is
     given); class folders without images are an error under ``bad_files='strict'``, as in
     :func:`load_split`.
     """
     size = _normalize_size(image_size)
     source = os.fspath(source)
+    if source.startswith(TFDS_PREFIX):
+        spec = source[len(TFDS_PREFIX):]
+        tfds = _open_tfds(spec, split)
+        labels = _tfds_labels(spec, split, tfds, cache_dir)
+        paths = np.array([f"{tfds.where} example {i}" for i in range(len(labels))], dtype=object)
+        files = FileDataset(paths, labels, tfds.class_names, (0, 0, 3), size,
+                            bad_files=bad_files, reader=_TfdsRecords(spec, split, tfds.image_key),
+                            keys=np.arange(len(labels)))
+        return _shaped(files, size, split, source, [])
     path = os.path.abspath(os.path.expanduser(source))
     arrays = f"If streamed, split {split!r} of {printable(source)} is streamed from its " \
         "decoded arrays (the whole split in host memory, cached):"
-    if source.startswith(TFDS_PREFIX) or not os.path.exists(path):
+    if not os.path.exists(path):
         return None
     index = None
     if os.path.isfile(path):
@@ -845,11 +926,17 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     if index is not None:  # the last member of a path, as extracting the archive keeps it
         spans = dict(zip(listing.files, index.spans.tolist(), strict=True))
         members = np.array([spans[rel] for _, rel in plan.entries], dtype=np.int64)
-        files = dataclasses.replace(files, archive=path, members=members.reshape(-1, 2))
+        files = dataclasses.replace(files, reader=TarMembers(path), keys=members.reshape(-1, 2))
+    return _shaped(files, size, split, path, empty)
+
+
+def _shaped(files: FileDataset, size: tuple[int, int] | None, split: str, where: str,
+            empty: list[str]) -> FileDataset:
+    """``files`` with its image shape: ``size``'s, else its first image's; logged."""
     shape = (*size, 3) if size is not None else files.first_shape()
     files = dataclasses.replace(files, image_shape=shape)
     logger.info("Listed %d images of split %r in %s (streamed: decoded as batches are read)",
-                len(files), split, path)
+                len(files), split, where)
     if empty:
         logger.warning("Class folder(s) %s have no images; kept as classes with 0 examples so "
                        "that labels match other splits.", ", ".join(map(printable, empty)))

@@ -5,14 +5,15 @@ sources streamed from their decoded arrays, saying so."""
 
 import logging
 import shutil
+import sys
 import tarfile
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from conftest import CLASSES, write_image_folder
 from test_streaming import BATCH, STEPS_PER_EPOCH, assert_same_batches, order, stream, take
 
-from cv_jax.data.dataset import DataError
+from cv_jax.data.dataset import DataError, TarMembers
 from cv_jax.data.sources import list_split, load_split
 from cv_jax.data.streaming import Stream
 
@@ -43,7 +44,7 @@ def resident_batches(resident, steps: int) -> list[dict]:
 
 def test_tar_members_are_the_resident_loaders_in_its_order(tar_splits, tiny_tar):
     resident, members = tar_splits
-    assert members.archive == tiny_tar and members.members.shape == (96, 2)
+    assert members.reader == TarMembers(tiny_tar) and members.keys.shape == (96, 2)
     assert members.paths[0] == f"{tiny_tar}:train/cat/000.png"
     assert members.class_names == resident.class_names == ("cat", "dog", "frog", "ship")
     np.testing.assert_array_equal(members.labels, resident.labels)
@@ -141,5 +142,58 @@ def test_compressed_archives_and_arrays_are_not_listed_and_the_log_says_why(
             "whole split in host memory, cached): a compressed archive cannot be read at "
             "random; to stream its images from disk, decompress it (gunzip: .tar.gz -> .tar) "
             "or extract it.") in caplog.text
-    assert list_split("tfds:mnist", "train") is None
 
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tiny_folder, tmp_path_factory):
+    """tiny_folder's images as a prepared TFDS dataset (array_record files), written without
+    TensorFlow: tfds serialises examples itself and stores the PNG bytes as they are (only
+    encoding an image array would need TensorFlow). Returns 'tfds:NAME@DATA_DIR'."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    data_dir = tmp_path_factory.mktemp("tfds")
+
+    class CvJaxTinyImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(16, 16, 3)),
+                "label": tfds.features.ClassLabel(names=CLASSES)}))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in ("train", "test")}
+
+        def _generate_examples(self, split):
+            for label, name in enumerate(CLASSES):
+                for path in sorted((tiny_folder / split / name).iterdir()):
+                    yield f"{name}/{path.name}", {"image": path.read_bytes(), "label": label}
+
+    with tfds.core.registered.skip_registration():  # read back from its files, by name
+        builder = CvJaxTinyImages(data_dir=str(data_dir), file_format="array_record")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return f"tfds:cv_jax_tiny_images@{data_dir}"
+
+
+def test_tfds_records_stream_the_resident_batches_without_tensorflow(tiny_tfds, cache_dir,
+                                                                     caplog):
+    had_tensorflow = "tensorflow" in sys.modules
+    resident = load_split(tiny_tfds, "train")
+    with caplog.at_level(logging.INFO, logger="cv_jax"):
+        records = list_split(tiny_tfds, "train", cache_dir=cache_dir)
+        assert list_split(tiny_tfds, "train", cache_dir=cache_dir).keys.tolist() == \
+            list(range(96))
+    assert "Loaded 96 cached labels of the TFDS split" in caplog.text
+    assert f"Listed 96 images of split 'train' in {tiny_tfds}" in caplog.text
+    assert records.class_names == resident.class_names == CLASSES
+    assert records.paths[5] == f"{tiny_tfds} split 'train' example 5"
+    assert records.image_shape == (16, 16, 3)
+    np.testing.assert_array_equal(records.labels, resident.labels)
+    expected = resident_batches(resident, STEPS_PER_EPOCH + 1)
+    assert_same_batches(take(stream(records).batches(), len(expected)), expected)
+    worker = stream(records, workers=1).batches()  # the worker opens the data source itself
+    assert_same_batches(take(worker, 2), expected[:2])
+    worker.close()
+    if not had_tensorflow:
+        assert "tensorflow" not in sys.modules
