@@ -1,15 +1,22 @@
-"""A split: decoded in memory (:class:`ArrayDataset`) or as image files read on demand
-(:class:`FileDataset`, for the streaming pipeline), and the error bad dataset input raises
-(:class:`DataError`). Both have the labels, class names and image shape of the split, ``take``
-(a subset, for the selections of :mod:`cv_jax.data.pipeline`) and ``read`` (one image)."""
+"""A split: decoded in memory (:class:`ArrayDataset`) or as image files or tar members read on
+demand (:class:`FileDataset`, for the streaming pipeline), and the error bad dataset input
+raises (:class:`DataError`). Both have the labels, class names and image shape of the split,
+``take`` (a subset, for the selections of :mod:`cv_jax.data.pipeline`) and ``read`` (one
+image)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from cv_jax.data.decode import decode_one
+from cv_jax.data.decode import Decoded, decode_one
+
+_handles = threading.local()  # this thread's open archives, {path: file}, and its process id
 
 
 class DataError(ValueError):
@@ -75,9 +82,52 @@ class ArrayDataset:
         return self.images[:count]
 
 
+def read_member(archive: str, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of the file ``archive`` (an uncompressed tar member's
+    data), read through a handle of this thread's own: Grain's reading threads and worker
+    processes never share a file position. tarfile has no such read: ``extractfile`` needs
+    the TarFile, its member list and its one handle."""
+    if getattr(_handles, "pid", None) != os.getpid():  # a new thread, or a forked worker
+        _handles.files, _handles.pid = {}, os.getpid()
+    handle = _handles.files.get(archive)
+    if handle is None:
+        handle = _handles.files[archive] = open(archive, "rb")  # closed with its thread
+    handle.seek(offset)
+    data = handle.read(size)
+    if len(data) != size:
+        raise OSError(f"{len(data)} of the member's {size} bytes read: the archive is shorter "
+                      "than when it was indexed")
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class TarMembers:
+    """A :class:`FileDataset` reader: the members of the uncompressed tar ``archive``, each
+    keyed by the (offset, size) of its bytes, read by seeking (:func:`read_member`)."""
+
+    archive: str
+
+    def __call__(self, key: np.ndarray, image_size: tuple[int, int] | None) -> Decoded:
+        """The member at ``key`` decoded, or the reason it cannot be read or decoded."""
+        try:
+            data = read_member(self.archive, int(key[0]), int(key[1]))
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+        return decode_one(data, image_size)
+
+
+Reader = Callable[[Any, tuple[int, int] | None], Decoded]
+"""How a :class:`FileDataset` reads an example: ``reader(key, image_size)`` -> the image,
+decoded and resized, or the reason it cannot be; picklable, for Grain's worker processes."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FileDataset:
-    """A split as image files, decoded when read: ``paths`` [N] (str), ``labels`` int32 [N].
+    """A split as images read and decoded when read: ``paths`` [N] (str), the name of each
+    example in messages, ``labels`` int32 [N]. Without ``reader`` an example is the image file
+    its path names; with one, ``reader(keys[i], image_size)`` reads example ``i``: a tar
+    member (:class:`TarMembers`, paths 'ARCHIVE:MEMBER') or a TFDS record
+    (``cv_jax.data.sources``).
 
     ``image_size`` (H, W) resizes every image as it is read; without it every image must have
     ``image_shape``. Reading decodes as the resident loader does (:mod:`cv_jax.data.decode`);
@@ -91,6 +141,8 @@ class FileDataset:
     image_size: tuple[int, int] | None = None
     skipped: tuple[tuple[str, str], ...] = ()
     bad_files: str = "strict"
+    reader: Reader | None = None
+    keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Number of examples."""
@@ -98,16 +150,35 @@ class FileDataset:
 
     def take(self, indices: np.ndarray) -> FileDataset:
         """The examples at ``indices``, in that order."""
-        return dataclasses.replace(self, paths=self.paths[indices], labels=self.labels[indices])
+        keys = None if self.keys is None else self.keys[indices]
+        return dataclasses.replace(self, paths=self.paths[indices], labels=self.labels[indices],
+                                   keys=keys)
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` decoded, uint8 [H, W, 3]; DataError naming its file if it cannot be
         decoded or has another size."""
         decoded = self._decode(index)
         if isinstance(decoded, str):
-            raise DataError(f"cannot decode {self.paths[index]} as an image ({decoded}). Fix: "
-                            "delete or replace the file, or set --config.dataset.bad_files=skip.")
+            raise self._bad(index, decoded)
         return decoded
+
+    def first_shape(self) -> tuple[int, ...]:
+        """The shape of the first image, under ``bad_files='skip'`` of the first that decodes
+        (the image shape of a split listed without ``image_size``); :meth:`read`'s DataError
+        under 'strict'."""
+        for index in range(len(self)):
+            decoded = self.load(index)
+            if not isinstance(decoded, str):
+                return decoded.shape
+            if self.bad_files != "skip":
+                raise self._bad(index, decoded)
+        raise DataError(f"no file of the split decodes, the first: {self.paths[0]}. Fix: point "
+                        "config.dataset.data_dir at readable images.")
+
+    def _bad(self, index: int, reason: str) -> DataError:
+        """The error for example ``index``, whose file does not decode for ``reason``."""
+        return DataError(f"cannot decode {self.paths[index]} as an image ({reason}). Fix: "
+                         "delete or replace the file, or set --config.dataset.bad_files=skip.")
 
     def read_example(self, index: int) -> tuple[np.ndarray, int, str]:
         """``(image, index read, bad)``: example ``index``, or under ``bad_files='skip'``,
@@ -126,14 +197,21 @@ class FileDataset:
         raise DataError(f"no file of the split decodes:\n{bad[0]}\n... Fix: point "
                         "config.dataset.data_dir at readable images.")
 
+    def load(self, index: int) -> Decoded:
+        """Image ``index`` decoded (resized to ``image_size`` if given), or the reason its file
+        or record cannot be read or decoded."""
+        if self.reader is None:
+            return decode_one(str(self.paths[index]), self.image_size)
+        return self.reader(self.keys[index], self.image_size)
+
     def _decode(self, index: int) -> np.ndarray | str:
         """Image ``index``, or the reason its file does not decode; DataError if its size is
         not the split's (whatever ``bad_files`` says, as in the resident loader)."""
-        path = str(self.paths[index])
-        decoded = decode_one(path, self.image_size)
+        decoded = self.load(index)
         if isinstance(decoded, str):
             return decoded
         if decoded.shape != self.image_shape:
+            path = self.paths[index]
             raise DataError(f"{path} is {decoded.shape[0]}x{decoded.shape[1]} (HxW) but the "
                             f"split's images are {self.image_shape[0]}x{self.image_shape[1]}; "
                             "Fix: set config.dataset.image_size=(H, W) to resize every image.")

@@ -26,7 +26,7 @@ log = logging.getLogger("cv_jax")
 class Datasets:
     """The splits of a run."""
 
-    train: Split  # image files (FileDataset) only with dataset.pipeline='streaming'
+    train: Split  # images read when batched (FileDataset) only if streamed
     test: ArrayDataset
     validation: ArrayDataset | None = None  # carved from train when dataset.validation_size > 0
     skipped: tuple[tuple[str, str], ...] = ()  # (file, reason) under dataset.bad_files='skip'
@@ -49,8 +49,9 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
                           bad_files=cfg.bad_files)
 
     train = None
-    if cfg.pipeline != "resident":  # an ImageFolder directory is listed, not decoded
-        train = list_split(source, cfg.train_split, image_size=size, bad_files=cfg.bad_files)
+    if cfg.pipeline != "resident":  # an ImageFolder directory or .tar is listed, not decoded
+        train = list_split(source, cfg.train_split, image_size=size, bad_files=cfg.bad_files,
+                           cache_dir=cfg.cache_dir or None)
     train = train if train is not None else load(cfg.train_split)
     cfg.pipeline = choose_pipeline(cfg.pipeline, train)
     check_streaming(config)

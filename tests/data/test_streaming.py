@@ -169,7 +169,9 @@ def test_an_empty_class_folder_is_refused_when_strict_and_kept_when_skipping(tmp
     assert np.bincount(files.labels).tolist() == [2, 2, 0, 2]
 
 
-def test_other_sources_are_not_listed(tmp_path, tiny_folder):
+def test_a_compressed_archive_is_not_listed_and_an_unprepared_tfds_split_is_an_error(
+        tmp_path, tiny_folder):
     archive = shutil.make_archive(str(tmp_path / "tiny"), "gztar", tiny_folder)
     assert list_split(archive, "train") is None
-    assert list_split("tfds:mnist", "train") is None
+    with pytest.raises(DataError, match="tfds build no_such_dataset_xyz"):
+        list_split("tfds:no_such_dataset_xyz", "train")
