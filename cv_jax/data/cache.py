@@ -5,7 +5,8 @@ A decoded split is stored as an uncompressed ``.npz`` (``images``, ``labels``, `
 of the source, so editing, adding or touching a source file produces a new key and the split
 is rebuilt; old entries are left in place (delete the cache folder to reclaim space). It also
 includes the bad-file policy, so a split built with bad files skipped never serves a strict
-load.
+load. An uncompressed tar's index (where each member's bytes are, for the streaming pipeline)
+is cached the same way, as named arrays keyed by the archive's fingerprint.
 
 The cache folder is, in order of precedence: the ``cache_dir`` argument, ``$CV_JAX_CACHE``,
 ``~/.cache/cv_jax``.
@@ -19,7 +20,8 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from cv_jax.data.walk import walk
 from cv_jax.runtime.paths import default_cache_dir, file_sha256
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Bump when the decoding or the stored layout changes, so old cache entries are not reused.
 CACHE_FORMAT_VERSION = 2  # 2: 16-bit images scaled, not clipped; `skipped` stored
@@ -68,31 +71,37 @@ def cache_path(key_parts: dict, cache_dir: str | None) -> str:
     return os.path.join(cache_dir or default_cache_dir(), f"{name}.npz")
 
 
-def _read(path: str) -> ArrayDataset:
+def _dataset_arrays(dataset: ArrayDataset) -> dict[str, np.ndarray]:
+    """A decoded split as the arrays of its cache file."""
+    return {"images": dataset.images, "labels": dataset.labels,
+            "class_names": np.array(dataset.class_names, dtype=str),
+            "skipped": np.array(dataset.skipped, dtype=str).reshape(-1, 2)}
+
+
+def _dataset(npz: Mapping[str, np.ndarray]) -> ArrayDataset:
+    """A decoded split from its cache file's arrays (ArrayDataset checks dtypes and shapes)."""
+    return ArrayDataset(
+        images=npz["images"],
+        labels=npz["labels"],
+        class_names=tuple(str(name) for name in npz["class_names"]),
+        skipped=tuple((str(name), str(reason)) for name, reason in npz["skipped"]),
+    )
+
+
+def _read(path: str, from_arrays: Callable[[Mapping[str, np.ndarray]], T]) -> T:
     """Load a cache file; raises one of ``_CORRUPT_ERRORS`` if it is damaged."""
     with np.load(path, allow_pickle=False) as npz:
-        return ArrayDataset(
-            images=npz["images"],
-            labels=npz["labels"],
-            class_names=tuple(str(name) for name in npz["class_names"]),
-            skipped=tuple((str(name), str(reason)) for name, reason in npz["skipped"]),
-        )
+        return from_arrays(npz)
 
 
-def _write(path: str, dataset: ArrayDataset) -> None:
-    """Write ``dataset`` to ``path`` atomically: temp file in the same folder, then os.replace."""
+def _write(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically: temp file in the same folder, then os.replace."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                images=dataset.images,
-                labels=dataset.labels,
-                class_names=np.array(dataset.class_names, dtype=str),
-                skipped=np.array(dataset.skipped, dtype=str).reshape(-1, 2),
-            )
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -102,12 +111,12 @@ def _write(path: str, dataset: ArrayDataset) -> None:
         raise
 
 
-def _try_read(path: str) -> ArrayDataset | None:
-    """Return the cached dataset, or None if absent; a corrupt file is deleted with a warning."""
+def _try_read(path: str, from_arrays: Callable[[Mapping[str, np.ndarray]], T]) -> T | None:
+    """Return the cached value, or None if absent; a corrupt file is deleted with a warning."""
     if not os.path.exists(path):
         return None
     try:
-        return _read(path)
+        return _read(path, from_arrays)
     except _CORRUPT_ERRORS as e:
         logger.warning("Cache file %s is corrupt (%s: %s); deleting and rebuilding it.",
                        path, type(e).__name__, e)
@@ -118,22 +127,26 @@ def _try_read(path: str) -> ArrayDataset | None:
         return None
 
 
-def cached(key_parts: dict, cache_dir: str | None,
-           build: Callable[[], ArrayDataset]) -> ArrayDataset:
-    """Return the dataset cached under ``key_parts``, building and storing it on a miss.
+def cached(key_parts: dict, cache_dir: str | None, build: Callable[[], T], *,
+           to_arrays: Callable[[T], dict[str, np.ndarray]] = _dataset_arrays,
+           from_arrays: Callable[[Mapping[str, np.ndarray]], T] = _dataset,
+           what: str = "examples") -> T:
+    """Return the value cached under ``key_parts``, building and storing it on a miss.
 
     ``key_parts`` must be JSON-serialisable and identify the content (source fingerprint,
-    split, image size, ...). If the cache folder cannot be written, a warning is logged and the
-    freshly built dataset is returned uncached.
+    split, image size, ...). The value is a decoded split (:class:`ArrayDataset`), or, with
+    ``to_arrays``/``from_arrays``, anything stored as named arrays (an archive's index);
+    ``len(value)`` ``what`` are logged on a hit. If the cache folder cannot be written, a
+    warning is logged and the freshly built value is returned uncached.
     """
     path = cache_path(key_parts, cache_dir)
-    dataset = _try_read(path)
-    if dataset is not None:
-        logger.info("Loaded %d cached examples from %s", len(dataset), path)
-        return dataset
-    dataset = build()
+    value = _try_read(path, from_arrays)
+    if value is not None:
+        logger.info("Loaded %d cached %s from %s", len(value), what, path)
+        return value
+    value = build()
     try:
-        _write(path, dataset)
+        _write(path, to_arrays(value))
     except OSError as e:
         logger.warning("Could not write dataset cache %s (%s); continuing without it.", path, e)
-    return dataset
+    return value

@@ -1,18 +1,24 @@
-"""A split: decoded in memory (:class:`ArrayDataset`) or as image files read on demand
-(:class:`FileDataset`, for the streaming pipeline), and the error bad dataset input raises
-(:class:`DataError`). Both have the labels, class names and image shape of the split, ``take``
-(a subset, for the selections of :mod:`cv_jax.data.pipeline`) and ``read`` (one image)."""
+"""A split: decoded in memory (:class:`ArrayDataset`) or as image files or tar members read on
+demand (:class:`FileDataset`, for the streaming pipeline), and the error bad dataset input
+raises (:class:`DataError`). Both have the labels, class names and image shape of the split,
+``take`` (a subset, for the selections of :mod:`cv_jax.data.pipeline`) and ``read`` (one
+image)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from cv_jax.data.decode import Box, decode_one, to_array
+from cv_jax.data.decode import Box, Decoded, Region, decode_one, to_array
+
+_handles = threading.local()  # this thread's open archives, {path: file}, and its process id
 
 
 class DataError(ValueError):
@@ -94,9 +100,55 @@ class ArrayDataset:
         return self.images[:count]
 
 
+def read_member(archive: str, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of the file ``archive`` (an uncompressed tar member's
+    data), read through a handle of this thread's own: Grain's reading threads and worker
+    processes never share a file position. tarfile has no such read: ``extractfile`` needs
+    the TarFile, its member list and its one handle."""
+    if getattr(_handles, "pid", None) != os.getpid():  # a new thread, or a forked worker
+        _handles.files, _handles.pid = {}, os.getpid()
+    handle = _handles.files.get(archive)
+    if handle is None:
+        handle = _handles.files[archive] = open(archive, "rb")  # closed with its thread
+    handle.seek(offset)
+    data = handle.read(size)
+    if len(data) != size:
+        raise OSError(f"{len(data)} of the member's {size} bytes read: the archive is shorter "
+                      "than when it was indexed")
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class TarMembers:
+    """A :class:`FileDataset` reader: the members of the uncompressed tar ``archive``, each
+    keyed by the (offset, size) of its bytes, read by seeking (:func:`read_member`)."""
+
+    archive: str
+
+    def __call__(self, key: np.ndarray, image_size: tuple[int, int] | None,
+                 region: Region | None = None) -> Decoded:
+        """The member at ``key`` decoded (``region`` of it, as :func:`decode_one` keeps it), or
+        the reason it cannot be read or decoded."""
+        try:
+            data = read_member(self.archive, int(key[0]), int(key[1]))
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+        return decode_one(data, image_size, region=region)
+
+
+Reader = Callable[[Any, tuple[int, int] | None, Region | None], Decoded]
+"""How a :class:`FileDataset` reads an example: ``reader(key, image_size, region)`` -> the
+image, decoded, ``region(height, width)`` of it kept if given (:func:`decode_one`), and
+resized, or the reason it cannot be; picklable, for Grain's worker processes."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FileDataset:
-    """A split as image files, decoded when read: ``paths`` [N] (str), ``labels`` int32 [N].
+    """A split as images read and decoded when read: ``paths`` [N] (str), the name of each
+    example in messages, ``labels`` int32 [N]. Without ``reader`` an example is the image file
+    its path names; with one, ``reader(keys[i], image_size, region)`` reads example ``i``: a tar
+    member (:class:`TarMembers`, paths 'ARCHIVE:MEMBER') or a TFDS record
+    (``cv_jax.data.sources``).
 
     ``image_size`` (H, W) resizes every image as it is read; without it every image must have
     ``image_shape``. A :class:`Crop` (the streaming pipeline's host crop) reads its region of
@@ -113,6 +165,8 @@ class FileDataset:
     image_size: tuple[int, int] | None = None
     skipped: tuple[tuple[str, str], ...] = ()
     bad_files: str = "strict"
+    reader: Reader | None = None
+    keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Number of examples."""
@@ -120,7 +174,9 @@ class FileDataset:
 
     def take(self, indices: np.ndarray) -> FileDataset:
         """The examples at ``indices``, in that order."""
-        return dataclasses.replace(self, paths=self.paths[indices], labels=self.labels[indices])
+        keys = None if self.keys is None else self.keys[indices]
+        return dataclasses.replace(self, paths=self.paths[indices], labels=self.labels[indices],
+                                   keys=keys)
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` decoded, uint8 [H, W, 3]; DataError naming its file if it cannot be
@@ -130,9 +186,26 @@ class FileDataset:
     def _checked(self, index: int, decoded: np.ndarray | str) -> np.ndarray:
         """``decoded`` (image ``index``), or DataError naming its file if it did not decode."""
         if isinstance(decoded, str):
-            raise DataError(f"cannot decode {self.paths[index]} as an image ({decoded}). Fix: "
-                            "delete or replace the file, or set --config.dataset.bad_files=skip.")
+            raise self._bad(index, decoded)
         return decoded
+
+    def first_shape(self) -> tuple[int, ...]:
+        """The shape of the first image, under ``bad_files='skip'`` of the first that decodes
+        (the image shape of a split listed without ``image_size``); :meth:`read`'s DataError
+        under 'strict'."""
+        for index in range(len(self)):
+            decoded = self.load(index)
+            if not isinstance(decoded, str):
+                return decoded.shape
+            if self.bad_files != "skip":
+                raise self._bad(index, decoded)
+        raise DataError(f"no file of the split decodes, the first: {self.paths[0]}. Fix: point "
+                        "config.dataset.data_dir at readable images.")
+
+    def _bad(self, index: int, reason: str) -> DataError:
+        """The error for example ``index``, whose file does not decode for ``reason``."""
+        return DataError(f"cannot decode {self.paths[index]} as an image ({reason}). Fix: "
+                         "delete or replace the file, or set --config.dataset.bad_files=skip.")
 
     def read_example(self, index: int, crop: Crop | None = None) -> tuple[np.ndarray, int, str]:
         """``(image, index read, bad)``: example ``index`` (``crop``'s region of it, if given),
@@ -151,19 +224,27 @@ class FileDataset:
         raise DataError(f"no file of the split decodes:\n{bad[0]}\n... Fix: point "
                         "config.dataset.data_dir at readable images.")
 
+    def load(self, index: int, crop: Crop | None = None) -> Decoded:
+        """Image ``index`` decoded (resized to ``image_size`` if given; with ``crop``, its
+        region of the image at its own size, resized to the crop), or the reason its file or
+        record cannot be read or decoded."""
+        size, region = self.image_size, None
+        if crop is not None:
+            size, region = (crop.size, crop.size), functools.partial(crop.box, index)
+        if self.reader is None:
+            return decode_one(str(self.paths[index]), size, region=region)
+        return self.reader(self.keys[index], size, region)
+
     def _decode(self, index: int, crop: Crop | None = None) -> np.ndarray | str:
         """Image ``index`` (``crop``'s region of it), or the reason its file does not decode;
         DataError if its size is not the split's (whatever ``bad_files`` says, as in the
         resident loader)."""
-        path = str(self.paths[index])
-        if crop is not None:
-            return decode_one(path, (crop.size, crop.size),
-                              region=functools.partial(crop.box, index))
-        decoded = decode_one(path, self.image_size)
-        if isinstance(decoded, str):
+        decoded = self.load(index, crop)
+        if crop is not None or isinstance(decoded, str):
             return decoded
         shape = (*self.image_size, 3) if self.image_size else self.image_shape
         if decoded.shape != shape:
+            path = self.paths[index]
             raise DataError(f"{path} is {decoded.shape[0]}x{decoded.shape[1]} (HxW) but the "
                             f"split's images are {shape[0]}x{shape[1]}; Fix: set "
                             "config.dataset.image_size=(H, W) to resize every image.")

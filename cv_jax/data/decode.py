@@ -52,14 +52,17 @@ def to_array(image: Image.Image, image_size: tuple[int, int] | None,
     return array[..., None] if mode == "L" else array
 
 
-def array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
-    """Return an in-memory image array ([H, W], [H, W, 1|3|4]) as RGB uint8, resized if asked."""
+def array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None,
+                 region: Region | None = None) -> np.ndarray:
+    """Return an in-memory image array ([H, W], [H, W, 1|3|4]) as RGB uint8, ``region(height,
+    width)`` of it kept if given (as :func:`decode_one` keeps it), resized if asked."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     is_rgb = array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3
-    if is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
+    if region is None and is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
         return array
-    return to_array(Image.fromarray(array), image_size)
+    box = None if region is None else region(*array.shape[:2])
+    return to_array(Image.fromarray(array), image_size, box=box)
 
 
 def draft(image: Image.Image, box: Box, size: tuple[int, int]) -> float:

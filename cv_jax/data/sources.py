@@ -52,6 +52,7 @@ decoded in-process.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import logging
@@ -62,7 +63,8 @@ import posixpath
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +72,8 @@ import numpy as np
 from cv_jax.config.schema import BAD_FILES_POLICIES
 from cv_jax.data import idx
 from cv_jax.data.cache import cached, fingerprint
-from cv_jax.data.dataset import ArrayDataset, DataError, FileDataset, printable
-from cv_jax.data.decode import Decoded, Payload, array_to_rgb, decode_chunk, decode_one
+from cv_jax.data.dataset import ArrayDataset, DataError, FileDataset, TarMembers, printable
+from cv_jax.data.decode import Decoded, Payload, Region, array_to_rgb, decode_chunk, decode_one
 from cv_jax.data.walk import walk
 
 logger = logging.getLogger(__name__)
@@ -583,28 +585,96 @@ def _build_from_archive(path: str, split: str, image_size: tuple[int, int] | Non
     the archive is still being read; CIFAR batches and IDX files are kept in memory. The folder
     plan is made once the whole listing is known.
     """
-    listing = _Listing(where=path, display=lambda rel: f"{path}:{rel}")
+    listing = _archive_listing(path)
     blobs: dict[str, bytes] = {}
     with _Decoder(image_size) as decoder:
-        try:
-            with tarfile.open(path, "r|*") as archive:
-                for member in archive:
-                    rel = posixpath.normpath(member.name.lstrip("/"))
-                    if rel == "." or _is_ignored(rel):
-                        continue
-                    if member.isdir():
-                        listing.add_dir(rel)
-                    elif member.isfile():
-                        listing.add_file(rel)
-                        _stash_member(archive, member, rel, split, decoder, blobs)
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-            raise DataError(f"cannot read archive {path}: {type(e).__name__}: {e}. "
-                            "Fix: re-download or re-create the archive.") from e
+        with _reading(path), tarfile.open(path, "r|*") as archive:
+            for member, rel in _members(archive, listing):
+                _stash_member(archive, member, rel, split, decoder, blobs)
         plan = _plan(listing, split)
         if not isinstance(plan, _FolderPlan):
             return _load_arrays(plan, split, blobs.__getitem__, listing, image_size)
         decoded = decoder.results()
     return _assemble(plan, decoded, listing, bad_files)
+
+
+def _archive_listing(path: str) -> _Listing:
+    """An empty listing of the archive ``path``; its members are shown as 'ARCHIVE:MEMBER'."""
+    return _Listing(where=path, display=lambda rel: f"{path}:{rel}")
+
+
+def _members(archive: tarfile.TarFile,
+             listing: _Listing) -> Iterator[tuple[tarfile.TarInfo, str]]:
+    """The regular-file members of ``archive`` with their normalised paths, ignored names left
+    out; files and folders are recorded in ``listing`` as they come."""
+    for member in archive:
+        rel = posixpath.normpath(member.name.lstrip("/"))
+        if rel == "." or _is_ignored(rel):
+            continue
+        if member.isdir():
+            listing.add_dir(rel)
+        elif member.isfile():
+            listing.add_file(rel)
+            yield member, rel
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """Turns what reading the archive ``path`` raises into a DataError naming it."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"cannot read archive {path}: {type(e).__name__}: {e}. "
+                        "Fix: re-download or re-create the archive.") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _TarIndex:
+    """Where the files of an uncompressed tar are: ``files`` (member paths, normalised, in
+    archive order), ``dirs`` (every folder) and ``spans`` [files, 2] int64, the (offset, size)
+    of each file's bytes."""
+
+    files: np.ndarray
+    dirs: np.ndarray
+    spans: np.ndarray
+
+    def __len__(self) -> int:
+        """Number of files."""
+        return len(self.files)
+
+    def listing(self, path: str) -> _Listing:
+        """The archive's listing, as :func:`_build_from_archive` makes it in one pass."""
+        listing = _archive_listing(path)
+        listing.files.extend(str(rel) for rel in self.files)
+        listing.dirs.update(str(rel) for rel in self.dirs)
+        return listing
+
+    @classmethod
+    def from_arrays(cls, npz: Mapping[str, np.ndarray]) -> _TarIndex:
+        """The index from its cache file's arrays."""
+        return cls(npz["files"], npz["dirs"], npz["spans"])
+
+
+def _index_tar(path: str, cache_dir: str | None) -> _TarIndex:
+    """The index of the uncompressed tar ``path`` (a member's offset and size, for reading it
+    by seeking), scanned once and cached under the archive's fingerprint. Scanning reads each
+    member's header and seeks over its data; a compressed archive cannot be read so."""
+
+    def scan() -> _TarIndex:
+        start = time.perf_counter()
+        listing = _archive_listing(path)
+        with _reading(path), tarfile.open(path, "r:") as archive:
+            spans = [(member.offset_data, member.size)
+                     for member, _ in _members(archive, listing)]
+        logger.info("Indexed %d files of archive %s in %.1f s", len(spans), path,
+                    time.perf_counter() - start)
+        return _TarIndex(np.array(listing.files, dtype=str),
+                         np.array(sorted(listing.dirs), dtype=str),
+                         np.array(spans, dtype=np.int64).reshape(-1, 2))
+
+    return cached({"fingerprint": fingerprint(path), "index": "tar members"}, cache_dir, scan,
+                  to_arrays=dataclasses.asdict, from_arrays=_TarIndex.from_arrays,
+                  what="member offsets of the archive")
 
 
 def _build_from_npz(path: str, split: str, image_size: tuple[int, int] | None,
@@ -640,14 +710,29 @@ def _normalize_size(image_size: Sequence[int] | None) -> tuple[int, int] | None:
     return size
 
 
-def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
-    """Read a prepared TFDS dataset ``name[@data_dir]`` via tfds.data_source (no TensorFlow)."""
+@dataclasses.dataclass(frozen=True)
+class _Tfds:
+    """An opened TFDS split: its data source, image and label feature keys, class names, and
+    how messages name it."""
+
+    source: Any
+    image_key: str
+    label_key: str
+    class_names: tuple[str, ...]
+    where: str
+
+
+def _open_tfds(spec: str, split: str, decoders: dict | None = None) -> _Tfds:
+    """Split ``split`` of the prepared TFDS dataset ``name[@data_dir]`` through
+    ``tfds.data_source``: random access to its array_record files, with no TensorFlow and no
+    download."""
     import tensorflow_datasets as tfds  # lazy: slow import, only needed for this source
 
     name, _, data_dir = spec.partition("@")
     where = f"{TFDS_PREFIX}{spec} split {split!r}"
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
+                                  decoders=decoders)
     except Exception as e:  # tfds raises many types for "not available"
         raise DataError(
             f"cannot open {where}: {type(e).__name__}: {e}. Fix: prepare it once with "
@@ -655,16 +740,75 @@ def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> Arr
             f"'{TFDS_PREFIX}{name}@DATA_DIR', or use an ImageFolder/CIFAR copy via "
             "--config.dataset.data_dir.") from e
     features = source.dataset_info.features
-    image_key = _feature_key(features, tfds.features.Image, "image", where)
     label_key = _feature_key(features, tfds.features.ClassLabel, "label", where)
+    return _Tfds(source, _feature_key(features, tfds.features.Image, "image", where), label_key,
+                 tuple(features[label_key].names), where)
+
+
+def _tfds_image(example: dict, image_key: str, image_size: tuple[int, int] | None,
+                region: Region | None = None) -> np.ndarray:
+    """A TFDS example's image (decoded by tfds) as RGB uint8, ``region`` of it kept if given,
+    resized to ``image_size``."""
+    return array_to_rgb(np.asarray(example[image_key]), image_size, region)
+
+
+def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
+    """Read a prepared TFDS dataset ``name[@data_dir]`` via tfds.data_source (no TensorFlow)."""
+    tfds = _open_tfds(spec, split)
     arrays, labels = [], []
-    for index in range(len(source)):
-        example = source[index]
-        arrays.append(array_to_rgb(np.asarray(example[image_key]), image_size))
-        labels.append(int(example[label_key]))
-    names = [f"{where} example {i}" for i in range(len(arrays))]
-    return ArrayDataset(_stack_images(arrays, names, where), np.array(labels, dtype=np.int32),
-                        tuple(features[label_key].names))
+    for index in range(len(tfds.source)):
+        example = tfds.source[index]
+        arrays.append(_tfds_image(example, tfds.image_key, image_size))
+        labels.append(int(example[tfds.label_key]))
+    names = [f"{tfds.where} example {i}" for i in range(len(arrays))]
+    return ArrayDataset(_stack_images(arrays, names, tfds.where),
+                        np.array(labels, dtype=np.int32), tfds.class_names)
+
+
+_TFDS_SOURCES: dict[tuple[str, str, int], Any] = {}  # (spec, split, process id) -> data source
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsRecords:
+    """A FileDataset reader: the records of split ``split`` of the TFDS dataset ``spec``, keyed
+    by index, each image as :func:`_load_tfds` converts it. The data source is opened once per
+    process (its random-access reads are thread-safe, as Grain requires of a data source)."""
+
+    spec: str
+    split: str
+    image_key: str
+
+    def __call__(self, key: np.integer, image_size: tuple[int, int] | None,
+                 region: Region | None = None) -> Decoded:
+        """Record ``key``'s image (``region`` of it, if given), or the reason it cannot be
+        read."""
+        opened = (self.spec, self.split, os.getpid())
+        try:
+            if opened not in _TFDS_SOURCES:
+                _TFDS_SOURCES[opened] = _open_tfds(self.spec, self.split).source
+            return _tfds_image(_TFDS_SOURCES[opened][int(key)], self.image_key, image_size,
+                               region)
+        except Exception as e:  # a record that does not read or decode is a bad example
+            return f"{type(e).__name__}: {e}"
+
+
+def _tfds_labels(spec: str, split: str, tfds: _Tfds, cache_dir: str | None) -> np.ndarray:
+    """The labels of every record of an opened TFDS split, read with the images left
+    undecoded, and cached under the fingerprint of the prepared dataset's folder (a folder
+    on this machine; one elsewhere is read again each time)."""
+    from tensorflow_datasets import decode  # lazy, as in _open_tfds
+
+    def scan() -> np.ndarray:
+        records = _open_tfds(spec, split, {tfds.image_key: decode.SkipDecoding()}).source
+        return np.array([int(records[i][tfds.label_key]) for i in range(len(records))],
+                        dtype=np.int32)
+
+    folder = os.fspath(tfds.source.dataset_info.data_dir)
+    if not os.path.isdir(folder):
+        return scan()
+    return cached({"fingerprint": fingerprint(folder), "tfds": spec, "split": split}, cache_dir,
+                  scan, to_arrays=lambda labels: {"labels": labels},
+                  from_arrays=lambda npz: npz["labels"], what="labels of the TFDS split")
 
 
 def _feature_key(features, feature_type: type, preferred: str, where: str) -> str:
@@ -731,11 +875,17 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
 
 def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
-               bad_files: str = "strict", crop: int = 0) -> FileDataset | None:
-    """An ImageFolder directory's ``split`` as files to decode when read (the streaming
-    pipeline): the files, labels and class order :func:`load_split` would decode, found by the
-    same walk. None for a source that is not an ImageFolder directory (an archive, CIFAR
-    batches, ``tfds:``), which is read with :func:`load_split` instead.
+               bad_files: str = "strict", cache_dir: str | None = None,
+               crop: int = 0) -> FileDataset | None:
+    """A ``split`` as images to read and decode when batched (the streaming pipeline): the
+    images, labels and class order :func:`load_split` would decode, found by the same listing
+    and plan. An ImageFolder directory is walked; an uncompressed ``.tar`` is indexed once
+    (each member's offset and size, cached in ``cache_dir`` under the archive's fingerprint)
+    and its members are read by seeking; a ``tfds:`` split's records are read by index through
+    ``tfds.data_source`` (their labels read once and cached).
+
+    None, with the reason logged, for a source read with :func:`load_split` instead: a
+    compressed archive (gzip has no random access), CIFAR batches, IDX files, mnist.npz.
 
     ``crop`` > 0 (the stream's host crop, ``dataset.stream_crop``): training reads a crop of
     each image at its own size, ``crop`` square, which is the split's image shape. Nothing is
@@ -745,12 +895,35 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     """
     size = _normalize_size(image_size)
     source = os.fspath(source)
+    if source.startswith(TFDS_PREFIX):
+        spec = source[len(TFDS_PREFIX):]
+        tfds = _open_tfds(spec, split)
+        labels = _tfds_labels(spec, split, tfds, cache_dir)
+        paths = np.array([f"{tfds.where} example {i}" for i in range(len(labels))], dtype=object)
+        files = FileDataset(paths, labels, tfds.class_names, (0, 0, 3), size,
+                            bad_files=bad_files, reader=_TfdsRecords(spec, split, tfds.image_key),
+                            keys=np.arange(len(labels)))
+        return _shaped(files, size, crop, split, source, [])
     path = os.path.abspath(os.path.expanduser(source))
-    if source.startswith(TFDS_PREFIX) or not os.path.isdir(path):
+    arrays = f"If streamed, split {split!r} of {printable(source)} is streamed from its " \
+        "decoded arrays (the whole split in host memory, cached):"
+    if not os.path.exists(path):
         return None
-    listing = _list_dir(path)
+    index = None
+    if os.path.isfile(path):
+        if not path.lower().endswith(".tar"):
+            logger.info("%s %s", arrays, "a compressed archive cannot be read at random; to "
+                        "stream its images from disk, decompress it (gunzip: .tar.gz -> .tar) or "
+                        "extract it." if _is_archive(path) else "Keras' mnist.npz is arrays.")
+            return None
+        index = _index_tar(path, cache_dir)
+        listing = index.listing(path)
+    else:
+        listing = _list_dir(path)
     plan = _plan(listing, split)
-    if isinstance(plan, _CifarPlan):
+    if not isinstance(plan, _FolderPlan):
+        logger.info("%s it holds %s, small enough to keep decoded.", arrays,
+                    "CIFAR batches" if isinstance(plan, _CifarPlan) else "IDX files")
         return None
     empty = [listing.display(posixpath.join(plan.split_dir, c)) for c in plan.empty_classes]
     if not plan.entries or (bad_files == "strict" and empty):
@@ -758,19 +931,21 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
     paths = np.array([listing.display(rel) for _, rel in plan.entries], dtype=object)
     labels = np.array([label for label, _ in plan.entries], dtype=np.int32)
     files = FileDataset(paths, labels, plan.class_names, (0, 0, 3), size, bad_files=bad_files)
-    if crop:
-        files = dataclasses.replace(files, image_shape=(crop, crop, 3))
-    elif size is None:  # the first image's (under 'skip': the first that decodes)
-        shape = decode_image(paths[0]).shape if bad_files == "strict" else next(
-            (d.shape for p in paths if not isinstance(d := decode_one(p, None), str)), None)
-        if shape is None:
-            raise DataError(f"no image in {listing.display(plan.split_dir)} decodes. "
-                            f"{_LOCATION_HINT}")
-        files = dataclasses.replace(files, image_shape=shape)
-    else:
-        files = dataclasses.replace(files, image_shape=(*size, 3))
+    if index is not None:  # the last member of a path, as extracting the archive keeps it
+        spans = dict(zip(listing.files, index.spans.tolist(), strict=True))
+        members = np.array([spans[rel] for _, rel in plan.entries], dtype=np.int64)
+        files = dataclasses.replace(files, reader=TarMembers(path), keys=members.reshape(-1, 2))
+    return _shaped(files, size, crop, split, path, empty)
+
+
+def _shaped(files: FileDataset, size: tuple[int, int] | None, crop: int, split: str,
+            where: str, empty: list[str]) -> FileDataset:
+    """``files`` with its image shape: the ``crop``'s if > 0, else ``size``'s, else its first
+    image's; logged."""
+    shape = (crop, crop, 3) if crop else (*size, 3) if size is not None else files.first_shape()
+    files = dataclasses.replace(files, image_shape=shape)
     logger.info("Listed %d images of split %r in %s (streamed: decoded as batches are read)",
-                len(files), split, path)
+                len(files), split, where)
     if empty:
         logger.warning("Class folder(s) %s have no images; kept as classes with 0 examples so "
                        "that labels match other splits.", ", ".join(map(printable, empty)))

@@ -26,7 +26,7 @@ log = logging.getLogger("cv_jax")
 class Datasets:
     """The splits of a run."""
 
-    train: Split  # image files (FileDataset) only with dataset.pipeline='streaming'
+    train: Split  # images read when batched (FileDataset) only if streamed
     test: ArrayDataset
     validation: ArrayDataset | None = None  # carved from train when dataset.validation_size > 0
     skipped: tuple[tuple[str, str], ...] = ()  # (file, reason) under dataset.bad_files='skip'
@@ -49,17 +49,18 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
                           bad_files=cfg.bad_files)
 
     train = None
-    if cfg.pipeline != "resident":  # an ImageFolder directory is listed, not decoded
+    if cfg.pipeline != "resident":  # an ImageFolder directory or .tar is listed, not decoded
         train = list_split(source, cfg.train_split, image_size=size, bad_files=cfg.bad_files,
-                           crop=cfg.stream_crop)
+                           cache_dir=cfg.cache_dir or None, crop=cfg.stream_crop)
     train = train if train is not None else load(cfg.train_split)
     cfg.pipeline = choose_pipeline(cfg.pipeline, train)
     check_streaming(config)
     if cfg.pipeline == "streaming" and cfg.stream_crop and isinstance(train, ArrayDataset):
         raise ConfigError(
             f"config.dataset.stream_crop={cfg.stream_crop} crops training images as their files "
-            f"are read, but {source} is not an ImageFolder directory (its decoded arrays are "
-            "streamed). Fix: extract it into a directory <root>/<split>/<class>/<image>, or set "
+            f"are read, but {source} is not an ImageFolder directory, an uncompressed .tar or a "
+            "tfds: split (its decoded arrays are streamed). Fix: extract it into a directory "
+            "<root>/<split>/<class>/<image> or decompress it (.tar.gz -> .tar), or set "
             "config.dataset.stream_crop=0 (augment.crop_padding crops on the device).")
     if cfg.pipeline == "resident" and isinstance(train, FileDataset):
         train = load(cfg.train_split)

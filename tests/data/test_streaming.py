@@ -214,13 +214,18 @@ def test_a_bad_file_stops_the_stream_naming_it(with_bad_file, workers):
 def test_under_skip_the_next_good_example_takes_a_bad_files_place_and_is_named(
         with_bad_file):
     root, bad = with_bad_file
-    files = list_split(root, "train", bad_files="skip")
-    at = list(files.paths).index(str(bad))
-    batch = next(Stream(files, lambda e: np.arange(16), 1, 16).batches())
+    assert_the_next_example_replaces(list_split(root, "train", bad_files="skip"), str(bad))
+
+
+def assert_the_next_example_replaces(split, bad: str) -> None:
+    """In the first batch of 16 streamed from ``split`` (bad_files='skip'), the example after
+    the file ``bad`` takes its place, and only that row names it."""
+    at = list(split.paths).index(bad)
+    batch = next(Stream(split, lambda e: np.arange(16), 1, 16).batches())
     expected = np.arange(16)
     expected[at] = at + 1
     np.testing.assert_array_equal(batch["index"], expected)
-    np.testing.assert_array_equal(batch["image"][at], files.read(at + 1))
+    np.testing.assert_array_equal(batch["image"][at], split.read(at + 1))
     assert batch["bad"][at].startswith(f"{bad}: UnidentifiedImageError")
     assert [b for i, b in enumerate(batch["bad"]) if i != at] == [""] * 15
 
@@ -236,7 +241,9 @@ def test_an_empty_class_folder_is_refused_when_strict_and_kept_when_skipping(tmp
     assert np.bincount(files.labels).tolist() == [2, 2, 0, 2]
 
 
-def test_other_sources_are_not_listed(tmp_path, tiny_folder):
+def test_a_compressed_archive_is_not_listed_and_an_unprepared_tfds_split_is_an_error(
+        tmp_path, tiny_folder):
     archive = shutil.make_archive(str(tmp_path / "tiny"), "gztar", tiny_folder)
     assert list_split(archive, "train") is None
-    assert list_split("tfds:mnist", "train") is None
+    with pytest.raises(DataError, match="tfds build no_such_dataset_xyz"):
+        list_split("tfds:no_such_dataset_xyz", "train")

@@ -1,6 +1,7 @@
 """Training with dataset.pipeline='streaming': the run of the resident pipeline bit for bit (on
-8 devices, each batch built from process-local data), resumed exactly after SIGKILL from the
-Grain state in its checkpoints, 'auto', and what the pipeline refuses."""
+8 devices, each batch built from process-local data; from a folder and from a tar's members),
+resumed exactly after SIGKILL from the Grain state in its checkpoints, 'auto', and what the
+pipeline refuses."""
 
 import json
 import logging
@@ -11,7 +12,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import convnet_config, tiny_config
 from test_resume import (
     assert_same_run,
     kill_at_random_steps,
@@ -47,6 +48,22 @@ def test_a_streamed_run_is_the_resident_run_bit_for_bit(trained_run, tiny_folder
     with open(tmp_path / "checkpoints" / "12" / "data" / "process_0-of-1.json") as f:
         assert json.load(f) == {"step": 12, "epoch": 1, "first_batch": 0,
                                 "grain": {"next_index": 6}}
+
+
+def test_a_run_streamed_from_a_tar_is_the_resident_run_from_it_bit_for_bit(
+        tiny_folder, cache_dir, tmp_path, caplog):
+    archive = shutil.make_archive(str(tmp_path / "tiny"), "tar", tiny_folder)
+    runs = {}
+    for pipeline in ("resident", "streaming"):
+        config = convnet_config(archive, cache_dir)
+        config.dataset.pipeline = pipeline
+        with caplog.at_level(logging.INFO, logger="cv_jax"):
+            results = train.train_and_evaluate(config, str(tmp_path / pipeline))
+        runs[pipeline] = results, params_of(tmp_path / pipeline)
+    assert f"Listed 96 images of split 'train' in {archive}" in caplog.text
+    (resident, resident_params), (streamed, streamed_params) = runs.values()
+    assert streamed["test_correct"] == resident["test_correct"]
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, streamed_params, resident_params)))
 
 
 @pytest.mark.reliability
