@@ -67,6 +67,25 @@ def write_image_folder(root: pathlib.Path, counts: dict[str, int], size: int = 1
     return root
 
 
+def write_photo_folder(root: pathlib.Path, counts: dict[str, int],
+                       sizes: tuple[int, int] = (40, 90), seed: int = 0,
+                       classes: tuple[str, ...] = CLASSES[:3]) -> pathlib.Path:
+    """An ImageFolder tree root/<split>/<class>/*.jpg of photos of different sizes (height and
+    width each drawn from ``sizes``, inclusive; JPEG quality 90) whose classes differ in colour,
+    as ImageNet's do in size. ``counts`` maps split -> images per class."""
+    rng = np.random.default_rng(seed)
+    for split, per_class in counts.items():
+        for index, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                height, width = rng.integers(sizes[0], sizes[1] + 1, 2)
+                image = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+                image[..., index % 3] += np.uint8(120 + 40 * (index // 3))
+                Image.fromarray(image).save(folder / f"{i:03d}.jpg", quality=90)
+    return root
+
+
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
     """``array`` as an IDX file: 00 00 type ndim, big-endian uint32 sizes, the values."""
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()

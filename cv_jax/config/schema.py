@@ -143,7 +143,8 @@ SCHEMA: dict[str, Section] = {
         cache_dir=Key("", "decoded-split caches; '' = $CV_JAX_CACHE or ~/.cache/cv_jax"),
         train_split=Key("train", "the split to train on"),
         test_split=Key("test", "the split to test on"),
-        image_size=Key((), "() = keep the source size; (H, W) resizes every image",
+        image_size=Key((), "() = keep the source size; (H, W) resizes every image (but the "
+                           "training images stream_crop crops at their own size)",
                        "() (keep the source size) or (height, width) in pixels > 0",
                        lambda v: len(v) == 0 or (len(v) == 2 and min(v) > 0)),
         bad_files=_choice(
@@ -162,8 +163,9 @@ SCHEMA: dict[str, Section] = {
                            "an integer >= 0", lambda v: v >= 0),
         stream_threads=Key(4, "streaming: threads reading and decoding images in each process",
                            "an integer >= 0", lambda v: v >= 0),
-        stream_crop=Key(0, "streaming: random-resized-crop on the host to this many pixels "
-                           "square (Inception-style, keyed by seed, epoch and example); 0 = off",
+        stream_crop=Key(0, "streaming: random-resized-crop on the host, from each training "
+                           "image at its own size, to this many pixels square (Inception-style, "
+                           "keyed by seed, epoch and example); 0 = off",
                         "an integer >= 0 (0: off)", lambda v: v >= 0),
         stream_crop_scale=Key((0.08, 1.0), "streaming: the crop's area range, as fractions of "
                                            "the image", "(min, max) with 0 < min <= max <= 1",

@@ -7,14 +7,16 @@ image)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from cv_jax.data.decode import Decoded, decode_one
+from cv_jax.data.decode import Box, Decoded, Region, decode_one, to_array
 
 _handles = threading.local()  # this thread's open archives, {path: file}, and its process id
 
@@ -34,6 +36,16 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:  # a surrogate that is not an escaped byte
         raw = text.encode("utf-8", "backslashreplace")
     return raw.decode("utf-8", "backslashreplace")
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """A crop of each example read (the streaming pipeline's host crop): ``box(index, height,
+    width)`` is the region of example ``index``'s image, of that size, to keep, resized to
+    ``size`` x ``size``."""
+
+    size: int
+    box: Callable[[int, int, int], Box]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +85,15 @@ class ArrayDataset:
         """Image ``index``, uint8 [H, W, 3]."""
         return self.images[index]
 
-    def read_example(self, index: int) -> tuple[np.ndarray, int, str]:
+    def read_example(self, index: int, crop: Crop | None = None) -> tuple[np.ndarray, int, str]:
         """``(image, index, '')``: as :meth:`FileDataset.read_example`, with no bad files."""
-        return self.images[index], index, ""
+        image = self.images[index]
+        if crop is not None:
+            grey = image.shape[-1] == 1
+            image = to_array(Image.fromarray(image[..., 0] if grey else image),
+                             (crop.size, crop.size), "L" if grey else "RGB",
+                             crop.box(index, *image.shape[:2]))
+        return image, index, ""
 
     def head(self, count: int) -> np.ndarray:
         """The first ``count`` images, uint8 [count, H, W, 3]."""
@@ -107,31 +125,37 @@ class TarMembers:
 
     archive: str
 
-    def __call__(self, key: np.ndarray, image_size: tuple[int, int] | None) -> Decoded:
-        """The member at ``key`` decoded, or the reason it cannot be read or decoded."""
+    def __call__(self, key: np.ndarray, image_size: tuple[int, int] | None,
+                 region: Region | None = None) -> Decoded:
+        """The member at ``key`` decoded (``region`` of it, as :func:`decode_one` keeps it), or
+        the reason it cannot be read or decoded."""
         try:
             data = read_member(self.archive, int(key[0]), int(key[1]))
         except OSError as e:
             return f"{type(e).__name__}: {e}"
-        return decode_one(data, image_size)
+        return decode_one(data, image_size, region=region)
 
 
-Reader = Callable[[Any, tuple[int, int] | None], Decoded]
-"""How a :class:`FileDataset` reads an example: ``reader(key, image_size)`` -> the image,
-decoded and resized, or the reason it cannot be; picklable, for Grain's worker processes."""
+Reader = Callable[[Any, tuple[int, int] | None, Region | None], Decoded]
+"""How a :class:`FileDataset` reads an example: ``reader(key, image_size, region)`` -> the
+image, decoded, ``region(height, width)`` of it kept if given (:func:`decode_one`), and
+resized, or the reason it cannot be; picklable, for Grain's worker processes."""
 
 
 @dataclasses.dataclass(frozen=True)
 class FileDataset:
     """A split as images read and decoded when read: ``paths`` [N] (str), the name of each
     example in messages, ``labels`` int32 [N]. Without ``reader`` an example is the image file
-    its path names; with one, ``reader(keys[i], image_size)`` reads example ``i``: a tar
+    its path names; with one, ``reader(keys[i], image_size, region)`` reads example ``i``: a tar
     member (:class:`TarMembers`, paths 'ARCHIVE:MEMBER') or a TFDS record
     (``cv_jax.data.sources``).
 
     ``image_size`` (H, W) resizes every image as it is read; without it every image must have
-    ``image_shape``. Reading decodes as the resident loader does (:mod:`cv_jax.data.decode`);
-    a file that does not decode follows ``bad_files`` (:meth:`read_example`).
+    ``image_shape``. A :class:`Crop` (the streaming pipeline's host crop) reads its region of
+    each image at the image's own size instead, whatever the sizes; ``image_shape`` is then
+    the crop's, the shape training reads. Reading decodes as the resident loader does
+    (:mod:`cv_jax.data.decode`); a file that does not decode follows ``bad_files``
+    (:meth:`read_example`).
     """
 
     paths: np.ndarray
@@ -157,7 +181,10 @@ class FileDataset:
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` decoded, uint8 [H, W, 3]; DataError naming its file if it cannot be
         decoded or has another size."""
-        decoded = self._decode(index)
+        return self._checked(index, self._decode(index))
+
+    def _checked(self, index: int, decoded: np.ndarray | str) -> np.ndarray:
+        """``decoded`` (image ``index``), or DataError naming its file if it did not decode."""
         if isinstance(decoded, str):
             raise self._bad(index, decoded)
         return decoded
@@ -180,41 +207,47 @@ class FileDataset:
         return DataError(f"cannot decode {self.paths[index]} as an image ({reason}). Fix: "
                          "delete or replace the file, or set --config.dataset.bad_files=skip.")
 
-    def read_example(self, index: int) -> tuple[np.ndarray, int, str]:
-        """``(image, index read, bad)``: example ``index``, or under ``bad_files='skip'``,
-        where its file does not decode, the next example in file order that does (so a batch
-        keeps its size), with ``bad`` = 'file: reason' of each file passed over ('' if none).
-        Under 'strict', :meth:`read`'s DataError."""
+    def read_example(self, index: int, crop: Crop | None = None) -> tuple[np.ndarray, int, str]:
+        """``(image, index read, bad)``: example ``index`` (``crop``'s region of it, if given),
+        or under ``bad_files='skip'``, where its file does not decode, the next example in file
+        order that does (so a batch keeps its size), with ``bad`` = 'file: reason' of each file
+        passed over ('' if none). Under 'strict', :meth:`read`'s DataError."""
         if self.bad_files != "skip":
-            return self.read(index), index, ""
+            return self._checked(index, self._decode(index, crop)), index, ""
         bad = []
         for offset in range(len(self)):
             at = (index + offset) % len(self)
-            decoded = self._decode(at)
+            decoded = self._decode(at, crop)
             if not isinstance(decoded, str):
                 return decoded, at, "\n".join(bad)
             bad.append(f"{self.paths[at]}: {decoded}")
         raise DataError(f"no file of the split decodes:\n{bad[0]}\n... Fix: point "
                         "config.dataset.data_dir at readable images.")
 
-    def load(self, index: int) -> Decoded:
-        """Image ``index`` decoded (resized to ``image_size`` if given), or the reason its file
-        or record cannot be read or decoded."""
+    def load(self, index: int, crop: Crop | None = None) -> Decoded:
+        """Image ``index`` decoded (resized to ``image_size`` if given; with ``crop``, its
+        region of the image at its own size, resized to the crop), or the reason its file or
+        record cannot be read or decoded."""
+        size, region = self.image_size, None
+        if crop is not None:
+            size, region = (crop.size, crop.size), functools.partial(crop.box, index)
         if self.reader is None:
-            return decode_one(str(self.paths[index]), self.image_size)
-        return self.reader(self.keys[index], self.image_size)
+            return decode_one(str(self.paths[index]), size, region=region)
+        return self.reader(self.keys[index], size, region)
 
-    def _decode(self, index: int) -> np.ndarray | str:
-        """Image ``index``, or the reason its file does not decode; DataError if its size is
-        not the split's (whatever ``bad_files`` says, as in the resident loader)."""
-        decoded = self.load(index)
-        if isinstance(decoded, str):
+    def _decode(self, index: int, crop: Crop | None = None) -> np.ndarray | str:
+        """Image ``index`` (``crop``'s region of it), or the reason its file does not decode;
+        DataError if its size is not the split's (whatever ``bad_files`` says, as in the
+        resident loader)."""
+        decoded = self.load(index, crop)
+        if crop is not None or isinstance(decoded, str):
             return decoded
-        if decoded.shape != self.image_shape:
+        shape = (*self.image_size, 3) if self.image_size else self.image_shape
+        if decoded.shape != shape:
             path = self.paths[index]
             raise DataError(f"{path} is {decoded.shape[0]}x{decoded.shape[1]} (HxW) but the "
-                            f"split's images are {self.image_shape[0]}x{self.image_shape[1]}; "
-                            "Fix: set config.dataset.image_size=(H, W) to resize every image.")
+                            f"split's images are {shape[0]}x{shape[1]}; Fix: set "
+                            "config.dataset.image_size=(H, W) to resize every image.")
         return decoded
 
     def head(self, count: int) -> np.ndarray:

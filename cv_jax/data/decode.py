@@ -6,9 +6,11 @@ starts fast.
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -19,37 +21,71 @@ Payload = bytes | str
 # Decode result: a uint8 [H, W, 3] (RGB) or [H, W, 1] (mode 'L') array, or the error text for an
 # undecodable file.
 Decoded = np.ndarray | str
+# A region of an image: (top, left, height, width) in the pixels of the image at its own size.
+Box = tuple[int, int, int, int]
+# The region to keep of an image of (height, width) pixels (the streaming pipeline's host crop).
+Region = Callable[[int, int], Box]
 
 
 def to_array(image: Image.Image, image_size: tuple[int, int] | None,
-             mode: str = "RGB") -> np.ndarray:
-    """Convert a PIL image to ``mode`` ('RGB', or 'L': one grey channel, ITU-R 601 luma), resize
-    it bilinearly to ``image_size`` (H, W) if given; uint8 [H, W, 3] or [H, W, 1]."""
+             mode: str = "RGB", box: Box | None = None, scale: float = 1.0) -> np.ndarray:
+    """Convert a PIL image to ``mode`` ('RGB', or 'L': one grey channel, ITU-R 601 luma), keep
+    only ``box`` of it if given, resize it bilinearly to ``image_size`` (H, W) if given;
+    uint8 [H, W, 3] or [H, W, 1]. ``scale`` > 1: the image was decoded at 1/``scale`` of its
+    size (:func:`draft`) and ``box`` is in the pixels of its full size."""
     if image.mode in _SIXTEEN_BIT_MODES:  # .convert() would clip 0..65535 to 0..255
         wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
         image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
     if image.mode != mode:
         image = image.convert(mode)
+    if box is not None:
+        top, left, height, width = box
+        edges = (left, top, left + width, top + height)
+        if scale == 1:
+            image = image.crop(edges)
+        else:  # drafted to image_size: the box's edges fall between the smaller image's pixels
+            image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR,
+                                 box=tuple(edge / scale for edge in edges))
     if image_size is not None and image.size != (image_size[1], image_size[0]):
         image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     return array[..., None] if mode == "L" else array
 
 
-def array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
-    """Return an in-memory image array ([H, W], [H, W, 1|3|4]) as RGB uint8, resized if asked."""
+def array_to_rgb(array: np.ndarray, image_size: tuple[int, int] | None,
+                 region: Region | None = None) -> np.ndarray:
+    """Return an in-memory image array ([H, W], [H, W, 1|3|4]) as RGB uint8, ``region(height,
+    width)`` of it kept if given (as :func:`decode_one` keeps it), resized if asked."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     is_rgb = array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3
-    if is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
+    if region is None and is_rgb and (image_size is None or array.shape[:2] == tuple(image_size)):
         return array
-    return to_array(Image.fromarray(array), image_size)
+    box = None if region is None else region(*array.shape[:2])
+    return to_array(Image.fromarray(array), image_size, box=box)
+
+
+def draft(image: Image.Image, box: Box, size: tuple[int, int]) -> float:
+    """Has a JPEG ``image`` (opened, not yet loaded) decoded at the smallest of 1/1, 1/2, 1/4 and
+    1/8 of its size (PIL's ``draft``: scaled in the DCT domain, several times faster) at which
+    ``box`` still spans ``size`` (H, W) pixels or more; returns that factor (1: full size, and
+    for any other format)."""
+    if image.format != "JPEG":
+        return 1.0
+    _, _, height, width = box
+    full_width, full_height = image.size
+    # draft() takes the largest factor s with full // request >= s, so box / s >= size.
+    request = (math.ceil(full_width * size[1] / width), math.ceil(full_height * size[0] / height))
+    drafted = image.draft(None, request)
+    return 1.0 if drafted is None else full_width / drafted[1][2]
 
 
 def decode_one(payload: Payload, image_size: tuple[int, int] | None,
-               mode: str = "RGB") -> Decoded:
+               mode: str = "RGB", region: Region | None = None) -> Decoded:
     """Decode one encoded image (bytes or a file path) in ``mode`` (see :func:`to_array`);
-    return the error text on failure.
+    return the error text on failure. With ``region``, only ``region(height, width)`` of the
+    image is kept, resized to ``image_size``, and a JPEG is decoded no larger than that needs
+    (:func:`draft`).
 
     Images over PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression-bomb guard, which PIL only
     warns about below twice the limit) are refused before their pixels are read.
@@ -61,7 +97,11 @@ def decode_one(payload: Payload, image_size: tuple[int, int] | None,
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
-                return to_array(image, image_size, mode)
+                if region is None:
+                    return to_array(image, image_size, mode)
+                box = region(image.height, image.width)
+                scale = draft(image, box, image_size) if image_size is not None else 1.0
+                return to_array(image, image_size, mode, box, scale)
     except Exception as e:  # any decoder failure means "bad file"
         return f"{type(e).__name__}: {e}"
 

@@ -73,7 +73,7 @@ from cv_jax.config.schema import BAD_FILES_POLICIES
 from cv_jax.data import idx
 from cv_jax.data.cache import cached, fingerprint
 from cv_jax.data.dataset import ArrayDataset, DataError, FileDataset, TarMembers, printable
-from cv_jax.data.decode import Decoded, Payload, array_to_rgb, decode_chunk, decode_one
+from cv_jax.data.decode import Decoded, Payload, Region, array_to_rgb, decode_chunk, decode_one
 from cv_jax.data.walk import walk
 
 logger = logging.getLogger(__name__)
@@ -745,10 +745,11 @@ def _open_tfds(spec: str, split: str, decoders: dict | None = None) -> _Tfds:
                  tuple(features[label_key].names), where)
 
 
-def _tfds_image(example: dict, image_key: str,
-                image_size: tuple[int, int] | None) -> np.ndarray:
-    """A TFDS example's image (decoded by tfds) as RGB uint8, resized to ``image_size``."""
-    return array_to_rgb(np.asarray(example[image_key]), image_size)
+def _tfds_image(example: dict, image_key: str, image_size: tuple[int, int] | None,
+                region: Region | None = None) -> np.ndarray:
+    """A TFDS example's image (decoded by tfds) as RGB uint8, ``region`` of it kept if given,
+    resized to ``image_size``."""
+    return array_to_rgb(np.asarray(example[image_key]), image_size, region)
 
 
 def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
@@ -777,13 +778,16 @@ class _TfdsRecords:
     split: str
     image_key: str
 
-    def __call__(self, key: np.integer, image_size: tuple[int, int] | None) -> Decoded:
-        """Record ``key``'s image, or the reason it cannot be read."""
+    def __call__(self, key: np.integer, image_size: tuple[int, int] | None,
+                 region: Region | None = None) -> Decoded:
+        """Record ``key``'s image (``region`` of it, if given), or the reason it cannot be
+        read."""
         opened = (self.spec, self.split, os.getpid())
         try:
             if opened not in _TFDS_SOURCES:
                 _TFDS_SOURCES[opened] = _open_tfds(self.spec, self.split).source
-            return _tfds_image(_TFDS_SOURCES[opened][int(key)], self.image_key, image_size)
+            return _tfds_image(_TFDS_SOURCES[opened][int(key)], self.image_key, image_size,
+                               region)
         except Exception as e:  # a record that does not read or decode is a bad example
             return f"{type(e).__name__}: {e}"
 
@@ -871,7 +875,8 @@ def load_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
 
 def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = None,
-               bad_files: str = "strict", cache_dir: str | None = None) -> FileDataset | None:
+               bad_files: str = "strict", cache_dir: str | None = None,
+               crop: int = 0) -> FileDataset | None:
     """A ``split`` as images to read and decode when batched (the streaming pipeline): the
     images, labels and class order :func:`load_split` would decode, found by the same listing
     and plan. An ImageFolder directory is walked; an uncompressed ``.tar`` is indexed once
@@ -881,8 +886,11 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
 
     None, with the reason logged, for a source read with :func:`load_split` instead: a
     compressed archive (gzip has no random access), CIFAR batches, IDX files, mnist.npz.
-    Nothing is decoded but the first image (for the image shape, unless ``image_size`` is
-    given); class folders without images are an error under ``bad_files='strict'``, as in
+
+    ``crop`` > 0 (the stream's host crop, ``dataset.stream_crop``): training reads a crop of
+    each image at its own size, ``crop`` square, which is the split's image shape. Nothing is
+    decoded but the first image (for the image shape, unless ``crop`` or ``image_size`` gives
+    it); class folders without images are an error under ``bad_files='strict'``, as in
     :func:`load_split`.
     """
     size = _normalize_size(image_size)
@@ -895,7 +903,7 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
         files = FileDataset(paths, labels, tfds.class_names, (0, 0, 3), size,
                             bad_files=bad_files, reader=_TfdsRecords(spec, split, tfds.image_key),
                             keys=np.arange(len(labels)))
-        return _shaped(files, size, split, source, [])
+        return _shaped(files, size, crop, split, source, [])
     path = os.path.abspath(os.path.expanduser(source))
     arrays = f"If streamed, split {split!r} of {printable(source)} is streamed from its " \
         "decoded arrays (the whole split in host memory, cached):"
@@ -927,13 +935,14 @@ def list_split(source: str, split: str, *, image_size: tuple[int, int] | None = 
         spans = dict(zip(listing.files, index.spans.tolist(), strict=True))
         members = np.array([spans[rel] for _, rel in plan.entries], dtype=np.int64)
         files = dataclasses.replace(files, reader=TarMembers(path), keys=members.reshape(-1, 2))
-    return _shaped(files, size, split, path, empty)
+    return _shaped(files, size, crop, split, path, empty)
 
 
-def _shaped(files: FileDataset, size: tuple[int, int] | None, split: str, where: str,
-            empty: list[str]) -> FileDataset:
-    """``files`` with its image shape: ``size``'s, else its first image's; logged."""
-    shape = (*size, 3) if size is not None else files.first_shape()
+def _shaped(files: FileDataset, size: tuple[int, int] | None, crop: int, split: str,
+            where: str, empty: list[str]) -> FileDataset:
+    """``files`` with its image shape: the ``crop``'s if > 0, else ``size``'s, else its first
+    image's; logged."""
+    shape = (crop, crop, 3) if crop else (*size, 3) if size is not None else files.first_shape()
     files = dataclasses.replace(files, image_shape=shape)
     logger.info("Listed %d images of split %r in %s (streamed: decoded as batches are read)",
                 len(files), split, where)

@@ -11,49 +11,50 @@ its epoch) is what a checkpoint saves, and an iterator can also start at any ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
-from PIL import Image
 
-from cv_jax.data.dataset import Split
+from cv_jax.data.dataset import Crop, Split
+from cv_jax.data.decode import Box
 
 
 @dataclasses.dataclass(frozen=True)
 class HostAugment:
     """Host-side augmentation of 224-pixel-class training images: Inception-style
     random-resized-crop to ``crop`` pixels square (area fraction in ``scale``, aspect ratio in
-    3/4..4/3; 0: off) and a random horizontal flip (``flip``). Each example's draw is keyed
-    by (``seed``, epoch, example index), so it is the same on any process or worker layout and
-    after a resume."""
+    3/4..4/3; 0: off), taken from the image at its own size, and a random horizontal flip
+    (``flip``). Each example's draw is keyed by (``seed``, epoch, example index), so it is the
+    same on any process or worker layout and after a resume."""
 
     seed: int
     crop: int = 0
     scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = False
 
-    @property
-    def active(self) -> bool:
-        return bool(self.crop) or self.flip
+    def crop_of(self, epoch: int) -> Crop | None:
+        """The crop of epoch ``epoch``'s examples (None: off), for ``Split.read_example``."""
+        return Crop(self.crop, functools.partial(self.box, epoch)) if self.crop else None
 
-    def __call__(self, image: np.ndarray, epoch: int, index: int) -> np.ndarray:
-        rng = np.random.default_rng((self.seed, epoch, index))
-        if self.crop:
-            image = random_resized_crop(image, self.crop, self.scale, rng)
-        if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        return np.ascontiguousarray(image)
+    def box(self, epoch: int, index: int, height: int, width: int) -> Box:
+        """The crop of example ``index`` in epoch ``epoch``, from its image of that size."""
+        rng = np.random.default_rng((self.seed, epoch, index, 0))
+        return crop_box(height, width, self.scale, rng)
+
+    def flips(self, epoch: int, index: int) -> bool:
+        """Whether example ``index`` is mirrored in epoch ``epoch``."""
+        return self.flip and np.random.default_rng((self.seed, epoch, index, 1)).random() < 0.5
 
 
-def random_resized_crop(image: np.ndarray, size: int, scale: tuple[float, float],
-                        rng: np.random.Generator,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
-    """A random crop of ``scale`` of the area and ``ratio`` aspect, resized bilinearly to
-    ``size`` x ``size`` (torchvision's RandomResizedCrop: 10 tries, then the centre crop)."""
-    height, width = image.shape[:2]
+def crop_box(height: int, width: int, scale: tuple[float, float], rng: np.random.Generator,
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+    """A random crop of an image of ``height`` x ``width``, of ``scale`` of its area and
+    ``ratio`` aspect, as (top, left, height, width) (torchvision's RandomResizedCrop: 10 tries,
+    then the centre crop); it is then resized bilinearly to the crop size."""
     area = height * width
     for _ in range(10):
         target = area * rng.uniform(*scale)
@@ -63,15 +64,13 @@ def random_resized_crop(image: np.ndarray, size: int, scale: tuple[float, float]
         if 0 < w <= width and 0 < h <= height:
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
-            break
-    else:  # the centre crop at the nearest allowed aspect ratio
-        aspect = min(max(width / height, ratio[0]), ratio[1])
-        w, h = (width, int(round(width / aspect))) if width / height < aspect else \
-            (int(round(height * aspect)), height)
-        w, h = min(w, width), min(h, height)
-        top, left = (height - h) // 2, (width - w) // 2
-    crop = Image.fromarray(image[top:top + h, left:left + w])
-    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+            return top, left, h, w
+    # the centre crop at the nearest allowed aspect ratio
+    aspect = min(max(width / height, ratio[0]), ratio[1])
+    w, h = (width, int(round(width / aspect))) if width / height < aspect else \
+        (int(round(height * aspect)), height)
+    w, h = min(w, width), min(h, height)
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +85,10 @@ class ReadExample:
     augment: HostAugment | None = None
 
     def __call__(self, index: np.integer) -> dict[str, Any]:
-        image, index, bad = self.split.read_example(int(index))
-        if self.augment is not None and self.augment.active:
-            image = self.augment(image, self.epoch, index)
+        augment = self.augment or HostAugment(seed=0)
+        image, index, bad = self.split.read_example(int(index), augment.crop_of(self.epoch))
+        if augment.flips(self.epoch, index):
+            image = np.ascontiguousarray(image[:, ::-1])
         return {"image": image, "label": self.split.labels[index],
                 "index": np.int32(index), "bad": np.str_(bad)}
 

@@ -168,15 +168,18 @@ def create_model(
 def data_dependent_init(
     name: str,
     variables: dict,
-    images_uint8: np.ndarray,
+    images_uint8: np.ndarray | Callable[[], np.ndarray],
     normalize: Callable[[np.ndarray], Any],
 ) -> dict:
     """Update ``variables`` from training images if model ``name`` registered a ``data_init``.
 
-    ``images_uint8`` is ``[N, H, W, C]`` uint8 and ``normalize`` maps such an array to the float
-    NHWC input the model expects. Models without a ``data_init`` get ``variables`` unchanged.
+    ``images_uint8`` is ``[N, H, W, C]`` uint8, or a function that reads them (called only by
+    a model with a ``data_init``: a streamed split's files are decoded then), and
+    ``normalize`` maps such an array to the float NHWC input the model expects. Models without
+    a ``data_init`` get ``variables`` unchanged.
     """
     entry = _entry(name)
     if entry.data_init is None:
         return variables
-    return entry.data_init(variables, images_uint8, normalize)
+    images = images_uint8() if callable(images_uint8) else images_uint8
+    return entry.data_init(variables, images, normalize)

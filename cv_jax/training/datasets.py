@@ -51,10 +51,17 @@ def load_datasets(config: mlc.ConfigDict) -> Datasets:
     train = None
     if cfg.pipeline != "resident":  # an ImageFolder directory or .tar is listed, not decoded
         train = list_split(source, cfg.train_split, image_size=size, bad_files=cfg.bad_files,
-                           cache_dir=cfg.cache_dir or None)
+                           cache_dir=cfg.cache_dir or None, crop=cfg.stream_crop)
     train = train if train is not None else load(cfg.train_split)
     cfg.pipeline = choose_pipeline(cfg.pipeline, train)
     check_streaming(config)
+    if cfg.pipeline == "streaming" and cfg.stream_crop and isinstance(train, ArrayDataset):
+        raise ConfigError(
+            f"config.dataset.stream_crop={cfg.stream_crop} crops training images as their files "
+            f"are read, but {source} is not an ImageFolder directory, an uncompressed .tar or a "
+            "tfds: split (its decoded arrays are streamed). Fix: extract it into a directory "
+            "<root>/<split>/<class>/<image> or decompress it (.tar.gz -> .tar), or set "
+            "config.dataset.stream_crop=0 (augment.crop_padding crops on the device).")
     if cfg.pipeline == "resident" and isinstance(train, FileDataset):
         train = load(cfg.train_split)
     test = load(cfg.test_split)

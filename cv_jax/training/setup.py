@@ -177,7 +177,8 @@ def build_state(config: mlc.ConfigDict, train: Split, settings: steps.TrainSetti
         jax.jit(lambda key: init_variables(model, key, train.image_shape))(init_key))
     with (clock or Clock()).timing():
         variables = jax.block_until_ready(models.data_dependent_init(
-            config.model.name, variables, train.head(config.model_init_examples),
+            config.model.name, variables,
+            functools.partial(train.head, config.model_init_examples),
             functools.partial(steps.normalize, normalization=settings.normalization)))
     if transfer.enabled(config):
         variables = transfer.initialize(config, variables, len(train.class_names),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import logging
 import os
 import pickle
@@ -283,6 +284,9 @@ def test_cifar_unpickler_refuses_arbitrary_objects(tmp_path):
 def test_tfds_mock_source_without_tensorflow(tmp_path):
     had_tf = "tensorflow" in sys.modules
     tfds = pytest.importorskip("tensorflow_datasets")
+    # Earlier tests' garbage (the shared memory of Grain's worker processes) is finalised now:
+    # its finalisers import multiprocessing's resource_tracker, which fails inside the mock.
+    gc.collect()
     with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = load_split("tfds:cifar10", "train", cache_dir=str(tmp_path / "c"))
         small = load_split("tfds:cifar10", "test", image_size=(8, 8))

@@ -1,7 +1,7 @@
 """Streaming from an uncompressed tar (cv_jax/data/sources.py list_split, FileDataset reading
 members by offset): the resident loader's batches from the same archive, the member index built
-once and cached, bad members under strict and skip, a worker process, a training run; and the
-sources streamed from their decoded arrays, saying so."""
+once and cached, bad members under strict and skip, a worker process, a training run, the host
+crop of members and records; and the sources streamed from their decoded arrays, saying so."""
 
 import logging
 import shutil
@@ -23,7 +23,7 @@ from test_streaming import (
 
 from cv_jax.data.dataset import DataError, TarMembers
 from cv_jax.data.sources import list_split, load_split
-from cv_jax.data.streaming import Stream
+from cv_jax.data.streaming import HostAugment, Stream
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +201,18 @@ def test_tfds_records_stream_the_resident_batches_without_tensorflow(tiny_tfds, 
     worker.close()
     if not had_tensorflow:
         assert "tensorflow" not in sys.modules
+
+
+@pytest.mark.parametrize("source", ["tiny_tar", "tiny_tfds"])
+def test_a_host_crop_of_tar_members_and_tfds_records_is_the_resident_crop(source, cache_dir,
+                                                                          request):
+    source = request.getfixturevalue(source)
+    resident = load_split(source, "train", cache_dir=cache_dir)
+    cropped = list_split(source, "train", cache_dir=cache_dir, crop=8)
+    assert cropped.image_shape == (8, 8, 3)
+    augment = HostAugment(seed=0, crop=8, scale=(0.2, 1.0), flip=True)
+    expected = take(stream(resident, augment=augment).batches(), 2)
+    assert_same_batches(take(stream(cropped, augment=augment).batches(), 2), expected)
+    worker = stream(cropped, augment=augment, workers=1).batches()
+    assert_same_batches(take(worker, 2), expected)
+    worker.close()

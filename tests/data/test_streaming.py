@@ -8,10 +8,12 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from conftest import write_image_folder, write_photo_folder
+from PIL import Image
 
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import DataError
+from cv_jax.data.decode import decode_one, draft
 from cv_jax.data.sources import list_split, load_split
 from cv_jax.data.streaming import HostAugment, Stream
 
@@ -107,22 +109,87 @@ def test_a_worker_process_gives_the_same_batches_and_a_restorable_state(splits):
     restored.close()
 
 
+def resized_crop(image: np.ndarray, box, size: int) -> np.ndarray:
+    """``box`` (top, left, height, width) of ``image`` resized bilinearly to ``size`` square."""
+    top, left, height, width = box
+    crop = Image.fromarray(image[top:top + height, left:left + width])
+    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
+
+
 def test_host_augmentation_is_keyed_by_seed_epoch_and_example(splits):
-    _, files = splits
+    resident, files = splits
     augment = HostAugment(seed=0, crop=8, scale=(0.2, 1.0), flip=True)
-    image = files.read(0)
-    views = {(s, e, i): augment(image, e, i) for s in (0, 1) for e in (0, 1) for i in (0, 1)}
-    assert all(v.shape == (8, 8, 3) and v.dtype == np.uint8 for v in views.values())
-    np.testing.assert_array_equal(views[0, 0, 0], augment(image, 0, 0))
-    assert len({v.tobytes() for v in views.values()}) > 1
+    boxes = {(s, e, i): dataclasses.replace(augment, seed=s).box(e, i, 16, 16)
+             for s in (0, 1) for e in (0, 1) for i in (0, 1)}
+    assert boxes[0, 0, 0] == augment.box(0, 0, 16, 16) and len(set(boxes.values())) > 1
+    for top, left, height, width in boxes.values():
+        assert 0 <= top <= 16 - height and 0 <= left <= 16 - width
+        assert 0.2 * 256 - 16 <= height * width <= 256
     first = take(stream(files, augment=augment).batches(), 2)
+    for batch in first:  # each example: its box of the image, resized, mirrored if drawn so
+        for image, index in zip(batch["image"], batch["index"], strict=True):
+            expected = resized_crop(resident.images[index], augment.box(0, index, 16, 16), 8)
+            mirrored = augment.flips(0, index)
+            np.testing.assert_array_equal(image, expected[:, ::-1] if mirrored else expected)
+    assert {augment.flips(0, i) for i in range(8)} == {False, True}
+    # Cropped from the decoded arrays or from the files, by one process or split over two.
+    assert_same_batches(take(stream(resident, augment=augment).batches(), 2), first)
     again = take(stream(files, augment=augment, process_index=1, process_count=2)
                  .batches(), 2)
     for a, b in zip(first, again, strict=True):  # process 1 reads the rows 8..15
         np.testing.assert_array_equal(a["image"][BATCH // 2:], b["image"])
-    flip_only = dataclasses.replace(augment, crop=0)
-    flipped = [flip_only(image, 0, i) for i in range(8)]
-    assert {f.tobytes() for f in flipped} == {image.tobytes(), image[:, ::-1].tobytes()}
+
+
+def test_a_crop_reads_photos_of_any_size_at_their_own_size(tmp_path):
+    root = write_photo_folder(tmp_path / "photos", {"train": 4})
+    files = list_split(root, "train", crop=48)
+    assert files.image_shape == (48, 48, 3) and len(files) == 12
+    with pytest.raises(DataError, match="Fix: set config.dataset.image_size=.H, W."):
+        list_split(root, "train").read(1)  # without a crop, sizes must agree
+    augment = HostAugment(seed=0, crop=48, flip=True)
+    batch = next(Stream(files, lambda e: np.arange(12), 1, 12, augment=augment).batches())
+    assert batch["image"].shape == (12, 48, 48, 3)
+    sizes = set()
+    for image, index in zip(batch["image"], batch["index"], strict=True):
+        with Image.open(files.paths[index]) as photo:
+            full = np.asarray(photo.convert("RGB"))
+        sizes.add(full.shape)
+        box = augment.box(0, index, *full.shape[:2])  # under 2 x 48 px: not drafted
+        expected = resized_crop(full, box, 48)
+        mirrored = augment.flips(0, index)
+        np.testing.assert_array_equal(image, expected[:, ::-1] if mirrored else expected)
+    assert len(sizes) == 12
+    # A validation split carved from it reads whole images at image_size.
+    sized = list_split(root, "train", image_size=(32, 32), crop=48)
+    assert sized.image_shape == (48, 48, 3) and sized.decoded().images.shape == (12, 32, 32, 3)
+
+
+def smooth_photo(height: int, width: int) -> np.ndarray:
+    """A photo-like image: low-frequency colour waves."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    waves = [np.sin(2 * np.pi * (a * x + b * y)) for a, b in ((1.5, 0.5), (0.3, 2.0), (2, 2))]
+    return np.stack([(127.5 + 100 * w).astype(np.uint8) for w in waves], axis=-1)
+
+
+def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_crop(tmp_path):
+    path = str(tmp_path / "large.jpg")
+    Image.fromarray(smooth_photo(600, 800)).save(path, quality=95)
+    png = str(tmp_path / "large.png")
+    Image.fromarray(smooth_photo(600, 800)).save(png)
+    for box, size, scale in [((0, 0, 600, 800), 64, 8), ((100, 200, 300, 300), 64, 4),
+                             ((0, 0, 600, 800), 224, 2), ((10, 20, 300, 250), 224, 1)]:
+        with Image.open(path) as image:
+            assert draft(image, box, (size, size)) == scale
+        with Image.open(png) as image:
+            assert draft(image, box, (size, size)) == 1
+    with Image.open(path) as image:
+        full = np.asarray(image.convert("RGB"))
+    for box in [(0, 0, 600, 800), (100, 200, 300, 300), (37, 411, 517, 389)]:
+        drafted = decode_one(path, (64, 64), region=lambda h, w, box=box: box)
+        expected = resized_crop(full, box, 64)  # decoded at full size, then cropped
+        difference = np.abs(drafted.astype(int) - expected)
+        # A box misplaced by 4 pixels (half a pixel at 1/8) differs by 5.6-5.9 on average.
+        assert drafted.shape == (64, 64, 3) and difference.mean() < 1 and difference.max() <= 4
 
 
 @pytest.fixture

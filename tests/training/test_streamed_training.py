@@ -6,6 +6,7 @@ pipeline refuses."""
 import json
 import logging
 import random
+import re
 import shutil
 
 import jax
@@ -21,6 +22,7 @@ from test_resume import (
 
 from cv_jax.config import ConfigError, validate
 from cv_jax.training import train
+from cv_jax.training.datasets import load_datasets
 
 STREAMING = {"dataset.pipeline": "streaming"}
 
@@ -92,8 +94,6 @@ def test_a_resumed_stream_continues_from_its_saved_grain_state(tiny_folder, cach
 def test_auto_keeps_a_small_split_resident_and_says_why(tiny_folder, cache_dir, caplog):
     config = tiny_config(tiny_folder, cache_dir)
     config.dataset.pipeline = "auto"
-    from cv_jax.training.datasets import load_datasets
-
     with caplog.at_level(logging.INFO, logger="cv_jax"):
         data = load_datasets(config)
     assert config.dataset.pipeline == "resident"
@@ -124,3 +124,13 @@ def test_an_unknown_pipeline_is_refused(tiny_folder, cache_dir):
     with pytest.raises(ConfigError, match="config.dataset.pipeline='stream' is invalid: use "
                                           "'resident', 'streaming' or 'auto'"):
         validate(config)
+
+
+def test_a_host_crop_of_an_archive_is_refused_naming_the_key(tiny_folder, cache_dir, tmp_path):
+    archive = shutil.make_archive(str(tmp_path / "tiny"), "gztar", tiny_folder)
+    config = streaming_config(archive, cache_dir)
+    config.dataset.stream_crop = 12
+    with pytest.raises(ConfigError, match=re.escape(
+            f"config.dataset.stream_crop=12 crops training images as their files are read, but "
+            f"{archive} is not an ImageFolder directory")):
+        load_datasets(config)
