@@ -50,40 +50,35 @@ def load_config(arg: str = "smoke", path: str = "configs/cifar10.py"):
 
 
 def write_image_folder(root: pathlib.Path, counts: dict[str, int], size: int = 16,
-                       seed: int = 0) -> pathlib.Path:
+                       seed: int = 0, sizes: tuple[int, int] | None = None,
+                       classes: tuple[str, ...] = CLASSES) -> pathlib.Path:
     """An ImageFolder tree root/<split>/<class>/*.png whose classes differ in colour (learnable).
 
-    ``counts`` maps split -> images per class.
+    ``counts`` maps split -> images per class. With ``sizes``, photos of different sizes instead
+    (height and width each drawn from ``sizes``, inclusive) saved as JPEG at quality 90, as
+    ImageNet's differ.
     """
-    rng = np.random.default_rng(seed)
-    for split, per_class in counts.items():
-        for index, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
-                image[..., index % 3] += np.uint8(120 + 40 * (index // 3))
-                Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return root
-
-
-def write_photo_folder(root: pathlib.Path, counts: dict[str, int],
-                       sizes: tuple[int, int] = (40, 90), seed: int = 0,
-                       classes: tuple[str, ...] = CLASSES[:3]) -> pathlib.Path:
-    """An ImageFolder tree root/<split>/<class>/*.jpg of photos of different sizes (height and
-    width each drawn from ``sizes``, inclusive; JPEG quality 90) whose classes differ in colour,
-    as ImageNet's do in size. ``counts`` maps split -> images per class."""
     rng = np.random.default_rng(seed)
     for split, per_class in counts.items():
         for index, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(per_class):
-                height, width = rng.integers(sizes[0], sizes[1] + 1, 2)
+                height, width = rng.integers(sizes[0], sizes[1] + 1, 2) if sizes else (size, size)
                 image = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
                 image[..., index % 3] += np.uint8(120 + 40 * (index // 3))
-                Image.fromarray(image).save(folder / f"{i:03d}.jpg", quality=90)
+                if sizes:
+                    Image.fromarray(image).save(folder / f"{i:03d}.jpg", quality=90)
+                else:
+                    Image.fromarray(image).save(folder / f"{i:03d}.png")
     return root
+
+
+def write_photo_folder(root: pathlib.Path, counts: dict[str, int],
+                       sizes: tuple[int, int] = (40, 90), seed: int = 0,
+                       classes: tuple[str, ...] = CLASSES[:3]) -> pathlib.Path:
+    """:func:`write_image_folder` of JPEG photos of different sizes, 3 classes by default."""
+    return write_image_folder(root, counts, seed=seed, sizes=sizes, classes=classes)
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
