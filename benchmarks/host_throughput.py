@@ -16,12 +16,14 @@ cache):
        to --crop + flip (``FileDataset.read_example`` with the host augmentation), no Grain;
   (b)  the streaming pipeline (``cv_jax.data.streaming.Stream``, as a run of
        configs/imagenet.py reads it, batches of --batch): 1, 2 and 4 threads in this process,
-       and 1 and 2 Grain worker processes.
+       and 1 and 2 Grain worker processes;
+(b0) and (b) once for each crop resize in --resize (``dataset.stream_resize``: 'antialias',
+Pillow's; 'bilinear', OpenCV's).
 
 Each line gives images/s of wall time and images per CPU-second (this process and its children
 together; under load from other processes the CPU-second figure moves least). The summary
-prints (b)/(a'), the pipeline against the machine's best PIL decode rate, and the host cores
-one H100 needs to keep a ResNet-50 bf16 training step fed at an assumed rate
+prints, for each resize, (b)/(a'), the pipeline against the machine's best PIL decode rate,
+and the host cores one H100 needs to keep a ResNet-50 bf16 training step fed at an assumed rate
 (--gpu_images_per_s; no GPU measurement of it exists in this repository yet).
 """
 
@@ -55,6 +57,8 @@ flags.DEFINE_integer("rounds", 3, "Rounds of every measurement; the best is repo
 flags.DEFINE_integer("passes", 5, "Passes over the files per measurement.")
 flags.DEFINE_integer("crop", 224, "The random-resized-crop's size (dataset.stream_crop).")
 flags.DEFINE_integer("batch", 64, "Images per streamed batch.")
+flags.DEFINE_list("resize", ["antialias", "bilinear"], "The crop's resizes to measure "
+                  "(dataset.stream_resize; 'bilinear' needs OpenCV: cv_jax[opencv]).")
 flags.DEFINE_float("gpu_images_per_s", 3000.0,
                    "ASSUMED ResNet-50 bf16 training throughput of one H100, images/s (see "
                    "docs/data.md#host-throughput for where the default comes from).")
@@ -193,9 +197,7 @@ def main(argv):
               f"(WxH), {kilobytes:.0f} KB; crop {FLAGS.crop}, flip; best of {FLAGS.rounds} "
               f"rounds of {FLAGS.passes} passes")
         pil_decode(paths)  # into the page cache
-        augment = HostAugment(seed=0, crop=FLAGS.crop, flip=True)
         passes, rounds = FLAGS.passes, FLAGS.rounds
-
         rows = [
             ("(a)  PIL decode, 1 thread", lambda: timed(
                 lambda: sum(pil_decode(paths) for _ in range(passes)))),
@@ -203,13 +205,17 @@ def main(argv):
                 lambda: sum(pil_decode(paths, FLAGS.crop) for _ in range(passes)))),
             (f"(a') PIL decode, {cores} processes", lambda: pil_decode_parallel(
                 paths, cores, passes)),
-            ("(b0) decode + crop + flip, plain loop, 1 thread", lambda: timed(
-                lambda: pipeline_loop(files, augment, passes))),
         ]
-        rows += [(f"(b)  pipeline, {t} thread{'s' * (t > 1)}", lambda t=t: stream(
-            files, augment, passes, threads=t, workers=0)) for t in (1, 2, 4)]
-        rows += [(f"(b)  pipeline, {w} worker process{'es' * (w > 1)}", lambda w=w: stream(
-            files, augment, passes, threads=2, workers=w)) for w in (1, 2)]
+        for resize in FLAGS.resize:
+            augment = HostAugment(seed=0, crop=FLAGS.crop, flip=True, resize=resize)
+            rows.append((f"(b0) {resize}: decode+crop+flip, loop, 1 thread",
+                         lambda a=augment: timed(lambda: pipeline_loop(files, a, passes))))
+            rows += [(f"(b)  {resize}: pipeline, {t} thread{'s' * (t > 1)}",
+                      lambda a=augment, t=t: stream(files, a, passes, threads=t, workers=0))
+                     for t in (1, 2, 4)]
+            rows += [(f"(b)  {resize}: pipeline, {w} worker{'s' * (w > 1)}",
+                      lambda a=augment, w=w: stream(files, a, passes, threads=2, workers=w))
+                     for w in (1, 2)]
         print(f"{'':<50}{'images/s':>10}{'per CPU-s':>11}{'1st batch':>11}")
         results = {}
         for name, measure in rows:  # the best of the rounds, of each figure
@@ -222,19 +228,23 @@ def main(argv):
 
     decode = results["(a)  PIL decode, 1 thread"]
     machine = results[f"(a') PIL decode, {cores} processes"][0]
-    piped = {name: value for name, value in results.items() if name.startswith("(b) ")}
-    fastest = max(piped, key=lambda name: piped[name][0])
-    per_cpu_s = max(value[1] for value in piped.values())
-    print(f"\nfastest pipeline: {fastest.strip()}, {piped[fastest][0]:.0f} images/s = "
-          f"{piped[fastest][0] / machine:.2f} x the machine's best PIL decode rate "
-          f"({machine:.0f} images/s, {cores} processes; target >= 0.80)")
-    loop = results["(b0) decode + crop + flip, plain loop, 1 thread"][1]
-    print(f"per CPU-second: pipeline {per_cpu_s:.0f} images against PIL decode alone "
-          f"{decode[1]:.0f} ({per_cpu_s / decode[1]:.2f} x) and against its own work in a plain "
-          f"loop {loop:.0f} ({per_cpu_s / loop:.2f} x)")
-    print(f"one H100 at an ASSUMED {FLAGS.gpu_images_per_s:.0f} ResNet-50 bf16 training "
-          f"images/s needs {FLAGS.gpu_images_per_s / per_cpu_s:.1f} host cores busy decoding "
-          f"and cropping these files ({per_cpu_s:.0f} images per core-second)")
+    for resize in FLAGS.resize:
+        piped = {name: value for name, value in results.items()
+                 if name.startswith(f"(b)  {resize}:")}
+        fastest = max(piped, key=lambda name: piped[name][0])
+        per_cpu_s = max(value[1] for value in piped.values())
+        loop = next(value[1] for name, value in results.items()
+                    if name.startswith(f"(b0) {resize}:"))
+        print(f"\n{resize}: fastest pipeline: {fastest.split(': ', 1)[1]}, {piped[fastest][0]:.0f} "
+              f"images/s = {piped[fastest][0] / machine:.2f} x the machine's best PIL decode "
+              f"rate ({machine:.0f} images/s, {cores} processes; target >= 0.80)")
+        print(f"{resize}: per CPU-second: pipeline {per_cpu_s:.0f} images against PIL decode "
+              f"alone {decode[1]:.0f} ({per_cpu_s / decode[1]:.2f} x) and against its own work "
+              f"in a plain loop {loop:.0f} ({per_cpu_s / loop:.2f} x)")
+        print(f"{resize}: one H100 at an ASSUMED {FLAGS.gpu_images_per_s:.0f} ResNet-50 bf16 "
+              f"training images/s needs {FLAGS.gpu_images_per_s / per_cpu_s:.1f} host cores "
+              f"busy decoding and cropping these files ({per_cpu_s:.0f} images per "
+              "core-second)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ WRAPPERS = ("sam", "schedule_free_sgd", "schedule_free_adamw")
 BAD_FILES_POLICIES = ("strict", "skip")
 # dataset.pipeline: how training batches reach the devices (cv_jax/training/datasets.py).
 PIPELINES = ("resident", "streaming", "auto")
+RESIZES = ("antialias", "bilinear")  # dataset.stream_resize (cv_jax/data/decode.py)
 # augment.padding_mode, fill_mode and auto_augment (cv_jax/data/augment.py).
 PADDING_MODES = ("reflect", "constant", "edge")
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
@@ -170,6 +171,11 @@ SCHEMA: dict[str, Section] = {
         stream_crop_scale=Key((0.08, 1.0), "streaming: the crop's area range, as fractions of "
                                            "the image", "(min, max) with 0 < min <= max <= 1",
                               lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1),
+        stream_resize=_choice("antialias", "streaming: how stream_crop's crop is resized: "
+                              "'antialias' (Pillow's bilinear, widened when shrinking, as "
+                              "torchvision's RandomResizedCrop) or 'bilinear' (OpenCV, no "
+                              "antialiasing, as tf.image.resize and big_vision; several times "
+                              "cheaper; needs pip install 'cv_jax[opencv]')", RESIZES),
         stream_flip=Key(False, "streaming: mirror half the images on the host (keyed as "
                                "stream_crop)"),
         classes=Key("", "a subset, relabelled 0..k-1: '0-4', '5,7' or 'cat,dog'; '' = all"),

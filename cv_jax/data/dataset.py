@@ -42,10 +42,11 @@ def printable(text: str) -> str:
 class Crop:
     """A crop of each example read (the streaming pipeline's host crop): ``box(index, height,
     width)`` is the region of example ``index``'s image, of that size, to keep, resized to
-    ``size`` x ``size``."""
+    ``size`` x ``size`` as ``resize`` says ('antialias' or 'bilinear', cv_jax/data/decode.py)."""
 
     size: int
     box: Callable[[int, int, int], Box]
+    resize: str = "antialias"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class ArrayDataset:
             grey = image.shape[-1] == 1
             image = to_array(Image.fromarray(image[..., 0] if grey else image),
                              (crop.size, crop.size), "L" if grey else "RGB",
-                             crop.box(index, *image.shape[:2]))
+                             crop.box(index, *image.shape[:2]), resize=crop.resize)
         return image, index, ""
 
     def head(self, count: int) -> np.ndarray:
@@ -126,20 +127,21 @@ class TarMembers:
     archive: str
 
     def __call__(self, key: np.ndarray, image_size: tuple[int, int] | None,
-                 region: Region | None = None) -> Decoded:
-        """The member at ``key`` decoded (``region`` of it, as :func:`decode_one` keeps it), or
-        the reason it cannot be read or decoded."""
+                 region: Region | None = None, resize: str = "antialias") -> Decoded:
+        """The member at ``key`` decoded (``region`` of it, as :func:`decode_one` keeps and
+        resizes it), or the reason it cannot be read or decoded."""
         try:
             data = read_member(self.archive, int(key[0]), int(key[1]))
         except OSError as e:
             return f"{type(e).__name__}: {e}"
-        return decode_one(data, image_size, region=region)
+        return decode_one(data, image_size, region=region, resize=resize)
 
 
-Reader = Callable[[Any, tuple[int, int] | None, Region | None], Decoded]
-"""How a :class:`FileDataset` reads an example: ``reader(key, image_size, region)`` -> the
-image, decoded, ``region(height, width)`` of it kept if given (:func:`decode_one`), and
-resized, or the reason it cannot be; picklable, for Grain's worker processes."""
+Reader = Callable[[Any, tuple[int, int] | None, Region | None, str], Decoded]
+"""How a :class:`FileDataset` reads an example: ``reader(key, image_size, region, resize)`` ->
+the image, decoded, ``region(height, width)`` of it kept if given and resized as ``resize``
+says (:func:`decode_one`), or the reason it cannot be; picklable, for Grain's worker
+processes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,12 +230,13 @@ class FileDataset:
         """Image ``index`` decoded (resized to ``image_size`` if given; with ``crop``, its
         region of the image at its own size, resized to the crop), or the reason its file or
         record cannot be read or decoded."""
-        size, region = self.image_size, None
+        size, region, resize = self.image_size, None, "antialias"
         if crop is not None:
             size, region = (crop.size, crop.size), functools.partial(crop.box, index)
+            resize = crop.resize
         if self.reader is None:
-            return decode_one(str(self.paths[index]), size, region=region)
-        return self.reader(self.keys[index], size, region)
+            return decode_one(str(self.paths[index]), size, region=region, resize=resize)
+        return self.reader(self.keys[index], size, region, resize)
 
     def _decode(self, index: int, crop: Crop | None = None) -> np.ndarray | str:
         """Image ``index`` (``crop``'s region of it), or the reason its file does not decode;

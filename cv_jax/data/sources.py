@@ -746,10 +746,10 @@ def _open_tfds(spec: str, split: str, decoders: dict | None = None) -> _Tfds:
 
 
 def _tfds_image(example: dict, image_key: str, image_size: tuple[int, int] | None,
-                region: Region | None = None) -> np.ndarray:
+                region: Region | None = None, resize: str = "antialias") -> np.ndarray:
     """A TFDS example's image (decoded by tfds) as RGB uint8, ``region`` of it kept if given,
-    resized to ``image_size``."""
-    return array_to_rgb(np.asarray(example[image_key]), image_size, region)
+    resized to ``image_size`` (as ``resize`` says, for a region)."""
+    return array_to_rgb(np.asarray(example[image_key]), image_size, region, resize)
 
 
 def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> ArrayDataset:
@@ -779,15 +779,17 @@ class _TfdsRecords:
     image_key: str
 
     def __call__(self, key: np.integer, image_size: tuple[int, int] | None,
-                 region: Region | None = None) -> Decoded:
-        """Record ``key``'s image (``region`` of it, if given), or the reason it cannot be
-        read."""
+                 region: Region | None = None, resize: str = "antialias") -> Decoded:
+        """Record ``key``'s image (``region`` of it, if given, resized as ``resize`` says), or
+        the reason it cannot be read."""
         opened = (self.spec, self.split, os.getpid())
         try:
             if opened not in _TFDS_SOURCES:
                 _TFDS_SOURCES[opened] = _open_tfds(self.spec, self.split).source
             return _tfds_image(_TFDS_SOURCES[opened][int(key)], self.image_key, image_size,
-                               region)
+                               region, resize)
+        except ImportError:  # a missing optional package (resize='bilinear'), not a bad record
+            raise
         except Exception as e:  # a record that does not read or decode is a bad example
             return f"{type(e).__name__}: {e}"
 

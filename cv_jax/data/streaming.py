@@ -27,7 +27,8 @@ from cv_jax.data.decode import Box
 class HostAugment:
     """Host-side augmentation of 224-pixel-class training images: Inception-style
     random-resized-crop to ``crop`` pixels square (area fraction in ``scale``, aspect ratio in
-    3/4..4/3; 0: off), taken from the image at its own size, and a random horizontal flip
+    3/4..4/3; 0: off), taken from the image at its own size and resized as ``resize`` says
+    ('antialias' or 'bilinear', cv_jax/data/decode.py), and a random horizontal flip
     (``flip``). Each example's draw is keyed by (``seed``, epoch, example index), so it is the
     same on any process or worker layout and after a resume."""
 
@@ -35,10 +36,13 @@ class HostAugment:
     crop: int = 0
     scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = False
+    resize: str = "antialias"
 
     def crop_of(self, epoch: int) -> Crop | None:
         """The crop of epoch ``epoch``'s examples (None: off), for ``Split.read_example``."""
-        return Crop(self.crop, functools.partial(self.box, epoch)) if self.crop else None
+        if not self.crop:
+            return None
+        return Crop(self.crop, functools.partial(self.box, epoch), self.resize)
 
     def box(self, epoch: int, index: int, height: int, width: int) -> Box:
         """The crop of example ``index`` in epoch ``epoch``, from its image of that size."""

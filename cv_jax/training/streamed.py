@@ -13,7 +13,9 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
+from cv_jax.config import ConfigError
 from cv_jax.data.dataset import Split
+from cv_jax.data.decode import OPENCV_INSTALL
 from cv_jax.data.streaming import EpochBatches, HostAugment, Stream
 from cv_jax.training import sharding
 
@@ -28,10 +30,24 @@ def make_stream(config: mlc.ConfigDict, train: Split, steps_per_epoch: int,
     ``permute(e)`` (the resident pipeline's, on the devices), fetched to the host."""
     d = config.dataset
     augment = HostAugment(seed=config.seed, crop=d.stream_crop,
-                          scale=tuple(d.stream_crop_scale), flip=d.stream_flip)
+                          scale=tuple(d.stream_crop_scale), flip=d.stream_flip,
+                          resize=d.stream_resize)
+    if d.stream_crop and d.stream_resize == "bilinear":
+        require_opencv()
     return Stream(train, lambda epoch: np.asarray(jax.device_get(permute(epoch))),
                   steps_per_epoch, config.training.batch_size, jax.process_index(),
                   jax.process_count(), augment, d.stream_workers, d.stream_threads)
+
+
+def require_opencv() -> None:
+    """A ConfigError naming the extra to install when OpenCV, which
+    ``dataset.stream_resize='bilinear'`` resizes with, is not installed."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("config.dataset.stream_resize='bilinear' needs OpenCV, which is not "
+                          f"installed: {OPENCV_INSTALL} (or set stream_resize='antialias')"
+                          ) from e
 
 
 class StreamedBatches(grain.DatasetIterator):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cv_jax.data import pipeline
 from cv_jax.data.dataset import DataError
-from cv_jax.data.decode import decode_one, draft
+from cv_jax.data.decode import decode_one, draft, resize_bilinear
 from cv_jax.data.sources import list_split, load_split
 from cv_jax.data.streaming import HostAugment, Stream
 
@@ -116,9 +116,17 @@ def resized_crop(image: np.ndarray, box, size: int) -> np.ndarray:
     return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def test_host_augmentation_is_keyed_by_seed_epoch_and_example(splits):
+def bilinear_crop(image: np.ndarray, box, size: int) -> np.ndarray:
+    """``box`` of ``image`` resized to ``size`` square without antialiasing."""
+    top, left, height, width = box
+    return resize_bilinear(image, [left, top, left + width, top + height], (size, size))
+
+
+@pytest.mark.parametrize("resize,expected_crop", [("antialias", resized_crop),
+                                                  ("bilinear", bilinear_crop)])
+def test_host_augmentation_is_keyed_by_seed_epoch_and_example(splits, resize, expected_crop):
     resident, files = splits
-    augment = HostAugment(seed=0, crop=8, scale=(0.2, 1.0), flip=True)
+    augment = HostAugment(seed=0, crop=8, scale=(0.2, 1.0), flip=True, resize=resize)
     boxes = {(s, e, i): dataclasses.replace(augment, seed=s).box(e, i, 16, 16)
              for s in (0, 1) for e in (0, 1) for i in (0, 1)}
     assert boxes[0, 0, 0] == augment.box(0, 0, 16, 16) and len(set(boxes.values())) > 1
@@ -128,7 +136,7 @@ def test_host_augmentation_is_keyed_by_seed_epoch_and_example(splits):
     first = take(stream(files, augment=augment).batches(), 2)
     for batch in first:  # each example: its box of the image, resized, mirrored if drawn so
         for image, index in zip(batch["image"], batch["index"], strict=True):
-            expected = resized_crop(resident.images[index], augment.box(0, index, 16, 16), 8)
+            expected = expected_crop(resident.images[index], augment.box(0, index, 16, 16), 8)
             mirrored = augment.flips(0, index)
             np.testing.assert_array_equal(image, expected[:, ::-1] if mirrored else expected)
     assert {augment.flips(0, i) for i in range(8)} == {False, True}
@@ -190,6 +198,45 @@ def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_crop(
         difference = np.abs(drafted.astype(int) - expected)
         # A box misplaced by 4 pixels (half a pixel at 1/8) differs by 5.6-5.9 on average.
         assert drafted.shape == (64, 64, 3) and difference.mean() < 1 and difference.max() <= 4
+
+
+def test_bilinear_resize_interpolates_between_pixel_centres_without_antialiasing():
+    ramp = np.tile((np.arange(200, dtype=np.uint8) // 2 * 2)[None, :, None], (4, 1, 3))
+    ramp[:, 1::2] += 1  # ramp[y, x] = x: bilinear interpolation of it is exact
+    # Box columns 10..110 to 50 pixels: output x samples 10 + 2 (x + 0.5) - 0.5 = 10.5 + 2x,
+    # halfway between two columns, (10 + 2x + 11 + 2x) / 2 (rounded half up: OpenCV's fixed
+    # point), whatever the rows; a 2x shrink with antialiasing would average 4 columns.
+    shrunk = resize_bilinear(ramp, [10, 0, 110, 4], (3, 50))
+    np.testing.assert_array_equal(shrunk, np.broadcast_to((11 + 2 * np.arange(50))[None, :, None],
+                                                          (3, 50, 3)))
+    # Fractional edges (a drafted JPEG's): columns 10.25..12.25 to 8 pixels sample
+    # 10.25 + 0.25 (x + 0.5) - 0.5 = 9.875 + 0.25x (no ties to round).
+    grown = resize_bilinear(ramp[..., :1], [10.25, 0, 12.25, 4], (2, 8))
+    assert grown.shape == (2, 8)
+    np.testing.assert_array_equal(grown[0], np.round(9.875 + 0.25 * np.arange(8)))
+    # Off the image's edge, the edge repeats.
+    assert resize_bilinear(ramp, [-20, 0, 0, 4], (1, 4))[0, :, 0].tolist() == [0, 0, 0, 0]
+
+
+def test_a_bilinear_crop_of_a_grey_image_keeps_one_channel(tmp_path):
+    path = str(tmp_path / "grey.png")
+    Image.fromarray(smooth_photo(40, 60)[..., 0]).save(path)
+    crop = decode_one(path, (16, 16), "L", region=lambda h, w: (5, 10, 20, 30),
+                      resize="bilinear")
+    with Image.open(path) as image:
+        grey = np.asarray(image)
+    np.testing.assert_array_equal(crop[..., 0], resize_bilinear(grey, [10, 5, 40, 25], (16, 16)))
+    assert crop.shape == (16, 16, 1)
+
+
+def test_without_opencv_a_bilinear_crop_is_an_error_naming_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)
+    path = str(tmp_path / "photo.png")
+    Image.fromarray(smooth_photo(40, 60)).save(path)
+    with pytest.raises(ImportError, match=r"pip install 'cv_jax\[opencv\]'"):
+        decode_one(path, (16, 16), region=lambda h, w: (0, 0, 20, 20), resize="bilinear")
+    crop = decode_one(path, (16, 16), region=lambda h, w: (0, 0, 20, 20))  # Pillow's: no OpenCV
+    assert crop.shape == (16, 16, 3)
 
 
 @pytest.fixture

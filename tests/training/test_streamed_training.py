@@ -8,6 +8,7 @@ import logging
 import random
 import re
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -21,8 +22,10 @@ from test_resume import (
 )
 
 from cv_jax.config import ConfigError, validate
+from cv_jax.data.sources import list_split
 from cv_jax.training import train
 from cv_jax.training.datasets import load_datasets
+from cv_jax.training.streamed import make_stream
 
 STREAMING = {"dataset.pipeline": "streaming"}
 
@@ -134,3 +137,19 @@ def test_a_host_crop_of_an_archive_is_refused_naming_the_key(tiny_folder, cache_
             f"config.dataset.stream_crop=12 crops training images as their files are read, but "
             f"{archive} is not an ImageFolder directory")):
         load_datasets(config)
+
+
+def test_a_bilinear_crop_without_opencv_is_refused_naming_the_extra(tiny_folder, cache_dir,
+                                                                     monkeypatch):
+    config = streaming_config(tiny_folder, cache_dir)
+    config.dataset.stream_crop, config.dataset.stream_resize = 12, "bilinear"
+    validate(config)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    files = list_split(tiny_folder, "train", crop=12)
+    with pytest.raises(ConfigError, match=re.escape(
+            "config.dataset.stream_resize='bilinear' needs OpenCV, which is not installed: "
+            "pip install 'cv_jax[opencv]' (or set stream_resize='antialias')")):
+        make_stream(config, files, 6, lambda epoch: np.arange(96))
+    config.dataset.stream_resize = "antialias"
+    assert make_stream(config, files, 6, lambda epoch: np.arange(96)).augment.resize == \
+        "antialias"
