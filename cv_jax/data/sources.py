@@ -61,6 +61,7 @@ import os
 import pickle
 import posixpath
 import tarfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -766,6 +767,11 @@ def _load_tfds(spec: str, split: str, image_size: tuple[int, int] | None) -> Arr
 
 
 _TFDS_SOURCES: dict[tuple[str, str, int], Any] = {}  # (spec, split, process id) -> data source
+# One thread at a time opens a data source and reads its first record: the first opening in a
+# process imports tensorflow_datasets, and reading decodes through more of its lazily imported
+# modules (etils); two threads importing them at once can deadlock (a Grain worker process's
+# reading threads all start with a record each).
+_TFDS_OPENING = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -785,7 +791,12 @@ class _TfdsRecords:
         opened = (self.spec, self.split, os.getpid())
         try:
             if opened not in _TFDS_SOURCES:
-                _TFDS_SOURCES[opened] = _open_tfds(self.spec, self.split).source
+                with _TFDS_OPENING:
+                    if opened not in _TFDS_SOURCES:
+                        source = _open_tfds(self.spec, self.split).source
+                        if len(source):
+                            source[0]  # the lazy imports of reading, under the lock too
+                        _TFDS_SOURCES[opened] = source
             return _tfds_image(_TFDS_SOURCES[opened][int(key)], self.image_key, image_size,
                                region, resize)
         except ImportError:  # a missing optional package (resize='bilinear'), not a bad record

@@ -4,7 +4,9 @@ once and cached, bad members under strict and skip, a worker process, a training
 crop of members and records; and the sources streamed from their decoded arrays, saying so."""
 
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import tarfile
 
@@ -201,6 +203,35 @@ def test_tfds_records_stream_the_resident_batches_without_tensorflow(tiny_tfds, 
     worker.close()
     if not had_tensorflow:
         assert "tensorflow" not in sys.modules
+
+
+OPEN_FROM_THREADS = """
+import sys, threading
+import numpy as np
+from cv_jax.data.sources import _TfdsRecords
+reader = _TfdsRecords(sys.argv[1].removeprefix("tfds:"), "train", "image")
+images = [None] * 8
+def read(i):
+    images[i] = reader(np.int64(i), None)
+threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+np.save(sys.argv[2], np.stack(images))
+"""
+
+
+def test_threads_opening_a_tfds_source_at_once_in_a_fresh_process_do_not_deadlock(
+        tiny_tfds, cache_dir, tmp_path):
+    # A Grain worker process's reading threads all open the data source at its first batch;
+    # importing tensorflow_datasets from several threads at once once hung a worker for ever
+    # (a race: this run of it does not always hit the window; it checks the reads agree).
+    out = tmp_path / "images.npy"
+    subprocess.run([sys.executable, "-c", OPEN_FROM_THREADS, tiny_tfds, str(out)], check=True,
+                   timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    resident = load_split(tiny_tfds, "train", cache_dir=cache_dir)
+    np.testing.assert_array_equal(np.load(out), resident.images[:8])
 
 
 @pytest.mark.parametrize("source", ["tiny_tar", "tiny_tfds"])
