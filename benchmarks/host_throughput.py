@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import pathlib
 import platform
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -90,7 +91,9 @@ def write_photos(root: pathlib.Path, count: int) -> pathlib.Path:
 
 
 def clock() -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process and its live child processes)."""
+    """(wall seconds, CPU seconds of this process and its child processes: the live ones, as
+    psutil reads them, and those that have ended and been waited for, as the kernel sums them;
+    a Grain worker ends once it has produced its share of an epoch)."""
     cpu = 0.0
     process = psutil.Process()
     for p in (process, *process.children(recursive=True)):
@@ -99,7 +102,8 @@ def clock() -> tuple[float, float]:
         except psutil.NoSuchProcess:
             continue
         cpu += times.user + times.system
-    return time.perf_counter(), cpu
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), cpu + ended.ru_utime + ended.ru_stime
 
 
 def rates(images: int, start: tuple[float, float], end: tuple[float, float]

@@ -70,12 +70,15 @@ def resize_bilinear(array: np.ndarray, edges: list[float], size: tuple[int, int]
     interpolation without antialiasing (pixel centres aligned, as ``cv2.resize`` and
     ``tf.image.resize`` align them; samples past the image's border repeat its edge).
     ``cv2.warpAffine`` rather than ``cv2.resize`` of a slice: it takes the fractional edges a
-    drafted JPEG gives."""
+    drafted JPEG gives. OpenCV's own thread pool is set to one thread: the pipeline already
+    reads in parallel (threads, worker processes), and a pool per reader only adds overhead."""
     try:
         import cv2
     except ImportError as e:
         raise ImportError(f"resize='bilinear' needs OpenCV, which is not installed: "
                           f"{OPENCV_INSTALL}") from e
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
     left, top, right, bottom = edges
     height, width = size
     step_x, step_y = (right - left) / width, (bottom - top) / height
