@@ -96,7 +96,23 @@ def report(root: str, airbench_logs: str) -> str:
     for name, runs in (("cv_jax headline", ours), ("airbench94", theirs)):
         if runs:
             lines.append(f"- {name}: {_stats([r['test_accuracy'] for r in runs.values()])}")
+    if len(ours) > 1 and len(theirs) > 1:
+        accuracies = [[r["test_accuracy"] for r in runs.values()] for runs in (ours, theirs)]
+        lines.append(f"- {_difference(*accuracies)}")
     return "\n".join(lines)
+
+
+def _difference(ours: list[float], theirs: list[float]) -> str:
+    """cv_jax's mean minus airbench94's, against airbench's standard error (the issue's
+    criterion: a shortfall under it is a tie) and the difference's own standard error."""
+    errors = [np.std(v, ddof=1) / len(v) ** 0.5 for v in (ours, theirs)]
+    gap = float(np.mean(ours) - np.mean(theirs))
+    verdict = "at or above airbench94's mean" if gap >= 0 else (
+        "a tie (short by less than airbench94's standard error)" if -gap < errors[1] else
+        "short by more than airbench94's standard error")
+    return (f"difference of the means (cv_jax - airbench94): {gap:+.2%}; airbench94's "
+            f"standard error {errors[1]:.2%}, the difference's "
+            f"{float(np.hypot(*errors)):.2%}: {verdict}")
 
 
 def main(argv: list[str]) -> None:

@@ -47,3 +47,14 @@ def test_report_reads_both_sides_and_skips_unfinished_runs(tmp_path):
     assert "| airbench94 | 2 |" not in table
     assert "- airbench94: 90.38% ± 0.03% (n=2, standard error 0.02%)" in table
     assert "- cv_jax headline: 90.30% ± 0.28% (n=2, standard error 0.20%)" in table
+    assert ("- difference of the means (cv_jax - airbench94): -0.08%; airbench94's standard "
+            "error 0.02%, the difference's 0.20%: short by more than airbench94's standard "
+            "error") in table
+
+
+def test_the_verdict_follows_the_issues_criterion():
+    tie = side_by_side._difference([0.905, 0.907], [0.903, 0.911])  # -0.10%; SE 0.40% and 0.10%
+    assert tie.endswith("-0.10%; airbench94's standard error 0.40%, the difference's 0.41%: "
+                        "a tie (short by less than airbench94's standard error)")
+    assert side_by_side._difference([0.91, 0.912], [0.903, 0.911]).endswith(
+        "at or above airbench94's mean")
