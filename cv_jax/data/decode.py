@@ -10,6 +10,7 @@ import math
 import os
 import stat
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -63,6 +64,17 @@ def to_array(image: Image.Image, image_size: tuple[int, int] | None,
     return array[..., None] if mode == "L" else array
 
 
+def opencv() -> Any:
+    """The ``cv2`` module (imported on first use: an optional extra), or an ImportError naming
+    the extra to install."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise ImportError(f"resize='bilinear' needs OpenCV, which is not installed: "
+                          f"{OPENCV_INSTALL}") from e
+    return cv2
+
+
 def resize_bilinear(array: np.ndarray, edges: list[float], size: tuple[int, int]
                     ) -> np.ndarray:
     """The region ``edges`` = (left, top, right, bottom) of ``array`` (in its pixels, edges
@@ -72,11 +84,7 @@ def resize_bilinear(array: np.ndarray, edges: list[float], size: tuple[int, int]
     ``cv2.warpAffine`` rather than ``cv2.resize`` of a slice: it takes the fractional edges a
     drafted JPEG gives. OpenCV's own thread pool is set to one thread: the pipeline already
     reads in parallel (threads, worker processes), and a pool per reader only adds overhead."""
-    try:
-        import cv2
-    except ImportError as e:
-        raise ImportError(f"resize='bilinear' needs OpenCV, which is not installed: "
-                          f"{OPENCV_INSTALL}") from e
+    cv2 = opencv()
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
     left, top, right, bottom = edges

@@ -15,7 +15,7 @@ import numpy as np
 
 from cv_jax.config import ConfigError
 from cv_jax.data.dataset import Split
-from cv_jax.data.decode import OPENCV_INSTALL
+from cv_jax.data.decode import OPENCV_INSTALL, opencv
 from cv_jax.data.streaming import EpochBatches, HostAugment, Stream
 from cv_jax.training import sharding
 
@@ -43,7 +43,7 @@ def require_opencv() -> None:
     """A ConfigError naming the extra to install when OpenCV, which
     ``dataset.stream_resize='bilinear'`` resizes with, is not installed."""
     try:
-        import cv2  # noqa: F401
+        opencv()
     except ImportError as e:
         raise ConfigError("config.dataset.stream_resize='bilinear' needs OpenCV, which is not "
                           f"installed: {OPENCV_INSTALL} (or set stream_resize='antialias')"
