@@ -2,6 +2,8 @@
 
     # cv_jax: the headline recipe in float32, one workdir per seed (a stopped seed resumes)
     python experiments/airbench94/side_by_side.py train --seeds=0,1,2 --root=runs/airbench94
+    # each seed's final weights are also evaluated without TTA (seed_<k>/test_no_tta.json;
+    # for runs trained before that step: side_by_side.py evaluate --seeds=... --root=...)
     # the table: cv_jax's results.json files and airbench94's printed logs (one file per seed,
     # named *seed<k>*.txt, in --airbench_logs)
     python experiments/airbench94/side_by_side.py report --root=runs/airbench94 \
@@ -23,10 +25,15 @@ import sys
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_enum("command", None, ["train", "report"], "What to do (or the first argument).")
+from cv_jax.data import locate
+
+flags.DEFINE_enum("command", None, ["train", "evaluate", "report"],
+                  "What to do (or the first argument).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the cv_jax runs.")
 flags.DEFINE_string("root", "runs/airbench94", "Folder of the cv_jax runs (seed_<k>/).")
 flags.DEFINE_string("airbench_logs", "", "Folder of airbench94's logs, *seed<k>*.txt.")
+flags.DEFINE_string("cifar10", "", "CIFAR-10 for the evaluation without TTA ('' = where "
+                    "cv_jax.main finds it).")
 flags.DEFINE_string("out", "", "Where to write the markdown table ('' = print it).")
 FLAGS = flags.FLAGS
 
@@ -34,18 +41,34 @@ EPOCHS, BATCH, TRAIN_IMAGES = 9.9, 1024, 50_000
 STEPS = math.ceil(TRAIN_IMAGES // BATCH * EPOCHS)  # 476, airbench94's total_train_steps
 # airbench94 prints one row per epoch and a last row with epoch 'eval':
 # | run | epoch | train_loss | train_acc | val_acc | tta_val_acc | total_time_seconds |
+NO_TTA_FILE = "test_no_tta.json"
 _ROW = re.compile(r"^\|\s*(\S*)\s*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S*)\s*\|"
                   r"\s*(\S*)\s*\|\s*(\S+)\s*\|$")
 
 
-def train(seeds: list[int], root: str) -> None:
+def train(seeds: list[int], root: str, data: str) -> None:
     """Trains (or resumes) the headline recipe in float32 for each seed, one after another,
-    with a checkpoint every epoch (48 steps)."""
+    with a checkpoint every epoch (48 steps), then evaluates its final weights without TTA."""
     for seed in seeds:
+        workdir = os.path.join(root, f"seed_{seed}")
         subprocess.run([sys.executable, "-m", "cv_jax.main",
                         f"--config=configs/cifar10.py:headline,dtype=float32,seed={seed}",
-                        f"--workdir={os.path.join(root, f'seed_{seed}')}",
+                        f"--workdir={workdir}",
                         "--config.training.checkpoint_every_steps=48"], check=True)
+        evaluate_without_tta(workdir, data)
+
+
+def evaluate_without_tta(workdir: str, data: str) -> dict:
+    """The run's final weights on the test split with one view per image (airbench94 prints
+    this as the last epoch's val_acc), written to ``workdir/test_no_tta.json``."""
+    out = subprocess.run([sys.executable, "-m", "cv_jax.tools.evaluate", f"--workdir={workdir}",
+                          f"--data={data}", "--tta_flip=false", "--tta_translate=0"],
+                         check=True, capture_output=True, text=True).stdout
+    result = json.loads(out)
+    kept = {k: result[k] for k in ("accuracy", "correct", "examples", "checkpoint_step")}
+    with open(os.path.join(workdir, NO_TTA_FILE), "w") as f:
+        json.dump(kept, f, indent=2)
+    return kept
 
 
 def airbench_result(path: str) -> dict:
@@ -60,10 +83,15 @@ def airbench_result(path: str) -> dict:
 
 
 def cv_jax_result(workdir: str) -> dict:
+    """Test accuracy (TTA, and without where evaluated) and training seconds of a cv_jax run."""
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
-    return {"test_accuracy": results["test_accuracy"], "seconds": results["train_time_s"],
-            "steps": results["steps"]}
+    no_tta = None
+    if os.path.exists(os.path.join(workdir, NO_TTA_FILE)):
+        with open(os.path.join(workdir, NO_TTA_FILE)) as f:
+            no_tta = json.load(f)["accuracy"]
+    return {"test_accuracy": results["test_accuracy"], "no_tta_accuracy": no_tta,
+            "seconds": results["train_time_s"], "steps": results["steps"]}
 
 
 def _stats(values: list[float]) -> str:
@@ -85,17 +113,24 @@ def report(root: str, airbench_logs: str) -> str:
             theirs[seed] = airbench_result(path)
         except ValueError:
             continue
-    lines = ["| system | seed | test accuracy (TTA) | timed s | training images/s |",
-             "|---|---|---|---|---|"]
+    lines = ["| system | seed | test accuracy (TTA) | without TTA | timed s | "
+             "training images/s |", "|---|---|---|---|---|---|"]
     for name, runs in (("cv_jax headline", ours), ("airbench94", theirs)):
         for seed, r in sorted(runs.items()):
             rate = STEPS * BATCH / r["seconds"]
-            lines.append(f"| {name} | {seed} | {r['test_accuracy']:.2%} | {r['seconds']:.0f} | "
-                         f"{rate:.0f} |")
+            plain = "" if r["no_tta_accuracy"] is None else f"{r['no_tta_accuracy']:.2%}"
+            lines.append(f"| {name} | {seed} | {r['test_accuracy']:.2%} | {plain} | "
+                         f"{r['seconds']:.0f} | {rate:.0f} |")
     lines.append("")
     for name, runs in (("cv_jax headline", ours), ("airbench94", theirs)):
         if runs:
             lines.append(f"- {name}: {_stats([r['test_accuracy'] for r in runs.values()])}")
+            plain = [r for r in runs.values() if r["no_tta_accuracy"] is not None]
+            if plain:
+                gains = [r["test_accuracy"] - r["no_tta_accuracy"] for r in plain]
+                lines.append(f"  - without TTA: "
+                             f"{_stats([r['no_tta_accuracy'] for r in plain])}; "
+                             f"TTA adds {np.mean(gains):+.2%} on average")
     if len(ours) > 1 and len(theirs) > 1:
         accuracies = [[r["test_accuracy"] for r in runs.values()] for runs in (ours, theirs)]
         lines.append(f"- {_difference(*accuracies)}")
@@ -117,8 +152,12 @@ def _difference(ours: list[float], theirs: list[float]) -> str:
 
 def main(argv: list[str]) -> None:
     command = FLAGS.command or (argv[1] if len(argv) > 1 else None)
+    data = FLAGS.cifar10 or locate.find_dataset("cifar10", None)
     if command == "train":
-        train([int(s) for s in FLAGS.seeds], FLAGS.root)
+        train([int(s) for s in FLAGS.seeds], FLAGS.root, data)
+    elif command == "evaluate":  # finished runs: only the evaluation without TTA
+        for seed in FLAGS.seeds:
+            print(seed, evaluate_without_tta(os.path.join(FLAGS.root, f"seed_{seed}"), data))
     elif command == "report":
         text = report(FLAGS.root, FLAGS.airbench_logs)
         if FLAGS.out:
@@ -126,7 +165,7 @@ def main(argv: list[str]) -> None:
                 f.write(text + "\n")
         print(text)
     else:
-        raise app.UsageError("say train or report")
+        raise app.UsageError("say train, evaluate or report")
 
 
 if __name__ == "__main__":
