@@ -152,7 +152,8 @@ def _difference(ours: list[float], theirs: list[float]) -> str:
 
 def main(argv: list[str]) -> None:
     command = FLAGS.command or (argv[1] if len(argv) > 1 else None)
-    data = FLAGS.cifar10 or locate.find_dataset("cifar10", None)
+    if command in ("train", "evaluate"):  # the report needs no data
+        data = FLAGS.cifar10 or locate.find_dataset("cifar10", None)
     if command == "train":
         train([int(s) for s in FLAGS.seeds], FLAGS.root, data)
     elif command == "evaluate":  # finished runs: only the evaluation without TTA
