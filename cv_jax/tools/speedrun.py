@@ -65,6 +65,10 @@ def timed_seconds(result: dict) -> float:
     if "timed_s" not in result:
         raise ValueError("a seed's results.json has no 'timed_s' (timed by an older cv_jax, "
                          "which did not time the same way): use a new --workdir")
+    if result.get("timed_from_step", 0):
+        raise ValueError(f"a seed's run was resumed at step {result['timed_from_step']}, so its "
+                         "timed_s covers only the steps after it: delete that seed's directory "
+                         "(seed_<k>/ in the workdir) to time it in one go")
     return result["timed_s"]
 
 

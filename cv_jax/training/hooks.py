@@ -276,19 +276,23 @@ class RunHooks:
 @dataclasses.dataclass
 class Trained:
     """Where a training run's loop ended, its hooks (with what they recorded), how long it
-    trained and the run's clock (``cv_jax.training.clock``)."""
+    trained from step ``start`` (this process's loop: a resumed run's time starts at its
+    checkpoint) and the run's clock (``cv_jax.training.clock``)."""
 
     loop: Loop
     hooks: RunHooks
     seconds: float
     clock: Clock
+    start: int = 0
 
     def timing(self, compile_time: float) -> dict[str, float | None]:
-        """The results' timing: train, clock and compile seconds, the median images/s."""
+        """The results' timing: train, clock and compile seconds, the median images/s, and the
+        step they count from (``timed_from_step``: 0 unless the run was resumed)."""
         rates = self.hooks.records.rates
         return {"train_time_s": self.seconds, "timed_s": self.clock.seconds,
                 "compile_time_s": compile_time,
-                "images_per_sec": float(np.median(rates)) if rates else None}
+                "images_per_sec": float(np.median(rates)) if rates else None,
+                "timed_from_step": self.start}
 
 
 def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict, plan: Plan,
@@ -325,4 +329,4 @@ def train_runs(program: Program, state: Any, start: int, config: mlc.ConfigDict,
         progress.close()
         for output in runs.outputs:
             output.ckpt.wait()
-    return Trained(loop, hooks, time.perf_counter() - started, clock)
+    return Trained(loop, hooks, time.perf_counter() - started, clock, start)

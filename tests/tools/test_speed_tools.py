@@ -95,6 +95,9 @@ def test_speedrun_evaluates_once_and_summarizes():
     assert stats["accuracy"]["min"] == 0.93
     assert stats["reached_target"] == 2
     assert stats["timed_s"]["mean"] == pytest.approx(4.0)
+    resumed = {"test_accuracy": 0.9, "timed_s": 1.0, "timed_from_step": 5}
+    with pytest.raises(ValueError, match="resumed at step 5, so its timed_s covers only"):
+        speedrun.summary([*results, resumed], target=0.94)
 
 
 def test_speedrun_clock_and_warmup(tiny_folder, cache_dir, tmp_path, monkeypatch):

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.reliability
 
 RUN = {"checkpoint_every_steps": 2}
 TOTAL_STEPS = 12
-TIMING = {"images_per_sec", "train_time_s", "timed_s", "compile_time_s"}  # differ between runs
+TIMING = {"images_per_sec", "train_time_s", "timed_s", "compile_time_s",
+          "timed_from_step"}  # differ between runs
 
 
 def run_config(tiny_folder, cache_dir):
@@ -158,6 +159,8 @@ def test_sigterm_saves_a_checkpoint_at_that_step_exits_0_and_resumes_exactly(
     assert not (workdir / "results.json").exists()
     results = train.train_and_evaluate(run_config(tiny_folder, cache_dir), str(workdir))
     assert_same_run(workdir, reference[0], results, reference[1])
+    # The timing covers the steps the resuming process trained.
+    assert (reference[1]["timed_from_step"], results["timed_from_step"]) == (0, step)
 
 
 def largest_file(directory) -> str:
