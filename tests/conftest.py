@@ -35,6 +35,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "frog", "ship")
+# results.json and metrics.jsonl fields that differ between otherwise identical runs.
+TIMING = {"images_per_sec", "train_time_s", "timed_s", "compile_time_s", "timed_from_step"}
 
 
 def load_config(arg: str = "smoke", path: str = "configs/cifar10.py"):

@@ -283,7 +283,7 @@ class Trained:
     hooks: RunHooks
     seconds: float
     clock: Clock
-    start: int = 0
+    start: int
 
     def timing(self, compile_time: float) -> dict[str, float | None]:
         """The results' timing: train, clock and compile seconds, the median images/s, and the

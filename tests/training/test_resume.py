@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, TIMING, tiny_config
 
 from cv_jax.training import checkpoint, checkpoint_integrity, runs, train
 from cv_jax.training.metrics import drop_records_after
@@ -31,8 +31,6 @@ pytestmark = pytest.mark.reliability
 
 RUN = {"checkpoint_every_steps": 2}
 TOTAL_STEPS = 12
-TIMING = {"images_per_sec", "train_time_s", "timed_s", "compile_time_s",
-          "timed_from_step"}  # differ between runs
 
 
 def run_config(tiny_folder, cache_dir):

@@ -14,13 +14,11 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import convnet_config
+from conftest import TIMING, convnet_config
 
 from cv_jax.config import model_section
 from cv_jax.training import runs, train
 
-TIMING = {"images_per_sec", "train_time_s", "timed_s", "compile_time_s",
-          "timed_from_step"}
 TOLERANCE = {"rtol": 1e-5, "atol": 2e-6}
 
 
